@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# From a fresh clone: install the zoo, get a real dataset offline, train a ResNet-20 on it.
+#   bash scripts/quickstart.sh [extra train.py overrides]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python3 -m pip install --quiet -e .
+
+# Fashion-MNIST comes as a Debian package; without root or apt, use scikit-learn's digits.
+if [ ! -d /usr/share/datasets/fashion-mnist ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  (apt-get install -y -q dataset-fashion-mnist || { apt-get update -q && apt-get install -y -q dataset-fashion-mnist; }) >/dev/null || true
+fi
+if [ -d /usr/share/datasets/fashion-mnist ]; then
+  data=(data=fashion_mnist data.train_subset=20000)
+else
+  data=(data=digits)
+fi
+exec python3 train.py model=resnet20 "${data[@]}" trainer.max_epochs=2 "$@"

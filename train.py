@@ -1,0 +1,41 @@
+"""Train and test any network of the zoo on any dataset.
+
+    python train.py model=resnet56 data=fashion_mnist trainer.max_epochs=30
+    python train.py -m model=plain20,plain56,resnet20,resnet56 data=fashion_mnist
+    python train.py experiment=degradation
+
+Everything happens in zoo.run.train; this file only composes the config and reports errors.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+# Errors caused by the user's input get one clear line, not a traceback (ZOO_DEBUG=1 shows it).
+USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, NotADirectoryError)
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="train")
+def main(cfg: DictConfig) -> None:
+    from zoo.checkpoint import Preempted
+    from zoo.run import train
+
+    try:
+        train(cfg, run_dir=HydraConfig.get().runtime.output_dir)
+    except Preempted as stop:
+        print(str(stop), file=sys.stderr, flush=True)
+        sys.exit(143)  # 128 + SIGTERM: schedulers read it as "terminated", not "done"
+    except USER_ERRORS as error:
+        if os.environ.get("ZOO_DEBUG"):
+            raise
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""The registry: every network of the zoo by name.
+
+Each family module (``cifar_resnet``, ``resnet``, ``preact_resnet``, ``densenet``) holds a table
+``VARIANTS`` of names to constructor arguments and one ``build(variant, num_classes, in_channels,
+**options)`` function. Variants are data; there is no class per variant.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from types import ModuleType
+from typing import Any
+
+from torch import nn
+
+from zoo.models import cifar_resnet
+from zoo.models.common import DepthUnit, SkipBlock, count_parameters
+
+FAMILIES: list[ModuleType] = [cifar_resnet]
+for _optional in ("resnet", "preact_resnet", "densenet"):
+    # Families are added one file at a time; a missing file is simply not registered yet.
+    try:
+        FAMILIES.append(__import__(f"zoo.models.{_optional}", fromlist=["VARIANTS"]))
+    except ModuleNotFoundError as error:  # pragma: no cover - only while a family is unwritten
+        if error.name != f"zoo.models.{_optional}":
+            raise
+
+
+class UnknownModelError(ValueError):
+    """Raised for a name that is not in the registry (the message lists the valid names)."""
+
+
+def _registry() -> dict[str, tuple[ModuleType, dict[str, Any]]]:
+    table: dict[str, tuple[ModuleType, dict[str, Any]]] = {}
+    for family in FAMILIES:
+        for name, arguments in family.VARIANTS.items():
+            table[name] = (family, arguments)
+    return table
+
+
+def list_models() -> list[str]:
+    """Sorted names of every registered network."""
+    return sorted(_registry())
+
+
+def _resolve(name: str) -> tuple[ModuleType, dict[str, Any]]:
+    table = _registry()
+    if name in table:
+        return table[name]
+    for family in FAMILIES:
+        # Families with a depth formula (6n+2 for the CIFAR nets) accept any valid depth, and
+        # explain the formula when the depth is wrong.
+        resolve = getattr(family, "resolve", None)
+        if resolve is not None:
+            arguments = resolve(name)
+            if arguments is not None:
+                return family, arguments
+    close = difflib.get_close_matches(name, table, n=3)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    raise UnknownModelError(
+        f"unknown model {name!r}.{hint} Valid names: {', '.join(sorted(table))}."
+    )
+
+
+def family_of(name: str) -> str:
+    """The family name of a model (``"cifar_resnet"``, ``"resnet"``, ...)."""
+    return _resolve(name)[0].__name__.rsplit(".", 1)[-1]
+
+
+def describe(name: str) -> dict[str, Any]:
+    """Facts about a registered name: family, skip type ("add", "concat", "none"), classes."""
+    family, arguments = _resolve(name)
+    return {
+        "name": name,
+        "family": family.__name__.rsplit(".", 1)[-1],
+        "skip": family.skip_type(arguments),
+        "default_num_classes": family.DEFAULT_NUM_CLASSES,
+    }
+
+
+def create(
+    name: str,
+    num_classes: int | None = None,
+    in_channels: int = 3,
+    pretrained: str | None = None,
+    **options: Any,
+) -> nn.Module:
+    """Build a network by name.
+
+    ``num_classes`` defaults to the family's dataset (1000 for ImageNet families, 10 for CIFAR).
+    ``options`` are the family's own switches (``stem``, ``shortcut``, ``zero_init_residual``,
+    ``drop_path``, ``memory_efficient``, ...); an option the family does not have is an error.
+    ``pretrained`` is a checkpoint path or ``"imagenet"`` (see :mod:`zoo.pretrained`).
+    """
+    family, arguments = _resolve(name)
+    if num_classes is None:
+        num_classes = family.DEFAULT_NUM_CLASSES
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+    if not isinstance(in_channels, int) or in_channels < 1:
+        raise ValueError(f"in_channels must be a positive integer, got {in_channels!r}")
+    accepted = set(inspect.signature(family.build).parameters) - {
+        "variant", "num_classes", "in_channels"
+    }
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        raise ValueError(
+            f"{name} does not take option(s) {', '.join(unknown)}; "
+            f"its options are: {', '.join(sorted(accepted)) or 'none'}"
+        )
+    net = family.build(dict(arguments), num_classes=num_classes, in_channels=in_channels, **options)
+    if pretrained:
+        from zoo.pretrained import load_pretrained
+
+        load_pretrained(net, name, pretrained)
+    return net
+
+
+__all__ = [
+    "DepthUnit",
+    "SkipBlock",
+    "UnknownModelError",
+    "count_parameters",
+    "create",
+    "describe",
+    "family_of",
+    "list_models",
+]

@@ -1,0 +1,197 @@
+"""CIFAR ResNets and their plain twins.
+
+He, Zhang, Ren, Sun (2015), "Deep Residual Learning for Image Recognition", section 4.2 and
+Table 6: 6n+2 layers (a 3x3 stem, three stages of n basic blocks with 16/32/64 filters on
+32/16/8 px maps, global average pooling and a linear classifier).
+
+Shortcut options of the paper:
+  * ``"A"`` (default, the paper's CIFAR choice): identity; where the shape changes, subsample
+    with stride 2 and zero-pad the new channels, *equally on both sides* of the channel axis
+    (planes // 4 before and after) as the widely used community checkpoints do. No parameters,
+    so ``plainN`` and ``resnetN`` have exactly the same parameter count.
+  * ``"B"``: a 1x1 convolution + BN where the shape changes.
+
+``plainN`` is the same network built by the same code with ``skip=False``.
+
+Layer names follow the community checkpoints (``conv1``, ``bn1``, ``layer1.0.conv1``,
+``linear``) so that they load as they are.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from zoo.models.common import DepthUnit, SkipBlock, run_blocks
+
+DEFAULT_NUM_CLASSES = 10
+
+# ---------------------------------------------------------------- helpers
+
+
+class PadShortcut(nn.Module):
+    """Option A: stride-2 subsampling and zero channels padded equally on both sides."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int) -> None:
+        super().__init__()
+        self.stride = stride
+        self.pad_before = (planes - in_planes) // 2
+        self.pad_after = planes - in_planes - self.pad_before
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x[:, :, :: self.stride, :: self.stride]
+        return F.pad(x, (0, 0, 0, 0, self.pad_before, self.pad_after))
+
+
+def make_shortcut(in_planes: int, planes: int, stride: int, option: str) -> nn.Module:
+    if stride == 1 and in_planes == planes:
+        return nn.Identity()
+    if option == "A":
+        return PadShortcut(in_planes, planes, stride)
+    return nn.Sequential(
+        nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False), nn.BatchNorm2d(planes)
+    )
+
+
+# ---------------------------------------------------------------- block
+
+
+class BasicBlock(SkipBlock):
+    """Two 3x3 conv-BN layers; ``relu(f(x) + x)`` with the skip, ``relu(f(x))`` without."""
+
+    def __init__(
+        self, in_planes: int, planes: int, stride: int, skip: bool = True, shortcut: str = "A"
+    ) -> None:
+        super().__init__()
+        self.skip = skip
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        # The plain twin has no shortcut module at all: nothing differs but the skip.
+        self.shortcut = make_shortcut(in_planes, planes, stride, shortcut) if skip else None
+
+    def residual_branch(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        return self.bn2(self.conv2(out))
+
+    def shortcut_branch(self, x: torch.Tensor) -> torch.Tensor:
+        return self.shortcut(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.residual_branch(x)
+        if self.skip:
+            out = out + self.shortcut(x)  # the skip connection: f(x) + x
+        return self.relu(out)
+
+
+# ---------------------------------------------------------------- network
+
+
+class CifarResNet(nn.Module):
+    def __init__(
+        self,
+        depth: int,
+        num_classes: int = DEFAULT_NUM_CLASSES,
+        in_channels: int = 3,
+        skip: bool = True,
+        shortcut: str = "A",
+        widths: tuple[int, int, int] = (16, 32, 64),
+        memory_efficient: bool = False,
+    ) -> None:
+        super().__init__()
+        if (depth - 2) % 6 != 0 or depth < 8:
+            raise ValueError(f"CIFAR ResNet depth must be 6n+2 (8, 14, 20, 32, 44, 56, 110, 1202...), got {depth}")
+        if shortcut not in ("A", "B"):
+            raise ValueError(f"shortcut must be 'A' or 'B', got {shortcut!r}")
+        blocks_per_stage = (depth - 2) // 6
+        self.memory_efficient = memory_efficient
+        self.conv1 = nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        self.relu = nn.ReLU(inplace=True)
+        in_planes = widths[0]
+        stages = []
+        for index, planes in enumerate(widths):
+            blocks = []
+            for block_index in range(blocks_per_stage):
+                stride = 2 if index > 0 and block_index == 0 else 1
+                blocks.append(BasicBlock(in_planes, planes, stride, skip, shortcut))
+                in_planes = planes
+            stages.append(nn.Sequential(*blocks))
+        self.layer1, self.layer2, self.layer3 = stages
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.linear = nn.Linear(in_planes, num_classes)
+        for module in self.modules():
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.bn1(self.conv1(x)))
+        for stage in (self.layer1, self.layer2, self.layer3):
+            x = run_blocks(stage, x, self.memory_efficient)
+        return x
+
+    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(torch.flatten(self.pool(x), 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def depth_units(self) -> list[DepthUnit]:
+        units = [DepthUnit("conv1", "stem", nn.ModuleList([self.conv1, self.bn1]))]
+        for stage_name in ("layer1", "layer2", "layer3"):
+            for index, block in enumerate(getattr(self, stage_name)):
+                units.append(DepthUnit(f"{stage_name}.{index}", stage_name, block))
+        units.append(DepthUnit("linear", "head", self.linear))
+        return units
+
+
+# ---------------------------------------------------------------- variants
+
+NAMED_DEPTHS = (20, 32, 44, 56, 110, 1202)
+VARIANTS: dict[str, dict[str, Any]] = {}
+for _depth in NAMED_DEPTHS:
+    VARIANTS[f"resnet{_depth}"] = {"depth": _depth, "skip": True}
+    VARIANTS[f"plain{_depth}"] = {"depth": _depth, "skip": False}
+
+_DEPTH_NAME = re.compile(r"^(resnet|plain)(\d+)$")
+
+
+def resolve(name: str) -> dict[str, Any] | None:
+    """Any 6n+2 depth (``resnet8``, ``plain26``); a wrong depth gets an error naming the rule."""
+    match = _DEPTH_NAME.match(name)
+    if match is None:
+        return None
+    depth = int(match.group(2))
+    if depth < 8 or (depth - 2) % 6 != 0:
+        raise ValueError(
+            f"{name}: CIFAR {match.group(1)} depths are 6n+2 (8, 14, 20, 26, 32, 44, 56, 110, "
+            f"1202, ...); ImageNet ResNets are resnet18/34/50/101/152."
+        )
+    return {"depth": depth, "skip": match.group(1) == "resnet"}
+
+
+def skip_type(arguments: dict[str, Any]) -> str:
+    return "add" if arguments["skip"] else "none"
+
+
+def build(
+    variant: dict[str, Any],
+    num_classes: int,
+    in_channels: int,
+    shortcut: str = "A",
+    memory_efficient: bool = False,
+) -> CifarResNet:
+    return CifarResNet(
+        variant["depth"],
+        num_classes=num_classes,
+        in_channels=in_channels,
+        skip=variant["skip"],
+        shortcut=shortcut,
+        memory_efficient=memory_efficient,
+    )

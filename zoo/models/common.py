@@ -1,0 +1,97 @@
+"""What every network in the zoo shares, so that measurement code works on all of them.
+
+Every network built by :func:`zoo.create` is a plain ``torch.nn.Module`` that also provides
+
+* ``forward_features(x)`` / ``forward_head(x)``: the body and the classifier (timm's split);
+* ``depth_units()``: its *layer units in depth order* (stem, every residual block, dense layer or
+  transition, head) as :class:`DepthUnit` records. Gradient-flow and residual-gain callbacks,
+  the lesion experiment and the benchmarks read the network through this list only.
+
+Blocks with a skip connection (or the plain twin of one) subclass :class:`SkipBlock`, whose
+``residual_branch(x)`` is the ``f(x)`` of ``f(x) + x`` and whose ``skip`` flag is the one switch
+that turns a residual network into its plain twin.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+
+@dataclass(frozen=True)
+class DepthUnit:
+    """One layer unit of a network, in the order the forward pass visits it."""
+
+    name: str  # qualified module name, e.g. "layer2.3"; state-dict keys start with it
+    stage: str  # "stem", "layer1".."layer4" / "dense1".., "head"
+    module: nn.Module
+
+
+class SkipBlock(nn.Module):
+    """A block computing ``post(f(x) + shortcut(x))``; ``skip=False`` gives the plain twin."""
+
+    skip: bool
+
+    def residual_branch(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def shortcut_branch(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+def run_blocks(blocks: nn.Module, x: torch.Tensor, checkpointed: bool) -> torch.Tensor:
+    """Run ``blocks`` in order; with ``checkpointed`` keep only block inputs for backward.
+
+    Activation checkpointing (Chen et al. 2016) recomputes each block's inside during backward,
+    trading about one extra forward pass for the memory of every intermediate activation.
+    """
+    for block in blocks:
+        if checkpointed and torch.is_grad_enabled():
+            x = checkpoint(block, x, use_reentrant=False)
+        else:
+            x = block(x)
+    return x
+
+
+@contextmanager
+def _batchnorm_statistics_frozen(module: nn.Module) -> Iterator[None]:
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [
+        (m, m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone())
+        for m in norms
+        if m.track_running_stats and m.running_mean is not None
+    ]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for m, mean, var, count in saved:
+                m.running_mean.copy_(mean)
+                m.running_var.copy_(var)
+                m.num_batches_tracked.copy_(count)
+
+
+def checkpoint_module(
+    function: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, module: nn.Module
+) -> torch.Tensor:
+    """``checkpoint(function, x)`` whose backward recomputation leaves BN running stats alone.
+
+    Plain ``torch.utils.checkpoint`` runs a training-mode BatchNorm twice (forward and
+    recompute), so running statistics take two momentum steps per batch and a checkpointed
+    network drifts from the normal one in eval mode. ``module`` owns the BNs ``function`` uses.
+    """
+    return checkpoint(
+        function,
+        x,
+        use_reentrant=False,
+        context_fn=lambda: (nullcontext(), _batchnorm_statistics_frozen(module)),
+    )
+
+
+def count_parameters(net: nn.Module) -> int:
+    return sum(p.numel() for p in net.parameters())

@@ -1,0 +1,160 @@
+"""One LightningModule for every network of the zoo.
+
+The network is built by registry name from the saved hyperparameters (names and numbers only,
+never a pickled module), so ``ZooModule.load_from_checkpoint(path)`` needs no other argument.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torchmetrics.classification import MulticlassAccuracy
+
+import zoo
+from zoo.models import count_parameters
+
+# Keys of the model config that are for this module, not for zoo.create.
+MODULE_ONLY_MODEL_KEYS = ("name", "compile", "pretrained")
+
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULERS = ("cosine", "onecycle", "step", "none")
+
+
+def create_arguments(model: dict[str, Any]) -> dict[str, Any]:
+    """The ``zoo.create`` options in a model config (everything but the module's own keys)."""
+    return {k: v for k, v in model.items() if k not in MODULE_ONLY_MODEL_KEYS}
+
+
+class ZooModule(pl.LightningModule):
+    def __init__(
+        self,
+        model: dict[str, Any],
+        optim: dict[str, Any] | None = None,
+        scheduler: dict[str, Any] | None = None,
+        label_smoothing: float = 0.0,
+        channels_last: bool = False,
+    ) -> None:
+        super().__init__()
+        model = dict(model)
+        optim = dict(optim or {"name": "sgd", "lr": 0.1})
+        scheduler = dict(scheduler or {"name": "cosine"})
+        if optim.get("name") not in OPTIMIZERS:
+            raise ValueError(f"optim.name must be one of {', '.join(OPTIMIZERS)}, got {optim.get('name')!r}")
+        if scheduler.get("name") not in SCHEDULERS:
+            raise ValueError(
+                f"scheduler.name must be one of {', '.join(SCHEDULERS)}, got {scheduler.get('name')!r}"
+            )
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        self.save_hyperparameters({
+            "model": model, "optim": optim, "scheduler": scheduler,
+            "label_smoothing": label_smoothing, "channels_last": channels_last,
+        })
+        self.net = zoo.create(model["name"], **create_arguments(model))
+        if channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
+        # The compiled graph is kept outside the module tree so that the state dict, the
+        # callbacks and the checkpoints see the plain network and its parameter names.
+        self.__dict__["_forward_net"] = torch.compile(self.net) if model.get("compile") else self.net
+        num_classes = model.get("num_classes") or zoo.describe(model["name"])["default_num_classes"]
+        self.num_classes = num_classes
+        top_k = min(5, num_classes)
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_acc5 = MulticlassAccuracy(num_classes, top_k=top_k, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.test_acc5 = MulticlassAccuracy(num_classes, top_k=top_k, average="micro")
+        self.num_parameters = count_parameters(self.net)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.hparams.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self._forward_net(x)
+
+    # ------------------------------------------------------------------ steps
+
+    def _loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        logits = self(x)
+        loss = self._loss(logits, y)
+        self.train_acc.update(logits.detach(), y)
+        # Tensors are handed to the loggers every log_every_n_steps; nothing here waits for the
+        # device (no .item(), not on the progress bar every step).
+        self.log("train/loss", loss.detach(), on_step=True, on_epoch=True, batch_size=x.shape[0])
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        self.log("train/acc", self.train_acc.compute(), prog_bar=True, sync_dist=True)
+        self.train_acc.reset()
+
+    def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> None:
+        x, y = batch
+        logits = self(x)
+        loss = self._loss(logits, y)
+        top1, top5 = (self.val_acc, self.val_acc5) if stage == "val" else (self.test_acc, self.test_acc5)
+        top1.update(logits, y)
+        top5.update(logits, y)
+        self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=x.shape[0])
+        self.log(f"{stage}/acc", top1, on_epoch=True, prog_bar=True, batch_size=x.shape[0])
+        self.log(f"{stage}/acc5", top5, on_epoch=True, batch_size=x.shape[0])
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    # ------------------------------------------------------------------ optimisation
+
+    def configure_optimizers(self) -> Any:
+        optim = self.hparams.optim
+        lr = float(optim.get("lr", 0.1))
+        weight_decay = float(optim.get("weight_decay", 5e-4))
+        if lr <= 0:
+            raise ValueError(f"optim.lr must be positive, got {lr}")
+        if optim["name"] == "sgd":
+            optimizer: torch.optim.Optimizer = torch.optim.SGD(
+                self.net.parameters(), lr=lr, momentum=float(optim.get("momentum", 0.9)),
+                nesterov=bool(optim.get("nesterov", True)), weight_decay=weight_decay,
+            )
+        else:
+            optimizer = torch.optim.AdamW(self.net.parameters(), lr=lr, weight_decay=weight_decay)
+
+        schedule = self.hparams.scheduler
+        if schedule["name"] == "none":
+            return optimizer
+        total_steps = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup_steps = int(total_steps * float(schedule.get("warmup_fraction", 0.0)))
+        if schedule["name"] == "onecycle":
+            scheduler: Any = torch.optim.lr_scheduler.OneCycleLR(
+                optimizer, max_lr=lr, total_steps=total_steps,
+                pct_start=float(schedule.get("pct_start", 0.25)),
+            )
+        else:
+            if schedule["name"] == "cosine":
+                def shape(step: int) -> float:
+                    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+                    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+            else:
+                # He et al. 2015: divide by 10 at 32k and 48k of 64k iterations, i.e. at 50% and
+                # 75% of training; milestones are fractions of the total steps.
+                milestones = [int(f * total_steps) for f in schedule.get("milestones", (0.5, 0.75))]
+                gamma = float(schedule.get("gamma", 0.1))
+
+                def shape(step: int) -> float:
+                    return gamma ** sum(step >= m for m in milestones)
+
+            def factor(step: int) -> float:
+                if step < warmup_steps:
+                    return (step + 1) / warmup_steps
+                return shape(step)
+
+            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

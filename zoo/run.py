@@ -1,0 +1,238 @@
+"""Turn a composed config into a training run: data, model, callbacks, loggers, trainer, fit, test.
+
+``train.py`` is a thin Hydra wrapper around :func:`train`; everything it does lives here, where
+tests can call it.
+"""
+
+from __future__ import annotations
+
+import logging
+import netrc
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import (
+    Callback,
+    LearningRateMonitor,
+    ModelCheckpoint,
+    RichProgressBar,
+    TQDMProgressBar,
+)
+from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
+from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+import zoo
+from zoo.checkpoint import AtomicCheckpointIO, Preempted, PreemptionCheckpoint, resolve_ckpt_path
+from zoo.module import ZooModule
+
+log = logging.getLogger("zoo")
+
+LOGGERS = ("wandb", "csv", "tensorboard")
+
+
+# ---------------------------------------------------------------------------- loggers
+
+
+def wandb_has_credentials() -> bool:
+    """True when an API key is configured (environment or ~/.netrc), without asking W&B."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or ""
+    try:
+        return netrc.netrc().authenticators(host) is not None
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+
+
+def build_wandb_logger(options: dict[str, Any], run_dir: Path, config: dict[str, Any]) -> WandbLogger | None:
+    import wandb
+
+    mode = options.get("mode", "auto")
+    if mode == "auto":
+        mode = os.environ.get("WANDB_MODE") or ("online" if wandb_has_credentials() else "offline")
+    if mode == "disabled":
+        return None
+    if mode not in ("online", "offline"):
+        raise ValueError(f"logger.wandb.mode must be auto, online, offline or disabled, got {mode!r}")
+    logger = WandbLogger(
+        name=options.get("name"),
+        project=options.get("project", "skip-zoo"),
+        entity=options.get("entity"),
+        group=options.get("group"),
+        tags=list(options.get("tags") or []),
+        save_dir=str(run_dir),
+        offline=mode == "offline",
+        config=config,
+        settings=wandb.Settings(
+            init_timeout=float(options.get("init_timeout_s", 30)),
+            silent=True,
+            console="off",  # the run log already goes to the terminal and the Hydra log
+        ),
+    )
+    try:
+        logger.experiment  # start the run now: a W&B failure must not surface mid-training
+    except Exception as error:  # noqa: BLE001 - any W&B failure: go on without it
+        warnings.warn(f"W&B could not start ({error}); training goes on with the other loggers.")
+        return None
+    return logger
+
+
+def build_loggers(cfg: DictConfig, run_dir: Path, tags: list[str]) -> list[Logger]:
+    chosen = dict(cfg.get("logger") or {})
+    unknown = sorted(set(chosen) - set(LOGGERS))
+    if unknown:
+        raise ValueError(f"unknown logger(s) {unknown}; choose from {', '.join(LOGGERS)} or none")
+    loggers: list[Logger] = []
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    if "wandb" in chosen:
+        options = dict(chosen["wandb"])
+        options["tags"] = sorted(set(options.get("tags") or []) | set(tags))
+        wandb_logger = build_wandb_logger(options, run_dir, resolved)
+        if wandb_logger is not None:
+            loggers.append(wandb_logger)
+    if "csv" in chosen:
+        loggers.append(CSVLogger(save_dir=str(run_dir), name=chosen["csv"].get("name", "csv"), version=""))
+    if "tensorboard" in chosen:
+        loggers.append(
+            TensorBoardLogger(save_dir=str(run_dir), name=chosen["tensorboard"].get("name", "tensorboard"), version="")
+        )
+    return loggers
+
+
+# ---------------------------------------------------------------------------- callbacks
+
+
+def build_callbacks(cfg: DictConfig, run_dir: Path) -> tuple[list[Callback], ModelCheckpoint]:
+    options = cfg.get("callbacks") or {}
+    checkpoint_options = options.get("checkpoint") or {}
+    checkpoint = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints",
+        filename="best-epoch{epoch:03d}-step{step}",
+        auto_insert_metric_name=False,
+        monitor=checkpoint_options.get("monitor", "val/acc"),
+        mode="max" if "acc" in checkpoint_options.get("monitor", "val/acc") else "min",
+        save_top_k=int(checkpoint_options.get("save_top_k", 1)),
+        save_last=True,
+        every_n_train_steps=checkpoint_options.get("every_n_train_steps"),
+    )
+    callbacks: list[Callback] = [checkpoint, PreemptionCheckpoint(run_dir / "checkpoints")]
+    bar = options.get("progress_bar", "rich")
+    if bar == "rich":
+        callbacks.append(RichProgressBar(leave=True))
+    elif bar == "tqdm":
+        callbacks.append(TQDMProgressBar())
+    elif bar not in ("none", None):
+        raise ValueError(f"callbacks.progress_bar must be rich, tqdm or none, got {bar!r}")
+    if options.get("lr_monitor", True) and cfg.get("logger"):
+        callbacks.append(LearningRateMonitor(logging_interval="epoch"))
+    from zoo.callbacks import build_measurement_callbacks
+
+    callbacks.extend(build_measurement_callbacks(OmegaConf.to_container(options, resolve=True)))
+    return callbacks, checkpoint
+
+
+# ---------------------------------------------------------------------------- run
+
+
+def run_group(cfg: DictConfig) -> str | None:
+    """The W&B group: the experiment's or sweep's name, so that its runs sit together."""
+    if cfg.get("group"):
+        return str(cfg.group)
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hydra_cfg = HydraConfig.get()
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            return "sweep-" + Path(hydra_cfg.sweep.dir).name
+    except ValueError:  # not running under Hydra
+        pass
+    return None
+
+
+def train(cfg: DictConfig, run_dir: Path | str) -> dict[str, float]:
+    """Fit and test the configured network; returns the final test metrics."""
+    from zoo.data import build_datamodule
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not os.access(run_dir, os.W_OK):
+        raise PermissionError(f"the output directory {run_dir} is not writable; set hydra.run.dir=...")
+    pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    OmegaConf.set_struct(cfg, False)
+    cfg.group = run_group(cfg)
+    OmegaConf.set_struct(cfg, True)
+
+    facts = zoo.describe(cfg.model.name)
+    tags = [f"family:{facts['family']}", f"skip:{facts['skip']}", f"data:{cfg.data.name}"]
+    datamodule = build_datamodule(cfg.data)
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    module = ZooModule(
+        model=model_cfg,
+        optim=OmegaConf.to_container(cfg.optim, resolve=True),
+        scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True),
+        label_smoothing=float(cfg.label_smoothing),
+        channels_last=bool(cfg.channels_last),
+    )
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), run_name=str(cfg.run_name))
+    if model_cfg.get("pretrained") and ckpt_path is None:
+        from zoo.pretrained import load_pretrained
+
+        load_pretrained(module.net, model_cfg["name"], str(model_cfg["pretrained"]))
+
+    loggers = build_loggers(cfg, run_dir, tags)
+    callbacks, checkpoint = build_callbacks(cfg, run_dir)
+    trainer_options = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if v is not None}
+    trainer = pl.Trainer(
+        **trainer_options,
+        default_root_dir=str(run_dir),
+        logger=loggers or False,
+        callbacks=callbacks,
+        enable_progress_bar=any(isinstance(c, (RichProgressBar, TQDMProgressBar)) for c in callbacks),
+        plugins=[AtomicCheckpointIO()],
+    )
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    except SIGTERMException:
+        saved = next(c.saved_path for c in callbacks if isinstance(c, PreemptionCheckpoint))
+        raise Preempted(saved or checkpoint.last_model_path) from None
+    best = checkpoint.best_model_path or None
+    results = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)
+    metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
+
+    summary = {
+        "best_val_acc": float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None,
+        "test_acc": metrics.get("test/acc"),
+        "parameters": module.num_parameters,
+    }
+    for logger in loggers:
+        if isinstance(logger, WandbLogger) and trainer.is_global_zero:
+            logger.experiment.summary.update({k: v for k, v in summary.items() if v is not None})
+    if trainer.is_global_zero:
+        report_paths(run_dir, checkpoint, loggers, metrics)
+    return metrics
+
+
+def report_paths(run_dir: Path, checkpoint: ModelCheckpoint, loggers: list[Logger], metrics: dict[str, float]) -> None:
+    lines = ["", "test metrics: " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()))]
+    lines.append(f"run directory: {run_dir}")
+    if checkpoint.last_model_path:
+        lines.append(f"last checkpoint: {checkpoint.last_model_path}")
+    if checkpoint.best_model_path:
+        lines.append(f"best checkpoint: {checkpoint.best_model_path}")
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            run = logger.experiment
+            if getattr(run.settings, "_offline", False) or getattr(run.settings, "mode", "") == "offline":
+                lines.append(f"W&B offline run: {run.dir.rsplit('/files', 1)[0]}")
+                lines.append(f"  upload it later with: wandb sync {run.dir.rsplit('/files', 1)[0]}")
+            else:
+                lines.append(f"W&B run: {run.url}")
+    print("\n".join(lines), file=sys.stdout, flush=True)

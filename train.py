@@ -15,9 +15,10 @@ import sys
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
+from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 # Errors caused by the user's input get one clear line, not a traceback (ZOO_DEBUG=1 shows it).
-USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, NotADirectoryError)
+USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, NotADirectoryError, MisconfigurationException)
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")

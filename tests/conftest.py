@@ -9,6 +9,9 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
 SHARED = REPO.parent / "shared"
 
+# One intra-op thread per process: tests start several processes at once (DDP, train.py
+# subprocesses) and OpenMP threads spinning on an oversubscribed 2-core machine are 20x slower.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 # Tests never talk to W&B servers, never prompt.
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
@@ -25,3 +28,31 @@ def compose():
             return hydra_compose(config_name="train", overrides=list(overrides))
 
     return _compose
+
+# Overrides that make a train.py run small enough for 2 CPU cores: the bundled digits set.
+FAST_OVERRIDES = [
+    "data=digits",
+    "data.batch_size=32",
+    "data.num_workers=0",
+    "trainer.accelerator=cpu",
+    "trainer.devices=1",
+    "trainer.log_every_n_steps=2",
+    "callbacks.progress_bar=none",
+]
+
+
+def run_train(run_dir: Path, *overrides: str, check: bool = True, env: dict | None = None,
+              timeout: float = 600, fast: bool = True):
+    """Run the real ``train.py`` in a subprocess, writing into ``run_dir``."""
+    import subprocess
+    import sys
+
+    environment = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONUNBUFFERED": "1"}
+    environment.update(env or {})
+    command = [sys.executable, str(REPO / "train.py"), *(FAST_OVERRIDES if fast else []),
+               f"hydra.run.dir={run_dir}", *overrides]
+    result = subprocess.run(command, cwd=Path(run_dir).parent, env=environment,
+                            capture_output=True, text=True, timeout=timeout)
+    if check:
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result

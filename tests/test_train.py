@@ -3,37 +3,13 @@
 from __future__ import annotations
 
 import csv
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import REPO
+from conftest import run_train
 from wandb_records import read_run, run_file
-
-FAST = [
-    "data=digits",
-    "trainer.accelerator=cpu",
-    "trainer.devices=1",
-    "trainer.log_every_n_steps=2",
-    "callbacks.progress_bar=none",
-    "data.num_workers=0",
-]
-
-
-def run_train(run_dir: Path, *overrides: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONUNBUFFERED": "1"}
-    result = subprocess.run(
-        [sys.executable, str(REPO / "train.py"), *FAST, f"hydra.run.dir={run_dir}", *overrides],
-        cwd=run_dir.parent, env=env, capture_output=True, text=True, timeout=600,
-    )
-    if check:
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result
-
 
 def epoch_losses(run_dir: Path) -> list[float]:
     with open(run_dir / "csv" / "metrics.csv") as file:
@@ -76,7 +52,7 @@ def test_wandb_offline_run_holds_config_metrics_and_summary(trained_runs):
     assert run["config"]["optim"]["lr"] == 0.1
     logged = set().union(*run["history"])
     assert {"train/loss_step", "val/acc", "val/loss", "test/acc"} <= logged
-    assert run["summary"]["parameters"] == 269_722  # He et al.: 0.27M
+    assert run["summary"]["parameters"] == 269_722 - 2 * 16 * 3 * 3  # 0.27M; one input channel, not 3
     assert 0.0 <= run["summary"]["best_val_acc"] <= 1.0
     assert run["summary"]["test_acc"] > 0.5  # far above chance (0.1) after 4 epochs
 

@@ -29,7 +29,14 @@ from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger, Wand
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 import zoo
-from zoo.checkpoint import AtomicCheckpointIO, Preempted, PreemptionCheckpoint, resolve_ckpt_path
+from zoo.checkpoint import (
+    AtomicCheckpointIO,
+    CheckpointError,
+    Preempted,
+    PreemptionCheckpoint,
+    resolve_ckpt_path,
+    safe_load,
+)
 from zoo.module import ZooModule
 
 log = logging.getLogger("zoo")
@@ -157,10 +164,46 @@ def run_group(cfg: DictConfig) -> str | None:
     return None
 
 
+def check_config(cfg: DictConfig) -> None:
+    """Values Hydra accepts but that make no sense: one clear error before anything is built."""
+    trainer = cfg.trainer
+    max_epochs = trainer.get("max_epochs")
+    if max_epochs is not None and (not isinstance(max_epochs, int) or max_epochs < 0):
+        raise ValueError(f"trainer.max_epochs must be a whole number >= 0 (0: evaluate only), got {max_epochs!r}")
+    batch_size = cfg.data.get("batch_size")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"data.batch_size must be a whole number >= 1 (images per device), got {batch_size!r}")
+    if not isinstance(cfg.seed, int):
+        raise ValueError(f"seed must be a whole number, got {cfg.seed!r}")
+    known = {"checkpoint", "progress_bar", "lr_monitor", "gradient_flow", "residual_gain", "explosion_guard"}
+    unknown = sorted(set(cfg.get("callbacks") or {}) - known)
+    if unknown:
+        # Callbacks are built by name from this list only: a config cannot name a class to run.
+        raise ValueError(f"unknown callback setting(s) {unknown}; known: {', '.join(sorted(known))}")
+
+
+def check_resume_compatible(ckpt_path: str, model_cfg: dict[str, Any]) -> None:
+    """A checkpoint of another network or class count gets a clear error before training starts."""
+    checkpoint = safe_load(ckpt_path)
+    saved = (checkpoint.get("hyper_parameters") or {}).get("model") if isinstance(checkpoint, dict) else None
+    if not isinstance(saved, dict) or "state_dict" not in checkpoint:
+        raise CheckpointError(f"{ckpt_path} is not a checkpoint of this project (no saved model hyperparameters)")
+    for key in ("name", "num_classes", "in_channels"):
+        if saved.get(key) != model_cfg.get(key):
+            raise CheckpointError(
+                f"{ckpt_path} holds {saved.get('name')} ({saved.get('num_classes')} classes, "
+                f"{saved.get('in_channels')} input channels) but this run builds {model_cfg.get('name')} "
+                f"({model_cfg.get('num_classes')} classes, {model_cfg.get('in_channels')} channels): "
+                f"resume with model={saved.get('name')} and the same data, or start fresh with "
+                "model.pretrained=<checkpoint> to fine-tune"
+            )
+
+
 def train(cfg: DictConfig, run_dir: Path | str) -> dict[str, float]:
     """Fit and test the configured network; returns the final test metrics."""
     from zoo.data import build_datamodule
 
+    check_config(cfg)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if not os.access(run_dir, os.W_OK):
@@ -182,6 +225,8 @@ def train(cfg: DictConfig, run_dir: Path | str) -> dict[str, float]:
         channels_last=bool(cfg.channels_last),
     )
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), run_name=str(cfg.run_name))
+    if ckpt_path is not None:
+        check_resume_compatible(ckpt_path, model_cfg)
     if model_cfg.get("pretrained") and ckpt_path is None:
         from zoo.pretrained import load_pretrained
 

@@ -75,6 +75,7 @@ class DeviceLoader:
         rank: int = 0,
         world_size: int = 1,
         epoch_fn: Callable[[], int] | None = None,
+        batches_done_fn: Callable[[], int] | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -86,7 +87,10 @@ class DeviceLoader:
         self.crop_padding, self.flip = crop_padding, flip
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.epoch_fn = epoch_fn
+        self.batches_done_fn = batches_done_fn
         self._iterations = 0
+        self._epoch = 0
+        self._resume: dict[str, int] | None = None
         self.num_samples = len(split)
         _, channels, self.height, self.width = split.images.shape
         # Pad once, here, so that each batch's random crop is a single gather (zeros, as
@@ -107,9 +111,23 @@ class DeviceLoader:
     def __len__(self) -> int:
         return self._len
 
+    # Lightning saves a loader's state_dict in its checkpoints and restores it before iter(): a
+    # run killed mid-epoch resumes with exactly the batches it had not trained on yet.
+    def state_dict(self) -> dict[str, int]:
+        done = self.batches_done_fn() if self.batches_done_fn is not None else 0
+        return {"epoch": self._epoch, "batches_done": int(done)}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self._resume = dict(state)
+
     def __iter__(self) -> Iterator[Batch]:
         epoch = self.epoch_fn() if self.epoch_fn is not None else self._iterations
         self._iterations += 1
+        self._epoch = epoch
+        skip = 0
+        if self._resume is not None and self._resume.get("epoch") == epoch:
+            skip = min(int(self._resume.get("batches_done", 0)), self._len)
+        self._resume = None
         n, p = self.num_samples, self.crop_padding
         g = epoch_generator(self.seed, epoch)
         order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
@@ -121,7 +139,7 @@ class DeviceLoader:
         positions = positions[: self._len * self.batch_size]
         plan = torch.stack([order[positions], offsets[positions, 0], offsets[positions, 1],
                             flips[positions].long()], 1).to(self.device, non_blocking=True)
-        for start in range(0, len(plan), self.batch_size):
+        for start in range(skip * self.batch_size, len(plan), self.batch_size):
             index, top, left, flip = plan[start: start + self.batch_size].unbind(1)
             yield self._crop_flip_normalise(index, top, left, flip.bool()), self.labels[index]
 

@@ -205,11 +205,17 @@ class ZooDataModule(pl.LightningDataModule):
         crop_padding = self.recipe.crop_padding if augment else 0
         flip = self.recipe.flip and augment
         if self.loader_kind == "device":
-            epoch_fn = (lambda: self.trainer.current_epoch) if self.trainer is not None else None
+            epoch_fn = batches_done_fn = None
+            if self.trainer is not None:
+                trainer = self.trainer
+                epoch_fn = lambda: trainer.current_epoch  # noqa: E731
+                # batches trained so far in this epoch, as the fit loop counts them
+                batches_done_fn = lambda: trainer.fit_loop.epoch_loop.batch_progress.current.processed  # noqa: E731
             return DeviceLoader(split, self.batch_size, self.mean, self.std, device=self.device,
                                 shuffle=training, drop_last=training, crop_padding=crop_padding,
                                 flip=flip, seed=self.seed, rank=self.rank,
-                                world_size=self.world_size, epoch_fn=epoch_fn)
+                                world_size=self.world_size, epoch_fn=epoch_fn,
+                                batches_done_fn=batches_done_fn)
         return torch_loader(split, self.batch_size, self.mean, self.std, shuffle=training,
                             drop_last=training, crop_padding=crop_padding, flip=flip,
                             seed=self.seed, num_workers=self.num_workers, pin_memory=pin_memory)

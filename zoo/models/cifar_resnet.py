@@ -127,7 +127,9 @@ class CifarResNet(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.linear = nn.Linear(in_planes, num_classes)
         for module in self.modules():
-            if isinstance(module, (nn.Conv2d, nn.Linear)):
+            # He et al. 2015 (their ref. [13]) initialisation for the convolutions; the
+            # classifier keeps PyTorch's default so that the initial loss is about ln(classes).
+            if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:

@@ -75,7 +75,7 @@ def describe(name: str) -> dict[str, Any]:
         "name": name,
         "family": family.__name__.rsplit(".", 1)[-1],
         "skip": family.skip_type(arguments),
-        "default_num_classes": family.DEFAULT_NUM_CLASSES,
+        "default_num_classes": arguments.get("default_num_classes", family.DEFAULT_NUM_CLASSES),
     }
 
 
@@ -95,7 +95,8 @@ def create(
     """
     family, arguments = _resolve(name)
     if num_classes is None:
-        num_classes = family.DEFAULT_NUM_CLASSES
+        # CIFAR variants inside an ImageNet family (the CIFAR DenseNets) say so in their table
+        num_classes = arguments.get("default_num_classes", family.DEFAULT_NUM_CLASSES)
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
     if not isinstance(in_channels, int) or in_channels < 1:

@@ -155,7 +155,7 @@ class CifarResNet(nn.Module):
 
 # ---------------------------------------------------------------- variants
 
-NAMED_DEPTHS = (20, 32, 44, 56, 110, 1202)
+NAMED_DEPTHS = (8, 20, 32, 44, 56, 110, 1202)  # 8: the smallest, for quick runs and tests
 VARIANTS: dict[str, dict[str, Any]] = {}
 for _depth in NAMED_DEPTHS:
     VARIANTS[f"resnet{_depth}"] = {"depth": _depth, "skip": True}

@@ -52,7 +52,7 @@ def run_blocks(blocks: nn.Module, x: torch.Tensor, checkpointed: bool) -> torch.
     """
     for block in blocks:
         if checkpointed and torch.is_grad_enabled():
-            x = checkpoint(block, x, use_reentrant=False)
+            x = checkpoint_module(block, x, block)
         else:
             x = block(x)
     return x

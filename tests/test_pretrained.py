@@ -1,0 +1,264 @@
+"""Loading weights: community CIFAR checkpoints, torchvision files, Lightning checkpoints,
+torchvision's published weights through the hub cache, and every way a file can be wrong."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+
+import zoo
+from zoo import pretrained
+from zoo.pretrained import (
+    ArchitectureMismatchError,
+    CheckpointError,
+    PretrainedUnavailableError,
+    UnsafeCheckpointError,
+)
+
+# The CI clone has shared/ beside the repository: <root>/main/tests/this_file -> <root>/shared.
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+COMMUNITY = SHARED / "checkpoints" / "cifar10-resnet-akamaster"
+COMMUNITY_FILES = {
+    "resnet20": "resnet20-12fca82f.th",
+    "resnet32": "resnet32-d509ac18.th",
+    "resnet44": "resnet44-014dd654.th",
+    "resnet56": "resnet56-4bfd9763.th",
+}
+needs_community = pytest.mark.skipif(
+    not COMMUNITY.is_dir(), reason=f"community checkpoints not found at {COMMUNITY}"
+)
+
+
+# ---------------------------------------------------------------- community CIFAR checkpoints
+
+
+@needs_community
+@pytest.mark.parametrize("name", sorted(COMMUNITY_FILES))
+def test_community_checkpoint_loads_exactly(name: str) -> None:
+    path = COMMUNITY / COMMUNITY_FILES[name]
+    stored = torch.load(path, weights_only=True, map_location="cpu")["state_dict"]
+    net = zoo.create(name, num_classes=10, pretrained=str(path))
+    own = net.state_dict()
+    assert len(stored) > 0
+    for key, value in stored.items():
+        assert key.startswith("module.")
+        # Weights and BN running statistics, bit for bit.
+        assert torch.equal(own[key[len("module."):]], value), key
+
+
+@needs_community
+def test_community_resnet20_computes_the_reference_network() -> None:
+    # A hand-written ResNet-20 from the checkpoint's tensors alone, with the option-A shortcut
+    # padding planes // 4 zero channels on *both* sides, must give the same logits.
+    import torch.nn.functional as F
+
+    path = COMMUNITY / COMMUNITY_FILES["resnet20"]
+    weights = {
+        k[len("module."):]: v
+        for k, v in torch.load(path, weights_only=True, map_location="cpu")["state_dict"].items()
+    }
+    net = zoo.create("resnet20", pretrained=str(path)).eval()
+
+    def bn(x: torch.Tensor, prefix: str) -> torch.Tensor:
+        return F.batch_norm(
+            x, weights[f"{prefix}.running_mean"], weights[f"{prefix}.running_var"],
+            weights[f"{prefix}.weight"], weights[f"{prefix}.bias"], False, 0.0, 1e-5,
+        )
+
+    def reference(x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(bn(F.conv2d(x, weights["conv1.weight"], padding=1), "bn1"))
+        for stage, planes in ((1, 16), (2, 32), (3, 64)):
+            for index in range(3):
+                p = f"layer{stage}.{index}"
+                stride = 2 if stage > 1 and index == 0 else 1
+                out = F.conv2d(x, weights[f"{p}.conv1.weight"], stride=stride, padding=1)
+                out = F.relu(bn(out, f"{p}.bn1"))
+                out = bn(F.conv2d(out, weights[f"{p}.conv2.weight"], padding=1), f"{p}.bn2")
+                shortcut = x
+                if stride == 2:
+                    shortcut = F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, planes // 4, planes // 4))
+                x = F.relu(out + shortcut)
+        return F.linear(x.mean((2, 3)), weights["linear.weight"], weights["linear.bias"])
+
+    torch.manual_seed(0)
+    x = torch.randn(8, 3, 32, 32)
+    with torch.no_grad():
+        expected = reference(x)
+        torch.testing.assert_close(net(x), expected, atol=1e-4, rtol=1e-4)
+        assert torch.equal(net(x).argmax(1), expected.argmax(1))
+
+
+# ---------------------------------------------------------------- other sources
+
+
+def _randomised(net: torch.nn.Module) -> torch.nn.Module:
+    with torch.no_grad():
+        for module in net.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.1, 0.1)
+                module.running_var.uniform_(0.5, 1.5)
+    return net.eval()
+
+
+def test_torchvision_state_dict_file(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    reference = _randomised(torchvision.models.resnet18(weights=None))
+    path = tmp_path / "resnet18-custom.pth"
+    torch.save(reference.state_dict(), path)
+    net = zoo.create("resnet18", pretrained=str(path)).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), reference(x), atol=1e-5, rtol=1e-5)
+
+
+def test_lightning_checkpoint(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    source = _randomised(zoo.create("densenet40_12", num_classes=10))
+    state = {f"net.{k}": v for k, v in source.state_dict().items()}
+    state["criterion.weight"] = torch.ones(10)  # other LightningModule state is ignored
+    path = tmp_path / "epoch=3-step=100.ckpt"
+    torch.save({"state_dict": state, "epoch": 3, "global_step": 100}, path)
+    net = zoo.create("densenet40_12", num_classes=10, pretrained=str(path))
+    for key, value in source.state_dict().items():
+        assert torch.equal(net.state_dict()[key], value), key
+
+
+def test_compiled_lightning_checkpoint(tmp_path: Path) -> None:
+    source = zoo.create("resnet20")
+    state = {f"net._orig_mod.{k}": v for k, v in source.state_dict().items()}
+    torch.save({"state_dict": state}, tmp_path / "last.ckpt")
+    net = zoo.create("resnet20", pretrained=str(tmp_path / "last.ckpt"))
+    assert torch.equal(net.linear.weight, source.linear.weight)
+
+
+@needs_community
+def test_other_num_classes_loads_all_but_the_classifier(caplog: pytest.LogCaptureFixture) -> None:
+    path = COMMUNITY / COMMUNITY_FILES["resnet20"]
+    stored = torch.load(path, weights_only=True, map_location="cpu")["state_dict"]
+    torch.manual_seed(0)
+    fresh = zoo.create("resnet20", num_classes=100)
+    torch.manual_seed(0)
+    with caplog.at_level(logging.INFO, logger="zoo.pretrained"):
+        net = zoo.create("resnet20", num_classes=100, pretrained=str(path))
+    assert net.linear.weight.shape == (100, 64)
+    assert torch.equal(net.linear.weight, fresh.linear.weight)  # classifier untouched
+    assert torch.equal(net.layer3[2].conv2.weight, stored["module.layer3.2.conv2.weight"])
+    records = [r for r in caplog.records if r.name == "zoo.pretrained"]
+    assert len(records) == 1
+    assert "classifier" in records[0].getMessage() and "100" in records[0].getMessage()
+
+
+@needs_community
+def test_other_architecture_lists_keys() -> None:
+    path = COMMUNITY / COMMUNITY_FILES["resnet20"]
+    with pytest.raises(ArchitectureMismatchError, match=r"missing \(60\): layer1\.3\.conv1"):
+        zoo.create("resnet32", pretrained=str(path))
+    with pytest.raises(ArchitectureMismatchError, match=r"unexpected \(\d+\)") as error:
+        zoo.create("densenet40_12", pretrained=str(path))
+    assert "and" in str(error.value) and "more" in str(error.value)  # long lists truncated
+    with pytest.raises(ArchitectureMismatchError, match=r"shape differs"):
+        zoo.create("resnet20", shortcut="A", in_channels=1, pretrained=str(path))
+
+
+# ---------------------------------------------------------------- bad files
+
+
+def test_missing_truncated_and_non_checkpoint_files(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="not found: .*nowhere.pth"):
+        zoo.create("resnet20", pretrained=str(tmp_path / "nowhere.pth"))
+    good = tmp_path / "good.pth"
+    torch.save(zoo.create("resnet20").state_dict(), good)
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    text = tmp_path / "notes.pth"
+    text.write_text("these are my notes, not weights\n")
+    empty = tmp_path / "empty.pth"
+    empty.write_bytes(b"")
+    for path in (truncated, text, empty):
+        with pytest.raises(CheckpointError, match=f"cannot read {path}"):
+            zoo.create("resnet20", pretrained=str(path))
+    tensor_only = tmp_path / "tensor.pth"
+    torch.save(torch.zeros(3), tensor_only)
+    with pytest.raises(CheckpointError, match="holds no state dict"):
+        zoo.create("resnet20", pretrained=str(tensor_only))
+    with pytest.raises(CheckpointError, match="checkpoint path or 'imagenet'"):
+        zoo.create("resnet20", pretrained=True)
+
+
+class _Hostile:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # unpickling this would run a shell command
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_hostile_pickle_is_refused_and_never_runs(tmp_path: Path) -> None:
+    marker = tmp_path / "marker"
+    path = tmp_path / "hostile.pth"
+    torch.save({"state_dict": zoo.create("resnet20").state_dict(), "x": _Hostile(marker)}, path)
+    with pytest.raises(UnsafeCheckpointError, match="refusing to load .*hostile.pth.*system"):
+        zoo.create("resnet20", pretrained=str(path))
+    assert not marker.exists()
+
+
+# ---------------------------------------------------------------- "imagenet"
+
+
+def test_imagenet_offline_fails_fast_naming_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    # A port that refuses at once, so the test is offline even on a machine with a network.
+    monkeypatch.setattr(
+        pretrained, "imagenet_weights_url",
+        lambda name: "http://127.0.0.1:9/models/resnet18-f37072fd.pth",
+    )
+    expected = tmp_path / "torch" / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+    with pytest.raises(PretrainedUnavailableError) as error:
+        zoo.create("resnet18", pretrained="imagenet")
+    assert str(expected) in str(error.value)
+    assert not expected.exists()
+
+
+def test_imagenet_url_and_cache_file_come_from_torchvision(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    assert pretrained.imagenet_weights_url("resnet50").endswith("/resnet50-0676ba61.pth")
+    assert pretrained.imagenet_weights_file("densenet121") == (
+        tmp_path / "hub" / "checkpoints" / "densenet121-a639ec97.pth"
+    )
+    with pytest.raises(CheckpointError, match="no ImageNet weights for 'plain18'"):
+        zoo.create("plain18", pretrained="imagenet")
+
+
+def test_imagenet_from_the_hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    torch.manual_seed(0)
+    reference = _randomised(torchvision.models.densenet121(weights=None))
+    cached = pretrained.imagenet_weights_file("densenet121")
+    cached.parent.mkdir(parents=True)
+    # Published DenseNet files carry the old "norm.1"-style keys.
+    legacy = {}
+    for key, value in reference.state_dict().items():
+        if "num_batches_tracked" in key:
+            continue
+        for part in ("norm1", "norm2", "conv1", "conv2"):
+            key = key.replace(f".{part}.", f".{part[:-1]}.{part[-1]}.")
+        legacy[key] = value
+    torch.save(legacy, cached)
+
+    def no_download(*args: object) -> None:
+        raise AssertionError("the cached file must be used without a download")
+
+    monkeypatch.setattr(pretrained, "_download", no_download)
+    net = zoo.create("densenet121", pretrained="imagenet").eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), reference(x), atol=1e-5, rtol=1e-5)

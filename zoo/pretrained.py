@@ -1,0 +1,273 @@
+"""Loading weights people already have into the zoo's networks.
+
+``load_pretrained(net, name, source)`` accepts
+
+* a torchvision state-dict file (``resnet50-0676ba61.pth``; DenseNet files with torchvision's
+  old ``norm.1``-style keys included);
+* a community CIFAR checkpoint (``{"state_dict": {"module.conv1.weight": ...}, "best_prec1"}``,
+  the format of akamaster/pytorch_resnet_cifar10);
+* a Lightning checkpoint of this project (``{"state_dict": {"net.conv1.weight": ...}, ...}``);
+* ``"imagenet"``: torchvision's published ImageNet weights (``IMAGENET1K_V1``) for that name,
+  read from the torch hub cache, ``torch.hub.get_dir()/checkpoints/<file>``. A missing file is
+  downloaded with a bounded wait; offline, loading fails within seconds naming the file and
+  where to put it.
+
+Files are read with ``torch.load(weights_only=True)``: loading never runs code from the file,
+and a file that needs pickled code is refused (:class:`UnsafeCheckpointError`).
+
+A checkpoint whose classifier has another number of classes loads everything else and says so
+in one log line (fine-tuning); any other mismatch is an :class:`ArchitectureMismatchError`
+listing the missing, unexpected and mis-shaped keys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import pickle
+import queue
+import re
+import shutil
+import tempfile
+import threading
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from zoo.models.densenet import remap_legacy_keys
+
+log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT_S = 10.0  # seconds to resolve, connect and get headers; offline fails here
+READ_TIMEOUT_S = 30.0  # seconds without a byte before a started download gives up
+_MAX_LISTED = 8  # keys listed per category in a mismatch error
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded into the requested network."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A file that needs pickled code (not just tensors) to load; it is never executed."""
+
+
+class ArchitectureMismatchError(CheckpointError):
+    """A checkpoint of another architecture: keys or shapes differ beyond the classifier."""
+
+
+class PretrainedUnavailableError(CheckpointError):
+    """Published weights that are neither in the torch hub cache nor downloadable now."""
+
+
+# ---------------------------------------------------------------- reading files
+
+
+def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """The network state dict stored in ``path``, with wrapper prefixes removed."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file not found: {path}")
+    try:
+        content = torch.load(path, weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError as error:
+        found = re.search(r"GLOBAL ([\w.]+)", str(error))
+        if found or "global" in str(error).lower():
+            what = f" ({found.group(1)})" if found else ""
+            raise UnsafeCheckpointError(
+                f"refusing to load {path}: it needs pickled code{what}, and loading only "
+                "accepts tensors and plain containers (weights_only=True). If you trust the "
+                "file, re-save just its weights: torch.save(state_dict, 'weights.pth')."
+            ) from None
+        raise CheckpointError(f"cannot read {path}: not a PyTorch checkpoint ({error})") from None
+    except Exception as error:  # noqa: BLE001 - garbage fails anywhere in the unpickler
+        raise CheckpointError(
+            f"cannot read {path}: truncated or not a PyTorch checkpoint "
+            f"({type(error).__name__}: {str(error)[:200]})"
+        ) from None
+    return _state_dict_of(content, path)
+
+
+def _state_dict_of(content: Any, path: Path) -> dict[str, torch.Tensor]:
+    if isinstance(content, dict) and isinstance(content.get("state_dict"), dict):
+        state_dict = content["state_dict"]  # community CIFAR and Lightning checkpoints
+    elif (
+        isinstance(content, dict)
+        and content
+        and all(isinstance(value, torch.Tensor) for value in content.values())
+    ):
+        state_dict = content  # a bare state dict (torchvision)
+    else:
+        found = (
+            f"a dict with keys {sorted(map(str, content))[:_MAX_LISTED]}"
+            if isinstance(content, dict)
+            else type(content).__name__
+        )
+        raise CheckpointError(
+            f"{path} holds no state dict: expected a state dict or {{'state_dict': ...}}, "
+            f"found {found}"
+        )
+    state_dict = dict(state_dict)
+    if any(key.startswith("net.") for key in state_dict):
+        # A Lightning checkpoint of this project: the LightningModule holds the network as
+        # ``self.net``; anything else in it (losses, metrics) is not the network's.
+        state_dict = {k[4:]: v for k, v in state_dict.items() if k.startswith("net.")}
+    for prefix in ("module.", "_orig_mod."):  # (Distributed)DataParallel, torch.compile
+        if state_dict and all(key.startswith(prefix) for key in state_dict):
+            state_dict = {k[len(prefix) :]: v for k, v in state_dict.items()}
+    not_tensors = [k for k, v in state_dict.items() if not isinstance(v, torch.Tensor)]
+    if not_tensors:
+        raise CheckpointError(f"{path}: state dict entries are not tensors: {not_tensors[:5]}")
+    return state_dict
+
+
+# ---------------------------------------------------------------- torchvision's published weights
+
+
+def imagenet_weights_url(name: str) -> str:
+    """URL of torchvision's ``IMAGENET1K_V1`` weights for ``name`` (e.g. ``resnet50``)."""
+    import torchvision
+
+    published = [n for n in torchvision.models.list_models() if n.startswith(("resnet", "dense"))]
+    if name not in published:
+        raise CheckpointError(
+            f"torchvision publishes no ImageNet weights for {name!r}; "
+            f"pretrained='imagenet' works for: {', '.join(sorted(published))}"
+        )
+    return torchvision.models.get_model_weights(name)["IMAGENET1K_V1"].url
+
+
+def imagenet_weights_file(name: str) -> Path:
+    """Where the torch hub cache keeps the weights (download them here when offline)."""
+    filename = imagenet_weights_url(name).rsplit("/", 1)[-1]
+    return Path(torch.hub.get_dir()) / "checkpoints" / filename
+
+
+def _open_url(url: str, timeout_s: float) -> Any:
+    # DNS resolution ignores socket timeouts, so the connection is opened in a daemon thread
+    # and abandoned if it does not answer in time.
+    answers: queue.Queue[Any] = queue.Queue()
+
+    def connect() -> None:
+        try:
+            answers.put(urllib.request.urlopen(url, timeout=READ_TIMEOUT_S))
+        except Exception as error:  # noqa: BLE001 - reported to the waiting thread
+            answers.put(error)
+
+    threading.Thread(target=connect, daemon=True).start()
+    try:
+        answer = answers.get(timeout=timeout_s)
+    except queue.Empty:
+        raise TimeoutError(f"no answer within {timeout_s:.0f} s") from None
+    if isinstance(answer, Exception):
+        raise answer
+    return answer
+
+
+def _download(url: str, destination: Path) -> None:
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    with (
+        _open_url(url, CONNECT_TIMEOUT_S) as response,
+        tempfile.NamedTemporaryFile(dir=destination.parent, delete=False) as partial,
+    ):
+        shutil.copyfileobj(response, partial)
+    digest = hashlib.sha256(Path(partial.name).read_bytes()).hexdigest()
+    expected = re.search(r"-([a-f0-9]{8,})\.", destination.name)
+    if expected and not digest.startswith(expected.group(1)):
+        os.unlink(partial.name)
+        raise CheckpointError(f"download of {url} is corrupt (sha256 {digest[:8]}...)")
+    os.replace(partial.name, destination)
+
+
+def fetch_imagenet_weights(name: str) -> Path:
+    """The cached file of torchvision's weights for ``name``; download it if missing."""
+    url = imagenet_weights_url(name)
+    destination = imagenet_weights_file(name)
+    if destination.is_file():
+        return destination
+    log.info("downloading %s to %s", url, destination)
+    try:
+        _download(url, destination)
+    except (OSError, TimeoutError) as error:  # URLError, socket.timeout are OSErrors
+        raise PretrainedUnavailableError(
+            f"ImageNet weights for {name} are not in the torch hub cache and cannot be "
+            f"downloaded ({error}). Place {destination.name} (from {url}) at {destination} "
+            f"(the cache is torch.hub.get_dir(); set TORCH_HOME to move it)."
+        ) from None
+    return destination
+
+
+# ---------------------------------------------------------------- loading into a network
+
+
+def _classifier_name(net: nn.Module) -> str | None:
+    linears = [name for name, module in net.named_modules() if isinstance(module, nn.Linear)]
+    return linears[-1] if linears else None
+
+
+def _listed(keys: list[str]) -> str:
+    shown = ", ".join(keys[:_MAX_LISTED])
+    more = len(keys) - _MAX_LISTED
+    return shown + (f", ... and {more} more" if more > 0 else "")
+
+
+def load_pretrained(net: nn.Module, name: str, source: str | os.PathLike[str]) -> nn.Module:
+    """Load ``source`` (a checkpoint path or ``"imagenet"``) into ``net`` (built as ``name``)."""
+    if not isinstance(source, (str, os.PathLike)) or not str(source):
+        raise CheckpointError(f"pretrained must be a checkpoint path or 'imagenet', got {source!r}")
+    path = fetch_imagenet_weights(name) if source == "imagenet" else Path(source)
+    state_dict = remap_legacy_keys(read_checkpoint(path))
+
+    own = net.state_dict()
+    # Checkpoints written before BN counted its batches lack num_batches_tracked; BN fills it.
+    missing = [k for k in own if k not in state_dict and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state_dict if k not in own]
+    misshapen = [k for k in state_dict if k in own and state_dict[k].shape != own[k].shape]
+
+    classifier = _classifier_name(net)
+    head_keys = {f"{classifier}.weight", f"{classifier}.bias"}
+    if not missing and not unexpected and misshapen and set(misshapen) <= head_keys:
+        found = state_dict[f"{classifier}.weight"].shape[0]
+        wanted = own[f"{classifier}.weight"].shape[0]
+        for key in head_keys:
+            state_dict.pop(key, None)
+        net.load_state_dict(state_dict, strict=False)
+        log.warning(
+            "%s: loaded %s except the classifier '%s' (%d classes in the checkpoint, %d in "
+            "the network), which keeps its fresh initialisation",
+            name,
+            path,
+            classifier,
+            found,
+            wanted,
+        )
+        return net
+    if missing or unexpected or misshapen:
+        shapes = [f"{k} {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}" for k in misshapen]
+        problems = [
+            f"missing ({len(missing)}): {_listed(missing)}" if missing else "",
+            f"unexpected ({len(unexpected)}): {_listed(unexpected)}" if unexpected else "",
+            f"shape differs ({len(shapes)}): {_listed(shapes)}" if shapes else "",
+        ]
+        raise ArchitectureMismatchError(
+            f"{path} does not fit {name} (a checkpoint of another architecture or options?); "
+            + "; ".join(p for p in problems if p)
+        )
+    net.load_state_dict(state_dict, strict=True)
+    return net
+
+
+__all__ = [
+    "ArchitectureMismatchError",
+    "CheckpointError",
+    "PretrainedUnavailableError",
+    "UnsafeCheckpointError",
+    "fetch_imagenet_weights",
+    "imagenet_weights_file",
+    "imagenet_weights_url",
+    "load_pretrained",
+    "read_checkpoint",
+]

@@ -10,8 +10,8 @@ if [ ! -d /usr/share/datasets/fashion-mnist ] && [ "$(id -u)" = 0 ] && command -
   (apt-get install -y -q dataset-fashion-mnist || { apt-get update -q && apt-get install -y -q dataset-fashion-mnist; }) >/dev/null || true
 fi
 if [ -d /usr/share/datasets/fashion-mnist ]; then
-  data=(data=fashion_mnist data.train_subset=20000)
+  data=(data=fashion_mnist data.train_subset=20000 data.loader=device)
 else
-  data=(data=digits)
+  data=(data=digits data.batch_size=32 data.loader=device)
 fi
 exec python3 train.py model=resnet20 "${data[@]}" trainer.max_epochs=2 "$@"

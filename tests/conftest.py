@@ -34,6 +34,7 @@ FAST_OVERRIDES = [
     "data=digits",
     "data.batch_size=32",
     "data.num_workers=0",
+    "data.loader=device",  # 25x faster than a DataLoader on 2 cores, and resumable mid-epoch
     "trainer.accelerator=cpu",
     "trainer.devices=1",
     "trainer.log_every_n_steps=2",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import pickle
 import signal
 import subprocess
 import sys
@@ -45,9 +44,9 @@ def short_error(result: subprocess.CompletedProcess) -> str:
 
 def test_hostile_checkpoint_is_refused_and_its_command_never_runs(tmp_path):
     path, marker = hostile_checkpoint(tmp_path)
-    with pytest.raises(CheckpointError, match="refused"):
+    with pytest.raises(CheckpointError, match="refusing"):
         safe_load(path)
-    with pytest.raises(CheckpointError, match="refused"):
+    with pytest.raises(CheckpointError, match="refusing"):
         AtomicCheckpointIO().load_checkpoint(path)
     assert not marker.exists()
 
@@ -105,8 +104,8 @@ def test_save_that_dies_midway_keeps_the_previous_checkpoint(tmp_path, monkeypat
 def test_bad_input_gets_one_clear_line(tmp_path, overrides, expected):
     started = time.monotonic()
     stderr = short_error(run_train(tmp_path / "run", *overrides, check=False))
-    assert expected in stderr
-    assert len(stderr.strip().splitlines()) <= 3, stderr
+    last_line = stderr.strip().splitlines()[-1]
+    assert last_line.startswith("error:") and expected in last_line, stderr
     assert time.monotonic() - started < 120  # an error within seconds, not a hang
 
 
@@ -120,7 +119,7 @@ def test_unknown_dataset_and_logger_names_list_the_valid_ones(tmp_path):
 def test_hostile_and_foreign_checkpoints_through_train_py(tmp_path):
     path, marker = hostile_checkpoint(tmp_path)
     stderr = short_error(run_train(tmp_path / "a", f"ckpt_path={path}", check=False))
-    assert "refused" in stderr and not marker.exists()
+    assert "refusing" in stderr and not marker.exists()
 
     garbage = tmp_path / "garbage.ckpt"
     garbage.write_bytes(b"\x00" * 100)
@@ -194,3 +193,34 @@ def test_ddp_on_two_cpu_processes_runs_through_train_py(tmp_path):
     assert "test/acc=" in result.stdout
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert len(list(run_dir.glob("**/offline-run-*"))) == 1  # rank zero logs alone
+
+
+def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_weights(tmp_path):
+    """A run killed with SIGKILL and resumed from its last step checkpoint ends bit-identical."""
+    same = ["model=resnet8", "trainer.max_epochs=2", "data.loader=device", "trainer.deterministic=true",
+            "callbacks.checkpoint.every_n_train_steps=4", "logger=none", "seed=7"]
+    run_train(tmp_path / "straight", *same)
+    reference = safe_load(tmp_path / "straight" / "checkpoints" / "last.ckpt")
+
+    run_dir = tmp_path / "killed"
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / "train.py"), *FAST_OVERRIDES, f"hydra.run.dir={run_dir}", *same],
+        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    last = run_dir / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 300
+    while not last.exists() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    process.kill()  # SIGKILL: no handler runs, nothing is flushed
+    process.wait(timeout=60)
+    killed_at = safe_load(last)
+    steps_per_epoch = reference["global_step"] // 2
+    assert 0 < killed_at["global_step"] < reference["global_step"]
+    assert killed_at["global_step"] % steps_per_epoch != 0  # mid-epoch
+
+    run_train(tmp_path / "resumed", *same, f"ckpt_path={last}")
+    resumed = safe_load(tmp_path / "resumed" / "checkpoints" / "last.ckpt")
+    assert resumed["global_step"] == reference["global_step"]
+    for key, value in reference["state_dict"].items():
+        assert torch.equal(value, resumed["state_dict"][key]), key

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import tempfile
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -24,25 +24,32 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used: missing, truncated, not a checkpoint, or unsafe."""
 
 
+class UnsafeCheckpointError(CheckpointError):
+    """The file asks the unpickler to import or call code: refused, never run."""
+
+
 def safe_load(path: str | Path) -> Any:
     """``torch.load`` for files from strangers: data only, with errors that name the file."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist (check the path, or ckpt_path=null to start fresh)")
+        raise CheckpointError(f"checkpoint file not found: {path}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        text = str(error)
-        if "weights_only" in text or "Unsupported global" in text or "not an allowed global" in text:
-            raise CheckpointError(
-                f"refused to load {path}: it asks to run code or build objects that are not plain "
-                f"data ({text.splitlines()[0][:200]}). Only load checkpoints you trust, re-saved as "
-                "a plain state dict."
+        found = re.search(r"GLOBAL ([\w.]+)", str(error))
+        if found or "global" in str(error).lower():
+            what = f" ({found.group(1)})" if found else ""
+            raise UnsafeCheckpointError(
+                f"refusing to load {path}: it needs pickled code{what}, and loading only "
+                "accepts tensors and plain containers (weights_only=True). If you trust the "
+                "file, re-save just its weights: torch.save(state_dict, 'weights.pth')."
             ) from None
-        raise CheckpointError(f"{path} is not a readable checkpoint ({text.splitlines()[0][:200]})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as error:
-        first_line = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
-        raise CheckpointError(f"{path} is truncated or not a PyTorch checkpoint ({first_line})") from None
+        raise CheckpointError(f"cannot read {path}: not a PyTorch checkpoint ({error})") from None
+    except Exception as error:  # noqa: BLE001 - garbage fails anywhere in the unpickler
+        raise CheckpointError(
+            f"cannot read {path}: truncated or not a PyTorch checkpoint "
+            f"({type(error).__name__}: {str(error)[:200]})"
+        ) from None
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

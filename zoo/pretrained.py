@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import pickle
 import queue
 import re
 import shutil
@@ -38,6 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from zoo.checkpoint import CheckpointError, UnsafeCheckpointError, safe_load
 from zoo.models.densenet import remap_legacy_keys
 
 log = logging.getLogger(__name__)
@@ -45,14 +45,6 @@ log = logging.getLogger(__name__)
 CONNECT_TIMEOUT_S = 10.0  # seconds to resolve, connect and get headers; offline fails here
 READ_TIMEOUT_S = 30.0  # seconds without a byte before a started download gives up
 _MAX_LISTED = 8  # keys listed per category in a mismatch error
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be loaded into the requested network."""
-
-
-class UnsafeCheckpointError(CheckpointError):
-    """A file that needs pickled code (not just tensors) to load; it is never executed."""
 
 
 class ArchitectureMismatchError(CheckpointError):
@@ -68,27 +60,7 @@ class PretrainedUnavailableError(CheckpointError):
 
 def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """The network state dict stored in ``path``, with wrapper prefixes removed."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint file not found: {path}")
-    try:
-        content = torch.load(path, weights_only=True, map_location="cpu")
-    except pickle.UnpicklingError as error:
-        found = re.search(r"GLOBAL ([\w.]+)", str(error))
-        if found or "global" in str(error).lower():
-            what = f" ({found.group(1)})" if found else ""
-            raise UnsafeCheckpointError(
-                f"refusing to load {path}: it needs pickled code{what}, and loading only "
-                "accepts tensors and plain containers (weights_only=True). If you trust the "
-                "file, re-save just its weights: torch.save(state_dict, 'weights.pth')."
-            ) from None
-        raise CheckpointError(f"cannot read {path}: not a PyTorch checkpoint ({error})") from None
-    except Exception as error:  # noqa: BLE001 - garbage fails anywhere in the unpickler
-        raise CheckpointError(
-            f"cannot read {path}: truncated or not a PyTorch checkpoint "
-            f"({type(error).__name__}: {str(error)[:200]})"
-        ) from None
-    return _state_dict_of(content, path)
+    return _state_dict_of(safe_load(path), Path(path))
 
 
 def _state_dict_of(content: Any, path: Path) -> dict[str, torch.Tensor]:

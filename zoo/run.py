@@ -16,7 +16,6 @@ from typing import Any
 from urllib.parse import urlparse
 
 import pytorch_lightning as pl
-import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import (
     Callback,
@@ -216,6 +215,7 @@ def train(cfg: DictConfig, run_dir: Path | str) -> dict[str, float]:
     facts = zoo.describe(cfg.model.name)
     tags = [f"family:{facts['family']}", f"skip:{facts['skip']}", f"data:{cfg.data.name}"]
     datamodule = build_datamodule(cfg.data)
+    datamodule.setup("fit")  # missing or corrupt data: fail now, in seconds, before any logger starts
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     module = ZooModule(
         model=model_cfg,

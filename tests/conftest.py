@@ -43,7 +43,7 @@ FAST_OVERRIDES = [
 
 
 def run_train(run_dir: Path, *overrides: str, check: bool = True, env: dict | None = None,
-              timeout: float = 600, fast: bool = True):
+              timeout: float = 600, fast: bool = True, cwd: Path | None = None):
     """Run the real ``train.py`` in a subprocess, writing into ``run_dir``."""
     import subprocess
     import sys
@@ -52,7 +52,7 @@ def run_train(run_dir: Path, *overrides: str, check: bool = True, env: dict | No
     environment.update(env or {})
     command = [sys.executable, str(REPO / "train.py"), *(FAST_OVERRIDES if fast else []),
                f"hydra.run.dir={run_dir}", *overrides]
-    result = subprocess.run(command, cwd=Path(run_dir).parent, env=environment,
+    result = subprocess.run(command, cwd=cwd or Path(run_dir).parent, env=environment,
                             capture_output=True, text=True, timeout=timeout)
     if check:
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

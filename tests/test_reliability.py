@@ -140,7 +140,7 @@ def test_checkpoint_of_another_architecture_is_named(tmp_path):
 def test_output_directory_that_cannot_be_created_is_reported(tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a directory")
-    result = run_train(blocker / "run", check=False)
+    result = run_train(blocker / "run", check=False, cwd=tmp_path)
     assert result.returncode != 0
     assert "a_file" in result.stderr
 
@@ -221,6 +221,6 @@ def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_weights(tmp_path)
 
     run_train(tmp_path / "resumed", *same, f"ckpt_path={last}")
     resumed = safe_load(tmp_path / "resumed" / "checkpoints" / "last.ckpt")
-    assert resumed["global_step"] == reference["global_step"]
+    assert resumed["global_step"] == reference["global_step"], (killed_at["global_step"], killed_at["loops"]["fit_loop"]["state_dict"], killed_at["loops"]["fit_loop"]["epoch_loop.batch_progress"], killed_at["loops"]["fit_loop"]["epoch_progress"])
     for key, value in reference["state_dict"].items():
         assert torch.equal(value, resumed["state_dict"][key]), key

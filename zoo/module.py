@@ -63,11 +63,14 @@ class ZooModule(pl.LightningModule):
         num_classes = model.get("num_classes") or zoo.describe(model["name"])["default_num_classes"]
         self.num_classes = num_classes
         top_k = min(5, num_classes)
-        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.val_acc5 = MulticlassAccuracy(num_classes, top_k=top_k, average="micro")
-        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.test_acc5 = MulticlassAccuracy(num_classes, top_k=top_k, average="micro")
+        # validate_args=False: the argument check calls torch.unique on the targets, a host sync
+        # in every training step on a GPU.
+        accuracy = {"average": "micro", "validate_args": False}
+        self.train_acc = MulticlassAccuracy(num_classes, **accuracy)
+        self.val_acc = MulticlassAccuracy(num_classes, **accuracy)
+        self.val_acc5 = MulticlassAccuracy(num_classes, top_k=top_k, **accuracy)
+        self.test_acc = MulticlassAccuracy(num_classes, **accuracy)
+        self.test_acc5 = MulticlassAccuracy(num_classes, top_k=top_k, **accuracy)
         self.num_parameters = count_parameters(self.net)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -131,6 +134,11 @@ class ZooModule(pl.LightningModule):
         if schedule["name"] == "none":
             return optimizer
         total_steps = max(1, int(self.trainer.estimated_stepping_batches))
+        # estimated_stepping_batches builds the train loader before a resumed run's loop state
+        # is restored, so the loader's saved position (mid-epoch resume) would never reach it.
+        # Dropping it makes the fit loop build it again after the restore.
+        if getattr(self.trainer.fit_loop, "_combined_loader", None) is not None:
+            self.trainer.fit_loop._combined_loader = None
         warmup_steps = int(total_steps * float(schedule.get("warmup_fraction", 0.0)))
         if schedule["name"] == "onecycle":
             scheduler: Any = torch.optim.lr_scheduler.OneCycleLR(

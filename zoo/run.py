@@ -10,6 +10,7 @@ import logging
 import netrc
 import os
 import sys
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -118,17 +119,25 @@ def build_loggers(cfg: DictConfig, run_dir: Path, tags: list[str]) -> list[Logge
 def build_callbacks(cfg: DictConfig, run_dir: Path) -> tuple[list[Callback], ModelCheckpoint]:
     options = cfg.get("callbacks") or {}
     checkpoint_options = options.get("checkpoint") or {}
+    monitor = checkpoint_options.get("monitor", "val/acc")
     checkpoint = ModelCheckpoint(
         dirpath=run_dir / "checkpoints",
         filename="best-epoch{epoch:03d}-step{step}",
         auto_insert_metric_name=False,
-        monitor=checkpoint_options.get("monitor", "val/acc"),
-        mode="max" if "acc" in checkpoint_options.get("monitor", "val/acc") else "min",
+        monitor=monitor,
+        mode="max" if "acc" in monitor else "min",
         save_top_k=int(checkpoint_options.get("save_top_k", 1)),
-        save_last=True,
-        every_n_train_steps=checkpoint_options.get("every_n_train_steps"),
+        save_last=True,  # at every epoch end
     )
     callbacks: list[Callback] = [checkpoint, PreemptionCheckpoint(run_dir / "checkpoints")]
+    every_n_steps = checkpoint_options.get("every_n_train_steps")
+    if every_n_steps:
+        # Lightning's step and epoch intervals exclude each other in one callback: a second one
+        # refreshes last.ckpt every N steps (long epochs lose at most N steps to a kill).
+        callbacks.append(ModelCheckpoint(
+            dirpath=run_dir / "checkpoints", filename="last", every_n_train_steps=int(every_n_steps),
+            save_top_k=1, monitor=None, enable_version_counter=False,
+        ))
     bar = options.get("progress_bar", "rich")
     if bar == "rich":
         callbacks.append(RichProgressBar(leave=True))
@@ -243,11 +252,13 @@ def train(cfg: DictConfig, run_dir: Path | str) -> dict[str, float]:
         enable_progress_bar=any(isinstance(c, (RichProgressBar, TQDMProgressBar)) for c in callbacks),
         plugins=[AtomicCheckpointIO()],
     )
+    fit_started = time.perf_counter()
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     except SIGTERMException:
         saved = next(c.saved_path for c in callbacks if isinstance(c, PreemptionCheckpoint))
         raise Preempted(saved or checkpoint.last_model_path) from None
+    fit_seconds = time.perf_counter() - fit_started  # training + validation, no test, no set-up
     best = checkpoint.best_model_path or None
     results = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)
     metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
@@ -256,17 +267,21 @@ def train(cfg: DictConfig, run_dir: Path | str) -> dict[str, float]:
         "best_val_acc": float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None,
         "test_acc": metrics.get("test/acc"),
         "parameters": module.num_parameters,
+        "fit_seconds": round(fit_seconds, 2),
     }
     for logger in loggers:
         if isinstance(logger, WandbLogger) and trainer.is_global_zero:
             logger.experiment.summary.update({k: v for k, v in summary.items() if v is not None})
     if trainer.is_global_zero:
-        report_paths(run_dir, checkpoint, loggers, metrics)
+        report_paths(run_dir, checkpoint, loggers, metrics, fit_seconds)
     return metrics
 
 
-def report_paths(run_dir: Path, checkpoint: ModelCheckpoint, loggers: list[Logger], metrics: dict[str, float]) -> None:
+def report_paths(
+    run_dir: Path, checkpoint: ModelCheckpoint, loggers: list[Logger], metrics: dict[str, float], fit_seconds: float
+) -> None:
     lines = ["", "test metrics: " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()))]
+    lines.append(f"fit time: {fit_seconds:.1f} s (training and validation)")
     lines.append(f"run directory: {run_dir}")
     if checkpoint.last_model_path:
         lines.append(f"last checkpoint: {checkpoint.last_model_path}")

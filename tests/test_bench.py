@@ -1,0 +1,168 @@
+"""The benchmark harness (issue 7): every subcommand runs at its smallest size on the CPU and
+prints JSON lines with the required fields; the time-to-accuracy experiment composes.
+
+Only the shape and sanity of the results are checked here, never a speed: performance is
+shown by ``python -m zoo.bench`` and recorded in docs/BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+import zoo
+from zoo import bench
+
+ENVIRONMENT_FIELDS = ("device", "device_name", "cpu_cores", "torch", "size")
+COMPARISON_FIELDS = ("benchmark", "case", "zoo", "baseline", "zoo_img_per_s", "baseline_img_per_s",
+                     "ratio", "ratio_paired_median", "repeats")
+TINY = ["--device", "cpu", "--size", "small", "--repeats", "1", "--threads", "1"]
+
+
+def check_records(records: list[dict], out_file, benchmark: str) -> None:
+    lines = [json.loads(line) for line in out_file.read_text().splitlines()]
+    assert lines == records  # --out appends exactly what was printed
+    for record in records:
+        assert record["benchmark"] == benchmark
+        for field in ENVIRONMENT_FIELDS + COMPARISON_FIELDS:
+            assert field in record, f"{record['case']}: no {field!r}"
+        assert record["device"] == "cpu" and record["cpu_cores"] >= 1
+        assert record["torch"] == __import__("torch").__version__
+        assert record["zoo_img_per_s"] > 0 and record["baseline_img_per_s"] > 0
+        assert math.isclose(record["ratio"], record["zoo_img_per_s"] / record["baseline_img_per_s"])
+        assert record["ratio_paired_median"] > 0
+
+
+def test_loop_compares_every_variant_with_the_hand_written_loop(tmp_path, capsys):
+    out = tmp_path / "bench.jsonl"
+    records = bench.main(["loop", *TINY, "--steps", "4", "--warmup-steps", "1", "--batch-size", "4",
+                          "--out", str(out)])
+    check_records(records, out, "loop")
+    assert [r["case"] for r in records] == list(bench.LOOP_VARIANTS)
+    for record in records:
+        assert record["model"] == "resnet20" and record["batch_size"] == 4
+        assert record["timed_steps"] == 2 and record["precision"] == "32-true"
+        assert record["target"] == (0.97 if record["case"] == "zoo" else 0.95)
+    # the same baseline figure in every record: one baseline, measured in the same run
+    assert len({r["baseline_img_per_s"] for r in records}) == 1
+    printed = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert printed == records
+
+
+def test_loop_refuses_a_run_with_no_timed_step():
+    with pytest.raises(ValueError, match="no timed step"):
+        bench.main(["loop", *TINY, "--steps", "2", "--warmup-steps", "1", "--variants", "zoo"])
+
+
+def test_data_compares_the_device_loader_with_the_best_dataloader(tmp_path):
+    out = tmp_path / "bench.jsonl"
+    records = bench.main(["data", *TINY, "--workers", "0,1", "--images", "256", "--batch-size", "64", "--out", str(out)])
+    check_records(records, out, "data")
+    assert [r["case"] for r in records] == [
+        "cifar_shape_iterate", "fashion_mnist_shape_iterate", "cifar_shape_resnet20"]
+    for record in records:
+        per_workers = record["baseline_epoch_s_per_workers"]
+        assert set(per_workers) == {"0", "1"}
+        # the baseline is the fastest worker count, and its img/s matches its epoch time
+        assert record["baseline_epoch_s"] == min(per_workers.values())
+        assert per_workers[str(record["baseline_workers"])] == record["baseline_epoch_s"]
+        assert record["zoo_epoch_s"] > 0
+        assert math.isclose(record["baseline_img_per_s"] * record["baseline_epoch_s"],
+                            record["images_per_epoch"], rel_tol=1e-9)
+    assert records[0]["image_shape"] == [3, 32, 32] and records[1]["image_shape"] == [1, 28, 28]
+
+
+def test_models_measures_speed_and_memory_with_and_without_memory_efficient_mode(tmp_path):
+    out = tmp_path / "bench.jsonl"
+    records = bench.main(["models", *TINY, "--models", "resnet20,densenet40_12", "--batch-size", "2",
+                          "--steps", "1", "--warmup-steps", "1", "--no-compile", "--out", str(out)])
+    check_records(records, out, "models")
+    assert [(r["model"], r["memory_efficient"], r["compiled"]) for r in records] == [
+        ("resnet20", False, False), ("resnet20", True, False),
+        ("densenet40_12", False, False), ("densenet40_12", True, False),
+    ]
+    for record in records:
+        assert record["image_size"] == 32
+        if record["memory_method"].startswith("unavailable"):
+            continue  # torch < 2.5 has no MemTracker
+        assert record["peak_memory_mb"] > 0
+        assert math.isclose(record["memory_ratio"],
+                            record["peak_memory_mb"] / record["baseline_peak_memory_mb"])
+        parameters_mb = zoo.count_parameters(zoo.create(record["model"])) * 4 / 2**20
+        # weights + momentum + gradients at least; the baseline row is its own baseline
+        assert record["peak_memory_mb"] > 3 * parameters_mb
+        if not record["memory_efficient"]:
+            assert record["ratio"] == 1.0 and record["memory_ratio"] == 1.0
+    dense, dense_checkpointed = records[2], records[3]
+    # checkpointing the bottlenecks must save memory (issue target: <= 0.55x at full size)
+    assert dense_checkpointed["peak_memory_mb"] < dense["peak_memory_mb"]
+
+
+def test_native_resolution_per_family():
+    assert bench.native_input("resnet20", "full")[:2] == (32, 256)
+    assert bench.native_input("densenet_bc_100_12", "full")[0] == 32
+    assert bench.native_input("preact_resnet164", "full")[0] == 32
+    side, _, options = bench.native_input("resnet50", "full")
+    assert side == 224 and options == {"stem": "imagenet"}
+    assert bench.native_input("densenet121", "full")[0] == 224
+    for size in bench.SIZES:  # every default model exists, and every family is covered
+        names = bench.MODEL_SIZES[size]["models"]
+        families = {zoo.describe(name)["family"] for name in names}
+        assert families == {"cifar_resnet", "resnet", "preact_resnet", "densenet"}
+
+
+def test_environment_names_the_cpu():
+    env = bench.environment(__import__("torch").device("cpu"), "small")
+    assert "cores" in env["device_name"] and env["size"] == "small"
+
+
+# ---------------------------------------------------------------- the time-to-accuracy recipe
+
+
+def test_fmnist_speed_experiment_composes(compose):
+    from omegaconf import OmegaConf
+
+    cfg = compose("experiment=fmnist_speed")
+    OmegaConf.to_container(cfg, resolve=True)
+    assert cfg.model.name == "resnet18" and cfg.model.stem == "cifar"
+    assert cfg.data.name == "fashion_mnist" and cfg.data.loader == "device"
+    assert cfg.data.batch_size == 512
+    assert cfg.trainer.accelerator == "gpu" and cfg.trainer.precision == "bf16-mixed"
+    # keys at the top level of train.yaml: the overlay must win over train.yaml's defaults
+    assert cfg.group == "fmnist_speed"
+    assert cfg.channels_last is True and cfg.label_smoothing == 0.1
+    assert cfg.optim.lr == 0.2 and cfg.scheduler.name == "onecycle"
+
+
+def test_fmnist_speed_has_a_cpu_smoke_variant(compose):
+    cfg = compose("experiment=fmnist_speed", "trainer=cpu", "trainer.precision=32-true",
+                  "channels_last=false", "data.train_subset=256", "data.batch_size=32",
+                  "trainer.max_epochs=1")
+    assert cfg.trainer.accelerator == "cpu" and cfg.trainer.precision == "32-true"
+    assert cfg.data.batch_size == 32 and cfg.trainer.max_epochs == 1
+    assert cfg.channels_last is False
+
+
+# ---------------------------------------------------------------- the CUDA paths
+
+
+@pytest.mark.gpu
+def test_every_benchmark_runs_on_cuda_with_bf16_channels_last_and_compile(tmp_path):
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.fail("marked gpu but torch sees no CUDA device")
+    out = tmp_path / "bench.jsonl"
+    tiny = ["--device", "cuda", "--size", "small", "--repeats", "1", "--out", str(out)]
+    records = bench.main(["loop", *tiny, "--steps", "6", "--warmup-steps", "2", "--compile"])
+    records += bench.main(["data", *tiny, "--workers", "0,2", "--images", "1024"])
+    records += bench.main(["models", *tiny, "--models", "resnet20,densenet40_12", "--compile"])
+    for record in records:
+        assert record["device"] == "cuda" and record["device_name"] == torch.cuda.get_device_name()
+        assert record["zoo_img_per_s"] > 0 and record["baseline_img_per_s"] > 0
+    assert all(r["precision"] == "bf16-mixed" and r["channels_last"] for r in records
+               if r["benchmark"] in ("loop", "models"))
+    models = [r for r in records if r["benchmark"] == "models"]
+    assert {r["compiled"] for r in models} == {False, True}
+    assert all(r["memory_method"] == "torch.cuda.max_memory_allocated" for r in models)

@@ -1,0 +1,235 @@
+"""Collect training runs into error-curve figures and a Markdown summary table.
+
+    python -m zoo.report multirun/2026-11-28/07-10-00 --out reports/degradation
+    python -m zoo.report outputs/.../RUN_A outputs/.../RUN_B --out reports/mine
+
+Each argument is a run directory (it holds ``.hydra/config.yaml`` and ``csv/metrics.csv``, as
+``train.py logger=csv`` or the default loggers write them) or any folder above run
+directories, e.g. a Hydra multirun sweep directory; its runs are found recursively.
+
+The figure follows He et al. 2015, Figure 6: training error (thin dashed) and validation error
+(bold) against epochs, one panel per kind of network (no skip / addition / concatenation), so
+that the plain nets' and the ResNets' curves can be compared at equal depth. The training error
+is ``1 - train/acc``, the accuracy over the epoch's augmented training batches as they were
+trained on (as in the paper). Seconds are the run's wall time read from its files: from the
+creation of ``.hydra/config.yaml`` to the last write of ``metrics.csv`` (test included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import zoo
+
+SKIP_PANELS = {"none": "plain (no skip)", "add": "residual (addition)", "concat": "dense (concatenation)"}
+TABLE_COLUMNS = ["run", "model", "params", "epochs", "final train error", "best val acc", "test acc", "seconds"]
+
+
+@dataclass
+class Run:
+    """One training run read back from its directory."""
+
+    path: Path
+    model: str
+    data: str
+    config: dict[str, Any]
+    epochs: list[int] = field(default_factory=list)
+    train_error: list[float] = field(default_factory=list)  # per epoch, in epoch order
+    val_epochs: list[int] = field(default_factory=list)
+    val_error: list[float] = field(default_factory=list)
+    test_acc: float | None = None
+    seconds: float | None = None
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def skip(self) -> str:
+        try:
+            return zoo.describe(self.model)["skip"]
+        except ValueError:
+            return "none" if self.model.startswith("plain") else "add"
+
+    @property
+    def best_val_acc(self) -> float | None:
+        return 1.0 - min(self.val_error) if self.val_error else None
+
+    @property
+    def final_train_error(self) -> float | None:
+        return self.train_error[-1] if self.train_error else None
+
+    def parameters(self) -> int | None:
+        data = self.config.get("data") or {}
+        try:
+            net = zoo.create(self.model, num_classes=int(data.get("num_classes", 10)),
+                             in_channels=int(data.get("in_channels", 3)))
+        except (ValueError, TypeError):
+            return None
+        return zoo.count_parameters(net)
+
+
+def find_run_dirs(paths: Sequence[Path | str]) -> list[Path]:
+    """Run directories at or below ``paths``, in the order given, each found once."""
+    found: list[Path] = []
+    for path in map(Path, paths):
+        if not path.exists():
+            raise FileNotFoundError(f"{path} does not exist")
+        if (path / ".hydra" / "config.yaml").exists():
+            candidates = [path]
+        else:
+            candidates = sorted(config.parent.parent for config in path.rglob(".hydra/config.yaml"))
+        for candidate in candidates:
+            if (candidate / "csv" / "metrics.csv").exists() and candidate not in found:
+                found.append(candidate)
+    return found
+
+
+def _float(value: str | None) -> float | None:
+    if value in (None, ""):
+        return None
+    number = float(value)
+    return None if math.isnan(number) else number
+
+
+def read_run(run_dir: Path | str) -> Run:
+    """Read ``.hydra/config.yaml`` and ``csv/metrics.csv`` (Lightning CSVLogger) of one run."""
+    from omegaconf import OmegaConf
+
+    run_dir = Path(run_dir)
+    config_path = run_dir / ".hydra" / "config.yaml"
+    metrics_path = run_dir / "csv" / "metrics.csv"
+    config = OmegaConf.to_container(OmegaConf.load(config_path), resolve=False)
+    run = Run(run_dir, str(config["model"]["name"]), str(config["data"]["name"]), config)
+    train: dict[int, float] = {}
+    val: dict[int, float] = {}
+    with metrics_path.open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            epoch = _float(row.get("epoch"))
+            if epoch is None:
+                continue
+            if (acc := _float(row.get("train/acc"))) is not None:
+                train[int(epoch)] = 1.0 - acc
+            if (acc := _float(row.get("val/acc"))) is not None:
+                val[int(epoch)] = 1.0 - acc
+            if (acc := _float(row.get("test/acc"))) is not None:
+                run.test_acc = acc
+    run.epochs, run.train_error = sorted(train), [train[e] for e in sorted(train)]
+    run.val_epochs, run.val_error = sorted(val), [val[e] for e in sorted(val)]
+    run.seconds = max(0.0, metrics_path.stat().st_mtime - config_path.stat().st_mtime)
+    return run
+
+
+def plot_error_curves(runs: Sequence[Run], path: Path) -> Path:
+    """Training error (dashed) and validation error (bold) per epoch, a panel per skip type."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kinds = [kind for kind in SKIP_PANELS if any(run.skip == kind for run in runs)]
+    figure, axes = plt.subplots(1, len(kinds), figsize=(5.2 * len(kinds), 4.2), sharey=True, squeeze=False)
+    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    models = list(dict.fromkeys(run.model for run in runs))
+    # The same depth gets the same colour in every panel (plain56 and resnet56 alike).
+    depth_colour = {}
+    for model in models:
+        depth = "".join(ch for ch in model if ch.isdigit())
+        depth_colour.setdefault(depth, palette[len(depth_colour) % len(palette)])
+    for axis, kind in zip(axes[0], kinds):
+        for run in (r for r in runs if r.skip == kind):
+            colour = depth_colour["".join(ch for ch in run.model if ch.isdigit())]
+            label = run.model if sum(r.model == run.model for r in runs) == 1 else run.name
+            # Epochs count from 1 at the end of the first epoch.
+            axis.plot([e + 1 for e in run.epochs], [100 * v for v in run.train_error], "--",
+                      color=colour, linewidth=1)
+            axis.plot([e + 1 for e in run.val_epochs], [100 * v for v in run.val_error], "-",
+                      color=colour, linewidth=2, label=label)
+        axis.set_title(SKIP_PANELS[kind])
+        axis.set_xlabel("epoch")
+        axis.grid(True, alpha=0.3)
+        axis.legend(fontsize=8)
+    axes[0][0].set_ylabel("error (%)  dashed: training, bold: validation")
+    data = ", ".join(sorted({run.data for run in runs}))
+    figure.suptitle(f"Training and validation error ({data})")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def summary_rows(runs: Sequence[Run]) -> list[dict[str, Any]]:
+    return [{
+        "run": run.name,
+        "model": run.model,
+        "params": run.parameters(),
+        "epochs": len(run.epochs),
+        "final train error": run.final_train_error,
+        "best val acc": run.best_val_acc,
+        "test acc": run.test_acc,
+        "seconds": run.seconds,
+    } for run in runs]
+
+
+def markdown_summary(rows: Sequence[dict[str, Any]]) -> str:
+    def cell(column: str, value: Any) -> str:
+        if value is None:
+            return "-"
+        if column == "params":
+            return f"{value:,}"
+        if column == "seconds":
+            return f"{value:.0f}"
+        if column == "final train error":
+            return f"{100 * value:.1f}%"
+        if isinstance(value, float):
+            return f"{value:.4f}"
+        return str(value)
+
+    lines = ["| " + " | ".join(TABLE_COLUMNS) + " |", "|" + "---|" * len(TABLE_COLUMNS)]
+    lines += ["| " + " | ".join(cell(c, row[c]) for c in TABLE_COLUMNS) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_report(paths: Sequence[Path | str], out_dir: Path | str) -> dict[str, Path]:
+    """Figures and ``summary.md`` for the runs at or below ``paths``; returns what was written."""
+    out_dir = Path(out_dir)
+    run_dirs = find_run_dirs(paths)
+    if not run_dirs:
+        raise FileNotFoundError(
+            f"no runs under {', '.join(map(str, paths))} (a run holds .hydra/config.yaml and "
+            f"csv/metrics.csv: train with logger=csv or the default loggers)")
+    runs = [read_run(run_dir) for run_dir in run_dirs]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    figure = plot_error_curves(runs, out_dir / "error_curves.png")
+    table = markdown_summary(summary_rows(runs))
+    summary = out_dir / "summary.md"
+    sources = "\n".join(f"- `{run.path}`" for run in runs)
+    summary.write_text(f"# Runs\n\n{table}\n\n![error curves]({figure.name})\n\nRun directories:\n{sources}\n")
+    return {"figure": figure, "summary": summary}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m zoo.report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="+", type=Path, help="run directories or folders above them (multirun dirs)")
+    parser.add_argument("--out", type=Path, required=True, help="where the PNG and summary.md go")
+    args = parser.parse_args(argv)
+    try:
+        written = write_report(args.runs, args.out)
+    except FileNotFoundError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(written["summary"].read_text())
+    print(f"written: {written['figure']}, {written['summary']}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -93,5 +93,16 @@ def checkpoint_module(
     )
 
 
+def staged_depth_units(
+    net: nn.Module, stem: DepthUnit, stage_names: tuple[str, ...], head: DepthUnit
+) -> list[DepthUnit]:
+    """Stem, every block of each ``nn.Sequential`` stage in order, head: a ResNet's depth units."""
+    units = [stem]
+    for stage_name in stage_names:
+        for index, block in enumerate(getattr(net, stage_name)):
+            units.append(DepthUnit(f"{stage_name}.{index}", stage_name, block))
+    return units + [head]
+
+
 def count_parameters(net: nn.Module) -> int:
     return sum(p.numel() for p in net.parameters())

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from zoo.models.common import DepthUnit, SkipBlock, run_blocks
+from zoo.models.common import DepthUnit, SkipBlock, run_blocks, staged_depth_units
 
 DEFAULT_NUM_CLASSES = 10
 
@@ -181,12 +181,12 @@ class PreActResNet(nn.Module):
         return self.forward_head(self.forward_features(x))
 
     def depth_units(self) -> list[DepthUnit]:
-        units = [DepthUnit("conv1", "stem", self.conv1)]
-        for stage_name in ("layer1", "layer2", "layer3"):
-            for index, block in enumerate(getattr(self, stage_name)):
-                units.append(DepthUnit(f"{stage_name}.{index}", stage_name, block))
-        units.append(DepthUnit("linear", "head", nn.ModuleList([self.final_bn, self.linear])))
-        return units
+        return staged_depth_units(
+            self,
+            stem=DepthUnit("conv1", "stem", self.conv1),
+            stage_names=("layer1", "layer2", "layer3"),
+            head=DepthUnit("linear", "head", nn.ModuleList([self.final_bn, self.linear])),
+        )
 
 
 # ---------------------------------------------------------------- variants

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from zoo.models.common import DepthUnit, SkipBlock, run_blocks
+from zoo.models.common import DepthUnit, SkipBlock, run_blocks, staged_depth_units
 
 DEFAULT_NUM_CLASSES = 1000
 STEMS = ("imagenet", "cifar")
@@ -233,12 +233,12 @@ class ResNet(nn.Module):
         return self.forward_head(self.forward_features(x))
 
     def depth_units(self) -> list[DepthUnit]:
-        units = [DepthUnit("conv1", "stem", nn.ModuleList([self.conv1, self.bn1]))]
-        for stage_name in ("layer1", "layer2", "layer3", "layer4"):
-            for index, block in enumerate(getattr(self, stage_name)):
-                units.append(DepthUnit(f"{stage_name}.{index}", stage_name, block))
-        units.append(DepthUnit("fc", "head", self.fc))
-        return units
+        return staged_depth_units(
+            self,
+            stem=DepthUnit("conv1", "stem", nn.ModuleList([self.conv1, self.bn1])),
+            stage_names=("layer1", "layer2", "layer3", "layer4"),
+            head=DepthUnit("fc", "head", self.fc),
+        )
 
 
 # ---------------------------------------------------------------- variants

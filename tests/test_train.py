@@ -102,3 +102,26 @@ def test_typo_in_override_key_gets_hydra_error_not_a_traceback_wall(tmp_path):
     assert result.returncode != 0
     assert "max_epoch" in result.stderr
     assert result.stderr.count("File \"") < 3
+
+
+def test_multirun_sweep_gives_each_job_its_own_wandb_run_in_one_group(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from conftest import FAST_OVERRIDES, REPO
+
+    sweep = tmp_path / "sweep"
+    result = subprocess.run(
+        [sys.executable, str(REPO / "train.py"), "-m", "model=plain8,resnet8", *FAST_OVERRIDES,
+         "trainer.max_epochs=1", "trainer.limit_train_batches=3", "trainer.limit_val_batches=1",
+         "trainer.limit_test_batches=1", f"hydra.sweep.dir={sweep}"],
+        cwd=tmp_path, env={**os.environ, "WANDB_MODE": "offline"}, capture_output=True, text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = {read_run(run_file(job))["run"]["name"]: read_run(run_file(job))["run"] for job in sweep.iterdir()
+            if job.is_dir() and job.name[0].isdigit()}
+    assert set(runs) == {"plain8-digits-s42", "resnet8-digits-s42"}
+    groups = {run["group"] for run in runs.values()}
+    assert len(groups) == 1 and groups.pop().startswith("sweep-")

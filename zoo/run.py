@@ -64,6 +64,8 @@ def build_wandb_logger(options: dict[str, Any], run_dir: Path, config: dict[str,
     mode = options.get("mode", "auto")
     if mode == "auto":
         mode = os.environ.get("WANDB_MODE") or ("online" if wandb_has_credentials() else "offline")
+        # wandb itself sets WANDB_MODE to its old names ("dryrun" after an offline run)
+        mode = {"dryrun": "offline", "run": "online"}.get(mode, mode)
     if mode == "disabled":
         return None
     if mode not in ("online", "offline"):
@@ -274,6 +276,11 @@ def train(cfg: DictConfig, run_dir: Path | str) -> dict[str, float]:
             logger.experiment.summary.update({k: v for k, v in summary.items() if v is not None})
     if trainer.is_global_zero:
         report_paths(run_dir, checkpoint, loggers, metrics, fit_seconds)
+        for logger in loggers:
+            if isinstance(logger, WandbLogger):
+                # Flush and close now: the next run of a Hydra sweep (same process) must start its
+                # own W&B run instead of reusing this one, and the offline file must be complete.
+                logger.experiment.finish()
     return metrics
 
 

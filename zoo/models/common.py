@@ -52,7 +52,7 @@ def run_blocks(blocks: nn.Module, x: torch.Tensor, checkpointed: bool) -> torch.
     """
     for block in blocks:
         if checkpointed and torch.is_grad_enabled():
-            x = checkpoint_module(block, x, block)
+            x = checkpoint_module(block, x, module=block)
         else:
             x = block(x)
     return x
@@ -77,9 +77,9 @@ def _batchnorm_statistics_frozen(module: nn.Module) -> Iterator[None]:
 
 
 def checkpoint_module(
-    function: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, module: nn.Module
+    function: Callable[..., torch.Tensor], *inputs: torch.Tensor, module: nn.Module
 ) -> torch.Tensor:
-    """``checkpoint(function, x)`` whose backward recomputation leaves BN running stats alone.
+    """``checkpoint(function, *inputs)`` whose backward recomputation leaves BN running stats alone.
 
     Plain ``torch.utils.checkpoint`` runs a training-mode BatchNorm twice (forward and
     recompute), so running statistics take two momentum steps per batch and a checkpointed
@@ -87,7 +87,7 @@ def checkpoint_module(
     """
     return checkpoint(
         function,
-        x,
+        *inputs,
         use_reentrant=False,
         context_fn=lambda: (nullcontext(), _batchnorm_statistics_frozen(module)),
     )

@@ -14,10 +14,11 @@ Huang, Liu, van der Maaten, Weinberger (2017), "Densely Connected Convolutional 
 
 The concatenation is the one line ``torch.cat([x, new], 1)`` in :class:`DenseLayer`.
 
-``memory_efficient`` checkpoints each layer's bottleneck (BN-ReLU-1x1 conv; for the
-non-bottleneck densenet40_12, BN-ReLU-3x3 conv) as torchvision does (Pleiss et al. 2017,
-"Memory-Efficient Implementation of DenseNets"): the BN and ReLU outputs of the growing
-concatenation are recomputed in backward instead of stored. Outputs, gradients and BN running
+``memory_efficient`` checkpoints each layer's concatenation and bottleneck (BN-ReLU-1x1 conv;
+for the non-bottleneck densenet40_12, BN-ReLU-3x3 conv) as torchvision does (Pleiss et al. 2017,
+"Memory-Efficient Implementation of DenseNets"): the block keeps each layer's new maps once and
+concatenates them inside the checkpoint, so the growing concatenation and its BN and ReLU
+outputs are recomputed in backward instead of stored. Outputs, gradients and BN running
 statistics equal the normal mode's.
 
 Deviations: dropout (the paper's 0.2 for CIFAR without augmentation) is not implemented.
@@ -78,14 +79,18 @@ class DenseLayer(nn.Module):
             self.relu2 = nn.ReLU(inplace=True)
             self.conv2 = nn.Conv2d(bn_size * growth_rate, growth_rate, 3, padding=1, bias=False)
 
-    def bottleneck(self, x: torch.Tensor) -> torch.Tensor:
+    def bottleneck(self, *features: torch.Tensor) -> torch.Tensor:
+        # In memory-efficient mode the block hands over its earlier maps one by one and they are
+        # concatenated here, inside the checkpoint: the concatenation is recomputed in backward
+        # instead of being stored once per layer (Pleiss et al. 2017).
+        x = features[0] if len(features) == 1 else torch.cat(features, 1)
         return self.conv1(self.relu1(self.norm1(x)))
 
-    def new_features(self, x: torch.Tensor) -> torch.Tensor:
+    def new_features(self, *features: torch.Tensor) -> torch.Tensor:
         if self.memory_efficient and torch.is_grad_enabled():
-            out = checkpoint_module(self.bottleneck, x, self)
+            out = checkpoint_module(self.bottleneck, *features, module=self)
         else:
-            out = self.bottleneck(x)
+            out = self.bottleneck(*features)
         if self.conv2 is not None:
             out = self.conv2(self.relu2(self.norm2(out)))
         return out
@@ -107,11 +112,22 @@ class DenseBlock(nn.Sequential):
         memory_efficient: bool,
     ) -> None:
         super().__init__()
+        self.memory_efficient = memory_efficient
         for index in range(num_layers):
             layer = DenseLayer(
                 in_channels + index * growth_rate, growth_rate, bn_size, memory_efficient
             )
             self.add_module(f"denselayer{index + 1}", layer)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.memory_efficient and torch.is_grad_enabled()):
+            return super().forward(x)  # each DenseLayer: torch.cat([x, new], 1)
+        # The same concatenations, done once at the end: each layer keeps only its k new maps,
+        # so memory grows linearly with depth instead of quadratically.
+        features = [x]
+        for layer in self:
+            features.append(layer.new_features(*features))
+        return torch.cat(features, 1)
 
 
 class Transition(nn.Sequential):

@@ -31,6 +31,13 @@ def main(cfg: DictConfig) -> None:
     except Preempted as stop:
         print(str(stop), file=sys.stderr, flush=True)
         sys.exit(143)  # 128 + SIGTERM: schedulers read it as "terminated", not "done"
+    except RuntimeError as error:
+        # gloo/NCCL report a dead peer as a RuntimeError deep in a collective
+        if "closed by peer" not in str(error) and type(error).__name__ != "DistBackendError":
+            raise
+        print("error: another DDP process of this run died (its output says why); this one stops too. "
+              "Resume with ckpt_path=<run dir>/checkpoints/last.ckpt", file=sys.stderr, flush=True)
+        sys.exit(1)
     except USER_ERRORS as error:
         if os.environ.get("ZOO_DEBUG"):
             raise

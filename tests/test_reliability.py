@@ -224,3 +224,25 @@ def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_weights(tmp_path)
     assert resumed["global_step"] == reference["global_step"], (killed_at["global_step"], killed_at["loops"]["fit_loop"]["state_dict"], killed_at["loops"]["fit_loop"]["epoch_loop.batch_progress"], killed_at["loops"]["fit_loop"]["epoch_progress"])
     for key, value in reference["state_dict"].items():
         assert torch.equal(value, resumed["state_dict"][key]), key
+
+
+@pytest.mark.slow
+def test_a_killed_ddp_rank_does_not_leave_the_other_hanging(tmp_path):
+    run_dir = tmp_path / "ddp"
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / "train.py"), *FAST_OVERRIDES, f"hydra.run.dir={run_dir}",
+         "model=resnet8", "trainer.max_epochs=200", "trainer.strategy=ddp", "trainer.devices=2", "logger=csv"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.monotonic() + 300
+    while not (run_dir / "gradient_flow.csv").exists() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    children = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True).stdout.split()
+    assert children, "the second DDP process was not found"
+    os.kill(int(children[0]), signal.SIGKILL)
+    killed = time.monotonic()
+    _, stderr = process.communicate(timeout=300)
+    assert time.monotonic() - killed < 120
+    assert process.returncode == 1
+    assert "another DDP process of this run died" in stderr

@@ -23,6 +23,7 @@ USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, NotADirectoryErro
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def main(cfg: DictConfig) -> None:
+    from zoo.callbacks import TrainingDivergedError
     from zoo.checkpoint import Preempted
     from zoo.run import train
 
@@ -31,6 +32,9 @@ def main(cfg: DictConfig) -> None:
     except Preempted as stop:
         print(str(stop), file=sys.stderr, flush=True)
         sys.exit(143)  # 128 + SIGTERM: schedulers read it as "terminated", not "done"
+    except TrainingDivergedError as stop:
+        print(f"error: {stop}", file=sys.stderr, flush=True)
+        sys.exit(3)  # the run itself failed, not its input: a distinct code for sweeps and schedulers
     except RuntimeError as error:
         # gloo/NCCL report a dead peer as a RuntimeError deep in a collective
         if "closed by peer" not in str(error) and type(error).__name__ != "DistBackendError":

@@ -246,3 +246,12 @@ def test_a_killed_ddp_rank_does_not_leave_the_other_hanging(tmp_path):
     assert time.monotonic() - killed < 120
     assert process.returncode == 1
     assert "another DDP process of this run died" in stderr
+
+
+def test_diverged_run_stops_with_one_line_naming_step_and_unit(tmp_path):
+    result = run_train(tmp_path / "run", "model=plain8", "trainer.max_epochs=3", "logger=csv",
+                       "callbacks.explosion_guard.max_grad_norm=1.0e-6", check=False)
+    assert result.returncode == 3, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("error: training diverged at step 0") and "largest gradient norm in unit" in last_line

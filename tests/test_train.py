@@ -125,3 +125,12 @@ def test_multirun_sweep_gives_each_job_its_own_wandb_run_in_one_group(tmp_path):
     assert set(runs) == {"plain8-digits-s42", "resnet8-digits-s42"}
     groups = {run["group"] for run in runs.values()}
     assert len(groups) == 1 and groups.pop().startswith("sweep-")
+
+
+def test_evaluate_only_with_pretrained_checkpoint_reproduces_the_test_metrics(trained_runs, tmp_path):
+    run_dir, result = trained_runs["resnet20"]
+    best = next((run_dir / "checkpoints").glob("best-*.ckpt"))
+    evaluated = run_train(tmp_path / "eval", "model=resnet20", "seed=3", "trainer.max_epochs=0",
+                          f"model.pretrained={best}", "logger=none")
+    metrics_line = lambda text: next(line for line in text.splitlines() if line.startswith("test metrics:"))  # noqa: E731
+    assert metrics_line(evaluated.stdout) == metrics_line(result.stdout)

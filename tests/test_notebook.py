@@ -8,7 +8,6 @@ import os
 from pathlib import Path
 
 import nbformat
-import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "notebooks" / "skip_connections.ipynb"

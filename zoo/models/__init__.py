@@ -14,17 +14,10 @@ from typing import Any
 
 from torch import nn
 
-from zoo.models import cifar_resnet
+from zoo.models import cifar_resnet, densenet, preact_resnet, resnet
 from zoo.models.common import DepthUnit, SkipBlock, count_parameters
 
-FAMILIES: list[ModuleType] = [cifar_resnet]
-for _optional in ("resnet", "preact_resnet", "densenet"):
-    # Families are added one file at a time; a missing file is simply not registered yet.
-    try:
-        FAMILIES.append(__import__(f"zoo.models.{_optional}", fromlist=["VARIANTS"]))
-    except ModuleNotFoundError as error:  # pragma: no cover - only while a family is unwritten
-        if error.name != f"zoo.models.{_optional}":
-            raise
+FAMILIES: list[ModuleType] = [cifar_resnet, resnet, preact_resnet, densenet]
 
 
 class UnknownModelError(ValueError):

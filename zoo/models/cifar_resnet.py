@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoo.models.common import DepthUnit, SkipBlock, run_blocks, staged_depth_units
+from zoo.models.common import DepthUnit, Network, SkipBlock, run_blocks, staged_depth_units
 
 DEFAULT_NUM_CLASSES = 10
 
@@ -93,7 +93,7 @@ class BasicBlock(SkipBlock):
 # ---------------------------------------------------------------- network
 
 
-class CifarResNet(nn.Module):
+class CifarResNet(Network):
     def __init__(
         self,
         depth: int,
@@ -140,9 +140,6 @@ class CifarResNet(nn.Module):
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear(torch.flatten(self.pool(x), 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
     def depth_units(self) -> list[DepthUnit]:
         return staged_depth_units(

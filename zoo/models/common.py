@@ -1,6 +1,7 @@
 """What every network in the zoo shares, so that measurement code works on all of them.
 
-Every network built by :func:`zoo.create` is a plain ``torch.nn.Module`` that also provides
+Every network built by :func:`zoo.create` is a plain ``torch.nn.Module`` (a :class:`Network`)
+that provides
 
 * ``forward_features(x)`` / ``forward_head(x)``: the body and the classifier (timm's split);
 * ``depth_units()``: its *layer units in depth order* (stem, every residual block, dense layer or
@@ -30,6 +31,22 @@ class DepthUnit:
     name: str  # qualified module name, e.g. "layer2.3"; state-dict keys start with it
     stage: str  # "stem", "layer1".."layer4" / "dense1".., "head"
     module: nn.Module
+
+
+class Network(nn.Module):
+    """A zoo network: ``forward(x) = forward_head(forward_features(x))``, plus ``depth_units()``."""
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward_head(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def depth_units(self) -> list[DepthUnit]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
 
 
 class SkipBlock(nn.Module):

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from zoo.models.common import DepthUnit, checkpoint_module
+from zoo.models.common import DepthUnit, Network, checkpoint_module
 
 DEFAULT_NUM_CLASSES = 1000
 
@@ -144,7 +144,7 @@ class Transition(nn.Sequential):
 # ---------------------------------------------------------------- network
 
 
-class DenseNet(nn.Module):
+class DenseNet(Network):
     def __init__(
         self,
         growth_rate: int,
@@ -205,9 +205,6 @@ class DenseNet(nn.Module):
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(torch.flatten(self.pool(x), 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
     def depth_units(self) -> list[DepthUnit]:
         stem = [module for name, module in self.features.named_children() if name.endswith("0")]

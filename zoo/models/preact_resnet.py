@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from zoo.models.common import DepthUnit, SkipBlock, run_blocks, staged_depth_units
+from zoo.models.common import DepthUnit, Network, SkipBlock, run_blocks, staged_depth_units
 
 DEFAULT_NUM_CLASSES = 10
 
@@ -125,7 +125,7 @@ LAYERS_PER_BLOCK = {"basic": 2, "bottleneck": 3}
 # ---------------------------------------------------------------- network
 
 
-class PreActResNet(nn.Module):
+class PreActResNet(Network):
     def __init__(
         self,
         block: str,
@@ -176,9 +176,6 @@ class PreActResNet(nn.Module):
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear(torch.flatten(self.pool(x), 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
     def depth_units(self) -> list[DepthUnit]:
         return staged_depth_units(

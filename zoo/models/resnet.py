@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from zoo.models.common import DepthUnit, SkipBlock, run_blocks, staged_depth_units
+from zoo.models.common import DepthUnit, Network, SkipBlock, run_blocks, staged_depth_units
 
 DEFAULT_NUM_CLASSES = 1000
 STEMS = ("imagenet", "cifar")
@@ -157,7 +157,7 @@ BLOCKS: dict[str, type[BasicBlock | Bottleneck]] = {
 # ---------------------------------------------------------------- network
 
 
-class ResNet(nn.Module):
+class ResNet(Network):
     def __init__(
         self,
         block: str,
@@ -228,9 +228,6 @@ class ResNet(nn.Module):
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(torch.flatten(self.avgpool(x), 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
     def depth_units(self) -> list[DepthUnit]:
         return staged_depth_units(

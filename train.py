@@ -36,8 +36,10 @@ def main(cfg: DictConfig) -> None:
         print(f"error: {stop}", file=sys.stderr, flush=True)
         sys.exit(3)  # the run itself failed, not its input: a distinct code for sweeps and schedulers
     except RuntimeError as error:
-        # gloo/NCCL report a dead peer as a RuntimeError deep in a collective
-        if "closed by peer" not in str(error) and type(error).__name__ != "DistBackendError":
+        # gloo/NCCL report a dead peer as a RuntimeError deep in a collective, worded per transport
+        dead_peer = ("by peer", "remote worker crashing", "Broken pipe")
+        if not any(words in str(error) for words in dead_peer) and \
+                type(error).__name__ not in ("DistBackendError", "DistNetworkError"):
             raise
         print("error: another DDP process of this run died (its output says why); this one stops too. "
               "Resume with ckpt_path=<run dir>/checkpoints/last.ckpt", file=sys.stderr, flush=True)

@@ -134,3 +134,9 @@ def test_evaluate_only_with_pretrained_checkpoint_reproduces_the_test_metrics(tr
                           f"model.pretrained={best}", "logger=none")
     metrics_line = lambda text: next(line for line in text.splitlines() if line.startswith("test metrics:"))  # noqa: E731
     assert metrics_line(evaluated.stdout) == metrics_line(result.stdout)
+
+
+def test_the_run_prints_where_its_last_and_best_checkpoints_are(trained_runs):
+    run_dir, result = trained_runs["plain20"]
+    assert f"last checkpoint: {run_dir / 'checkpoints' / 'last.ckpt'}" in result.stdout
+    assert f"best checkpoint: {run_dir / 'checkpoints'}" in result.stdout

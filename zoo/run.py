@@ -261,12 +261,15 @@ def train(cfg: DictConfig, run_dir: Path | str) -> dict[str, float]:
         saved = next(c.saved_path for c in callbacks if isinstance(c, PreemptionCheckpoint))
         raise Preempted(saved or checkpoint.last_model_path) from None
     fit_seconds = time.perf_counter() - fit_started  # training + validation, no test, no set-up
-    best = checkpoint.best_model_path or None
-    results = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)
+    # Read before testing: trainer.test(ckpt_path=best) restores the callback's state as it was
+    # when the best checkpoint was written, which predates the last save.
+    saved = {"last": checkpoint.last_model_path, "best": checkpoint.best_model_path}
+    best_score = checkpoint.best_model_score
+    results = trainer.test(module, datamodule=datamodule, ckpt_path=saved["best"] or None, verbose=False)
     metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
 
     summary = {
-        "best_val_acc": float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None,
+        "best_val_acc": float(best_score) if best_score is not None else None,
         "test_acc": metrics.get("test/acc"),
         "parameters": module.num_parameters,
         "fit_seconds": round(fit_seconds, 2),
@@ -275,7 +278,7 @@ def train(cfg: DictConfig, run_dir: Path | str) -> dict[str, float]:
         if isinstance(logger, WandbLogger) and trainer.is_global_zero:
             logger.experiment.summary.update({k: v for k, v in summary.items() if v is not None})
     if trainer.is_global_zero:
-        report_paths(run_dir, checkpoint, loggers, metrics, fit_seconds)
+        report_paths(run_dir, saved, loggers, metrics, fit_seconds)
         for logger in loggers:
             if isinstance(logger, WandbLogger):
                 # Flush and close now: the next run of a Hydra sweep (same process) must start its
@@ -285,15 +288,14 @@ def train(cfg: DictConfig, run_dir: Path | str) -> dict[str, float]:
 
 
 def report_paths(
-    run_dir: Path, checkpoint: ModelCheckpoint, loggers: list[Logger], metrics: dict[str, float], fit_seconds: float
+    run_dir: Path, saved: dict[str, str], loggers: list[Logger], metrics: dict[str, float], fit_seconds: float
 ) -> None:
     lines = ["", "test metrics: " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()))]
     lines.append(f"fit time: {fit_seconds:.1f} s (training and validation)")
     lines.append(f"run directory: {run_dir}")
-    if checkpoint.last_model_path:
-        lines.append(f"last checkpoint: {checkpoint.last_model_path}")
-    if checkpoint.best_model_path:
-        lines.append(f"best checkpoint: {checkpoint.best_model_path}")
+    for kind in ("last", "best"):
+        if saved[kind]:
+            lines.append(f"{kind} checkpoint: {saved[kind]}")
     for logger in loggers:
         if isinstance(logger, WandbLogger):
             run = logger.experiment

@@ -466,6 +466,42 @@ def test_explosion_guard_names_the_first_bad_step_when_it_checks_late(tmp_path: 
         run.fit(Classifier(zoo.create("resnet8", num_classes=10)), train)
 
 
+def test_explosion_guard_says_when_every_gradient_is_nan(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    train = DataLoader(random_images(64, seed=0), batch_size=BATCH_SIZE)
+    net = zoo.create("resnet8", num_classes=10)
+    with torch.no_grad():
+        net.linear.weight.fill_(float("nan"))  # NaN logits: a NaN loss and NaN in every gradient
+    guard = ExplosionGuard(check_every_n_steps=1)
+    run = trainer(tmp_path, [guard], False, max_epochs=1, limit_train_batches=4)
+    with pytest.raises(TrainingDivergedError) as caught:
+        run.fit(Classifier(net), train)
+    message = str(caught.value)
+    assert "diverged at step 0: loss nan" in message
+    assert "every unit's gradient is NaN" in message
+    assert "no gradient norms measured" not in message
+
+
+def test_gradient_flow_and_guard_share_one_measurement_per_step(tmp_path: Path, monkeypatch) -> None:
+    calls: list[int] = []
+    measure = GradientNormMeter.measure
+
+    def counted(meter: GradientNormMeter):
+        calls.append(1)
+        return measure(meter)
+
+    monkeypatch.setattr(GradientNormMeter, "measure", counted)
+    train = DataLoader(random_images(48, seed=0), batch_size=BATCH_SIZE)
+    flow = GradientFlowCallback(every_n_steps=1, tidy_file="flow.csv", parameter_tidy_file=None)
+    guard = ExplosionGuard(check_every_n_steps=1)
+    run = trainer(tmp_path, [flow, guard], False, max_epochs=1, limit_train_batches=6)
+    run.fit(Classifier(zoo.create("resnet8", num_classes=10)), train)
+    assert run.global_step == 6
+    assert len(calls) == 6  # not 12: both callbacks read the same norms of each step
+    rows = read_csv(tmp_path / "flow.csv")
+    assert sorted({int(r["step"]) for r in rows}) == list(range(6))
+
+
 def test_explosion_guard_leaves_a_healthy_run_alone(tmp_path: Path) -> None:
     train, val = loaders()
     run = trainer(tmp_path, [ExplosionGuard(check_every_n_steps=1)], False)

@@ -168,6 +168,30 @@ def test_gradient_at_init_plain_gradient_departs_from_the_head_with_depth():
     assert plain > residual + 2.0  # at least 100x further off
 
 
+def test_gradient_at_init_without_normalisation_shows_the_textbook_picture(tmp_path):
+    """No BatchNorm: the plain net's gradient *vanishes* toward the input, the ResNet's does not
+    vanish (its activations grow about 2x in variance per block instead)."""
+    nets = experiments.gradient_nets([56], others=False, norms=["none"])
+    assert nets == [("plain56", "plain (no norm)", 56, {"norm": "none"}),
+                    ("resnet56", "ResNet (no norm)", 56, {"norm": "none"})]
+    rows = experiments.gradient_at_init(nets, seeds=(0,), batch_size=4, image_size=16)
+    summary = {row["model"]: row for row in experiments.summarise_gradients(rows)}
+    assert set(summary) == {"plain56 norm=none", "resnet56 norm=none"}
+    assert summary["plain56 norm=none"]["first_over_head"] < 1e-2
+    assert summary["resnet56 norm=none"]["first_over_head"] > 0.1
+    paths = experiments.plot_gradient_at_init(rows, tmp_path)
+    assert all(p.stat().st_size > 0 for p in paths)
+
+
+def test_gradient_summary_survives_an_overflowing_net():
+    rows = [{"model": "plain1202", "family": "plain", "depth": 1202, "seed": seed, "unit_index": unit,
+             "unit_name": "u", "stage": "s", "grad_norm": value}
+            for seed, values in enumerate([(math.inf, 1.0), (1e30, 2.0)]) for unit, value in enumerate(values)]
+    (row,) = experiments.summarise_gradients(rows)
+    assert row["first_unit_grad_norm"] == math.inf and math.isnan(row["first_unit_grad_norm_std"])
+    assert row["head_grad_norm"] == 1.5
+
+
 def test_gradient_at_init_rows_cover_every_unit(tmp_path):
     rows = experiments.gradient_at_init([("resnet8", "ResNet", 8)], seeds=(0, 1), batch_size=2, image_size=8)
     units = zoo.create("resnet8").depth_units()

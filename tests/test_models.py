@@ -339,6 +339,54 @@ def test_zero_init_residual_makes_every_block_start_as_identity() -> None:
     assert zoo.create("resnet50").layer1[1].bn3.weight.abs().sum() > 0
 
 
+def test_norm_free_cifar_nets_have_no_batchnorm_and_biased_convolutions() -> None:
+    net = zoo.create("resnet20", norm="none", shortcut="B")
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in net.modules())
+    convolutions = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
+    assert convolutions and all(c.bias is not None and not c.bias.any() for c in convolutions)
+    assert all(c.bias is None for c in zoo.create("resnet20").modules() if isinstance(c, nn.Conv2d))
+    # still the same shapes and depth units as the BN net
+    assert [u.name for u in net.depth_units()] == [u.name for u in zoo.create("resnet20").depth_units()]
+    assert net(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_norm_free_resnet_activations_grow_with_depth_and_plain_ones_do_not() -> None:
+    """Without BN, every He-initialised residual block adds its own variance: the features of a
+    norm-free ResNet grow exponentially with depth (Fixup, section 2); a plain net's do not."""
+    torch.manual_seed(0)
+    x = torch.randn(8, 3, 16, 16)
+
+    def feature_std(name: str, **options) -> float:
+        torch.manual_seed(0)
+        with torch.no_grad():
+            return float(zoo.create(name, norm="none", **options).forward_features(x).std())
+
+    # 27 blocks against 3: about sqrt(2)**24 = 4096 in standard deviation
+    assert feature_std("resnet56") > 1e3 * feature_std("resnet8")
+    assert feature_std("plain56") < feature_std("plain8")
+    # init_gain multiplies each of the 55 convolutions' weights: the plain net's output by gain**55
+    ratio = feature_std("plain56", init_gain=1.2) / feature_std("plain56")
+    assert ratio == pytest.approx(1.2**55, rel=1e-3)
+
+
+def test_init_gain_scales_the_he_initialised_weights() -> None:
+    torch.manual_seed(0)
+    base = zoo.create("plain20")
+    torch.manual_seed(0)
+    scaled = zoo.create("plain20", init_gain=2.0)
+    torch.testing.assert_close(scaled.layer2[1].conv1.weight, 2.0 * base.layer2[1].conv1.weight)
+    torch.testing.assert_close(scaled.linear.weight, base.linear.weight)  # the classifier is not a conv
+
+
+@pytest.mark.parametrize("norm", ["batch", "none"])
+def test_cifar_zero_init_residual_starts_every_block_as_the_identity(norm: str) -> None:
+    net = zoo.create("resnet20", norm=norm, zero_init_residual=True).eval()
+    x = torch.relu(torch.randn(2, 16, 8, 8))  # a block's input is the previous block's ReLU output
+    with torch.no_grad():
+        torch.testing.assert_close(net.layer1[1](x), x)
+    assert zoo.create("resnet20", norm=norm).eval().layer1[1](x).sub(x).abs().max() > 0
+
+
 def test_drop_path_rates_rise_linearly_and_drop_whole_samples() -> None:
     net = zoo.create("resnet34", drop_path=0.3)
     rates = [m.rate for m in net.modules() if isinstance(m, DropPath)]
@@ -369,6 +417,11 @@ def test_drop_path_rates_rise_linearly_and_drop_whole_samples() -> None:
         ("plain18", {"drop_path": 0.1}, "need the skip connection"),
         ("plain50", {"zero_init_residual": True}, "need the skip connection"),
         ("densenet121", {"stem": "cifar"}, "options are: memory_efficient"),
+        ("resnet20", {"norm": "group"}, "norm must be one of batch, none"),
+        ("resnet20", {"init_gain": 0}, "init_gain must be a number"),
+        ("resnet20", {"init_gain": "2"}, "init_gain must be a number"),
+        ("plain20", {"zero_init_residual": True}, "needs the skip connection"),
+        ("resnet18", {"norm": "none"}, "does not take option"),
     ],
 )
 def test_bad_options(name: str, options: dict, message: str) -> None:

@@ -4,8 +4,8 @@ What a skip connection does shows in two numbers measured per *depth unit* (stem
 block / dense layer / transition, head; see ``depth_units()`` in :mod:`zoo.models.common`):
 
 * the gradient norm as a function of depth (He et al. 2015, section 4.1; Glorot & Bengio 2010):
-  in a deep plain net the stem's gradient is orders of magnitude smaller than the head's, in a
-  ResNet it is not;
+  in a deep plain net the stem's gradient is orders of magnitude away from the head's (smaller
+  without normalisation; with BatchNorm, larger), in a ResNet it stays within a small factor;
 * the residual gain ||f(x)|| / ||x|| of every block (He et al. 2016, "Identity Mappings"; Veit
   et al. 2016): near 0, a block has learned to pass its input through unchanged.
 
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import csv
 import math
+import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,6 +122,39 @@ class GradientNormMeter:
         parameter_norms = torch.zeros(len(self.parameters), device=device)
         parameter_norms.index_copy_(0, positions, norms)
         return GradientNorms(unit_squares[:-1].sqrt(), parameter_norms, squares.sum().sqrt())
+
+
+class _MeterState:
+    def __init__(self, net: nn.Module) -> None:
+        self.meter = GradientNormMeter(net)
+        self.norms: GradientNorms | None = None
+        self.fresh = False  # whether ``norms`` belong to the gradients of the latest backward
+
+
+# One meter per network and one measurement per backward pass, whichever callbacks ask for it
+# (the gradient-flow view and the explosion guard read the same norms on a logged step).
+_SHARED_METERS: weakref.WeakKeyDictionary[nn.Module, _MeterState] = weakref.WeakKeyDictionary()
+
+
+def _shared_state(pl_module: nn.Module) -> _MeterState:
+    net = network_of(pl_module)
+    state = _SHARED_METERS.get(net)
+    if state is None:
+        state = _SHARED_METERS[net] = _MeterState(net)
+    return state
+
+
+def gradients_changed(pl_module: nn.Module) -> None:
+    """Forget the shared measurement: call from ``on_after_backward`` (new gradients exist)."""
+    _shared_state(pl_module).fresh = False
+
+
+def current_gradient_norms(pl_module: nn.Module) -> tuple[GradientNormMeter, GradientNorms | None]:
+    """The network's meter and the norms of its current gradients, measured once per backward."""
+    state = _shared_state(pl_module)
+    if not state.fresh:
+        state.norms, state.fresh = state.meter.measure(), True
+    return state.meter, state.norms
 
 
 # ---------------------------------------------------------------- writing
@@ -265,16 +299,11 @@ class GradientFlowCallback(pl.Callback):
         self.tidy_file = tidy_file
         self.parameter_tidy_file = parameter_tidy_file
         self.chart_max_lines = chart_max_lines
-        self._meter: GradientNormMeter | None = None
-        self._meter_net: nn.Module | None = None
         self._last_logged_step = -1
         self._chart_rows: list[list[Any]] = []
 
-    def _meter_for(self, pl_module: pl.LightningModule) -> GradientNormMeter:
-        net = network_of(pl_module)
-        if self._meter is None or self._meter_net is not net:
-            self._meter, self._meter_net = GradientNormMeter(net), net
-        return self._meter
+    def on_after_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        gradients_changed(pl_module)
 
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
@@ -285,8 +314,7 @@ class GradientFlowCallback(pl.Callback):
             return
         if not trainer.is_global_zero:
             return
-        meter = self._meter_for(pl_module)
-        norms = meter.measure()
+        meter, norms = current_gradient_norms(pl_module)
         if norms is None:
             return
         self._last_logged_step = step
@@ -520,17 +548,10 @@ class ExplosionGuard(pl.Callback):
         self.max_grad_norm = max_grad_norm
         self.check_every_n_steps = check_every_n_steps
         self._meter: GradientNormMeter | None = None
-        self._meter_net: nn.Module | None = None
         self._step = 0
         self._pending_grads: GradientNorms | None = None
         self._diverged: torch.Tensor | None = None  # bool, on the device
         self._first_bad: torch.Tensor | None = None  # [step, loss, total grad norm, *unit norms]
-
-    def _meter_for(self, pl_module: pl.LightningModule) -> GradientNormMeter:
-        net = network_of(pl_module)
-        if self._meter is None or self._meter_net is not net:
-            self._meter, self._meter_net = GradientNormMeter(net), net
-        return self._meter
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
@@ -540,7 +561,10 @@ class ExplosionGuard(pl.Callback):
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
-        self._pending_grads = self._meter_for(pl_module).measure()
+        self._pending_grads = current_gradient_norms(pl_module)[1]
+
+    def on_after_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        gradients_changed(pl_module)
 
     def on_train_batch_end(
         self,
@@ -557,7 +581,7 @@ class ExplosionGuard(pl.Callback):
             self.check(trainer)
 
     def _record(self, pl_module: pl.LightningModule, loss: torch.Tensor | None) -> None:
-        meter = self._meter_for(pl_module)
+        meter = self._meter = _shared_state(pl_module).meter
         grads, self._pending_grads = self._pending_grads, None
         device = grads.total.device if grads is not None else pl_module.device
         # torch.full launches a fill kernel; torch.tensor(...) would copy from the host and,
@@ -577,9 +601,11 @@ class ExplosionGuard(pl.Callback):
                 bad = bad | (total > self.max_grad_norm)
         else:  # a batch that only accumulated gradients: no optimizer step to judge
             total, units = nan, nan.expand(len(meter.units))
-        step = torch.full((1,), float(self._step), device=device, dtype=torch.float64)
+        # [step, gradients measured (1/0), loss, total gradient norm, *unit norms]
+        header = torch.full((2,), float(self._step), device=device, dtype=torch.float64)
+        header[1] = float(grads is not None)
         record = torch.cat([loss_value.view(1), total.view(1), units]).double()
-        record = torch.cat([step, record])
+        record = torch.cat([header, record])
         if self._diverged is None or self._first_bad is None or self._first_bad.shape != record.shape:
             self._diverged = torch.zeros((), dtype=torch.bool, device=device)
             self._first_bad = torch.full_like(record, float("nan"))
@@ -633,19 +659,21 @@ class ExplosionGuard(pl.Callback):
                 f"training diverged on another rank (detected at step {trainer.global_step}); "
                 f"last good checkpoint: {checkpoint}"
             )
-        step, loss, total, *units = self._first_bad.tolist()
+        step, measured, loss, total, *units = self._first_bad.tolist()
         names = [unit.name for unit in self._meter.units] if self._meter else []
         loss_bound = f" (bound {self.max_loss:g})" if self.max_loss is not None else ""
         grad_bound = f" (bound {self.max_grad_norm:g})" if self.max_grad_norm is not None else ""
-        if units and not all(math.isnan(u) for u in units):
+        if not measured:
+            unit_text = "no gradient norms measured at that step (it only accumulated gradients)"
+        elif all(math.isnan(u) for u in units):
+            unit_text = "every unit's gradient is NaN"
+        else:
             # A non-finite unit outranks every finite one; among non-finite ones the shallowest.
             worst = max(
                 range(len(units)),
                 key=lambda i: (not math.isfinite(units[i]), units[i] if math.isfinite(units[i]) else -i),
             )
             unit_text = f"largest gradient norm in unit {names[worst]!r} (index {worst}): {units[worst]:.4g}"
-        else:
-            unit_text = "no gradient norms measured at that step"
         return (
             f"training diverged at step {int(step)}: loss {loss:.4g}{loss_bound}, "
             f"total gradient norm {total:.4g}{grad_bound}; {unit_text}. "

@@ -62,12 +62,30 @@ SUMMARY_COLUMNS = ["model", "family", "depth", "seeds", "first_unit_grad_norm", 
                    "head_grad_norm", "first_over_head"]
 
 
-def gradient_nets(depths: Sequence[int], others: bool = True) -> list[tuple[str, str, int]]:
+# The CIFAR nets' ``norm`` option: without BatchNorm the textbook picture returns -- the plain
+# net's gradient vanishes toward the input and the ResNet's activations (and gradients) grow by
+# about 2x in variance per block (Zhang et al. 2019, "Fixup", section 2).
+NORM_SUFFIX = {"batch": "", "none": " (no norm)"}
+
+
+def gradient_nets(
+    depths: Sequence[int], others: bool = True, norms: Sequence[str] = ("batch",)
+) -> list[tuple[str, str, int, dict[str, Any]]]:
+    """(registry name, curve label, depth, ``zoo.create`` options) of the nets to measure.
+
+    The pre-activation and DenseNet comparison nets (``others``) exist with BatchNorm only.
+    """
     nets = []
-    for depth in depths:
-        nets.append((f"plain{depth}", "plain", depth))
-        nets.append((f"resnet{depth}", "ResNet", depth))
-    return nets + (list(OTHER_NETS) if others else [])
+    for norm in norms:
+        options = {} if norm == "batch" else {"norm": norm}
+        for depth in depths:
+            nets.append((f"plain{depth}", "plain" + NORM_SUFFIX[norm], depth, options))
+            nets.append((f"resnet{depth}", "ResNet" + NORM_SUFFIX[norm], depth, options))
+    return nets + ([(*net, {}) for net in OTHER_NETS] if others else [])
+
+
+def net_label(name: str, options: dict[str, Any]) -> str:
+    return name + "".join(f" {key}={value}" for key, value in options.items())
 
 
 def unit_gradient_norms(net: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> list[float]:
@@ -80,24 +98,29 @@ def unit_gradient_norms(net: nn.Module, images: torch.Tensor, labels: torch.Tens
 
 
 def gradient_at_init(
-    nets: Sequence[tuple[str, str, int]],
+    nets: Sequence[tuple[str, str, int] | tuple[str, str, int, dict[str, Any]]],
     seeds: Sequence[int] = (0, 1, 2),
     batch_size: int = 8,
     image_size: int = 32,
     in_channels: int = 3,
     num_classes: int = 10,
 ) -> list[dict[str, Any]]:
-    """Tidy rows (one per model, seed and depth unit) of gradient norms at initialisation."""
+    """Tidy rows (one per model, seed and depth unit) of gradient norms at initialisation.
+
+    Each net is ``(registry name, curve label, depth)`` with optional ``zoo.create`` options as a
+    fourth element; the ``model`` column names the options (``"plain110 norm=none"``).
+    """
     rows: list[dict[str, Any]] = []
-    for name, family, depth in nets:
+    for name, family, depth, *rest in nets:
+        options = rest[0] if rest else {}
         for seed in seeds:
             torch.manual_seed(seed)  # the same seed gives the same weights and the same batch
-            net = zoo.create(name, num_classes=num_classes, in_channels=in_channels)
+            net = zoo.create(name, num_classes=num_classes, in_channels=in_channels, **options)
             images = torch.randn(batch_size, in_channels, image_size, image_size)
             labels = torch.randint(0, num_classes, (batch_size,))
             units = net.depth_units()
             for index, norm in enumerate(unit_gradient_norms(net, images, labels)):
-                rows.append({"model": name, "family": family, "depth": depth, "seed": seed,
+                rows.append({"model": net_label(name, options), "family": family, "depth": depth, "seed": seed,
                              "unit_index": index, "unit_name": units[index].name,
                              "stage": units[index].stage, "grad_norm": norm})
             del net
@@ -117,7 +140,9 @@ def summarise_gradients(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         summary.append({
             "model": model, "family": mine[0]["family"], "depth": mine[0]["depth"], "seeds": len(first),
             "first_unit_grad_norm": first_mean,
-            "first_unit_grad_norm_std": statistics.pstdev(first) if len(first) > 1 else 0.0,
+            # A plain net deep enough overflows float32 (inf); its spread is then undefined.
+            "first_unit_grad_norm_std": (statistics.pstdev(first) if all(map(math.isfinite, first))
+                                         else math.nan) if len(first) > 1 else 0.0,
             "head_grad_norm": head_mean,
             "first_over_head": first_mean / head_mean if head_mean > 0 else math.nan,
         })
@@ -134,29 +159,45 @@ def plot_gradient_at_init(rows: Sequence[dict[str, Any]], out_dir: Path) -> list
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
 
-    figure, axis = plt.subplots(figsize=(6.4, 4.2))
+    figure, axis = plt.subplots(figsize=(8.4, 4.4))
     families = list(dict.fromkeys(row["family"] for row in summary))
-    markers = {"plain": "o", "ResNet": "s"}
+    finite = [r["first_unit_grad_norm"] for r in summary if math.isfinite(r["first_unit_grad_norm"])]
+    overflow_y = max(finite, default=1.0) * 1e3  # where a net that overflowed float32 is marked
     for family in families:
         mine = sorted((row for row in summary if row["family"] == family), key=lambda r: r["depth"])
-        xs = [row["depth"] for row in mine]
-        ys = [max(row["first_unit_grad_norm"], 1e-45) for row in mine]
-        axis.plot(xs, ys, marker=markers.get(family, "^"), linestyle="-" if len(xs) > 1 else "none",
-                  label=family)
+        shown = [row for row in mine if math.isfinite(row["first_unit_grad_norm"])]
+        xs = [row["depth"] for row in shown]
+        ys = [max(row["first_unit_grad_norm"], 1e-45) for row in shown]
+        marker = "o" if family.startswith("plain") else "s" if family.startswith("ResNet") else "^"
+        (line,) = axis.plot(xs, ys, marker=marker, linestyle="-" if len(xs) > 1 else "none",
+                            fillstyle="none" if family.endswith(NORM_SUFFIX["none"]) else "full",
+                            label=family)
+        overflowed = [row["depth"] for row in mine if not math.isfinite(row["first_unit_grad_norm"])]
+        if overflowed:
+            axis.plot(overflowed, [overflow_y] * len(overflowed), marker="x", markersize=9,
+                      linestyle="none", color=line.get_color())
+            for depth in overflowed:
+                axis.annotate("overflow\n(inf/NaN)", (depth, overflow_y), textcoords="offset points",
+                              xytext=(-8, -24), ha="right", fontsize=7, color=line.get_color())
     axis.set_xscale("log")
     axis.set_yscale("log")
     axis.set_xlabel("depth (layers)")
     axis.set_ylabel("gradient norm of the first unit (stem)")
     axis.set_title("Gradient reaching the first layer at initialisation")
     axis.grid(True, which="both", alpha=0.3)
-    axis.legend()
+    axis.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8)
     figure.tight_layout()
     paths.append(out_dir / "gradient_at_init_first_unit.png")
     figure.savefig(paths[-1], dpi=120)
     plt.close(figure)
 
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
-    for axis, family in zip(axes, ("plain", "ResNet")):
+    # One panel per plain / ResNet curve label (with and without normalisation).
+    panels = [f for f in families if f.startswith(("plain", "ResNet"))]
+    columns = min(2, len(panels))
+    grid_rows = math.ceil(len(panels) / columns)
+    figure, axes = plt.subplots(grid_rows, columns, figsize=(5.5 * columns, 4.2 * grid_rows),
+                                sharey=True, squeeze=False)
+    for axis, family in zip(axes.flat, panels):
         for row in (r for r in summary if r["family"] == family):
             mine = [r for r in rows if r["model"] == row["model"]]
             count = max(r["unit_index"] for r in mine) + 1
@@ -169,7 +210,10 @@ def plot_gradient_at_init(rows: Sequence[dict[str, Any]], out_dir: Path) -> list
         axis.set_title(f"{family}: gradient norm per unit at init")
         axis.grid(True, which="both", alpha=0.3)
         axis.legend(fontsize=8)
-    axes[0].set_ylabel("gradient norm (mean over seeds)")
+    for axis in axes[:, 0]:
+        axis.set_ylabel("gradient norm (mean over seeds)")
+    for axis in list(axes.flat)[len(panels):]:
+        axis.set_visible(False)
     figure.tight_layout()
     paths.append(out_dir / "gradient_at_init_profile.png")
     figure.savefig(paths[-1], dpi=120)
@@ -538,6 +582,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     grad.add_argument("--seeds", type=int, default=3)
     grad.add_argument("--batch-size", type=int, default=8)
     grad.add_argument("--image-size", type=int, default=32)
+    grad.add_argument("--norms", nargs="+", choices=tuple(NORM_SUFFIX), default=["batch"],
+                      help="plainN / resnetN with BatchNorm (batch) and/or without (none)")
 
     lesion = commands.add_parser("lesion", help="delete each block of trained checkpoints in turn")
     lesion.add_argument("checkpoints", type=Path, nargs="+")
@@ -558,7 +604,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     start = time.perf_counter()
     if args.command == "gradient_at_init":
-        nets = gradient_nets(args.depths, others=not args.no_others)
+        nets = gradient_nets(args.depths, others=not args.no_others, norms=args.norms)
         rows = gradient_at_init(nets, seeds=range(args.seeds), batch_size=args.batch_size,
                                 image_size=args.image_size)
         write_csv(args.out / "gradient_at_init.csv", rows, GRADIENT_COLUMNS)

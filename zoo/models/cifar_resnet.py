@@ -13,6 +13,14 @@ Shortcut options of the paper:
 
 ``plainN`` is the same network built by the same code with ``skip=False``.
 
+``norm="none"`` removes every BatchNorm (the convolutions get biases instead) for the
+exploding-gradient experiment: without normalisation the He-initialised ResNet's activations
+double in variance at every block (Zhang, Dauphin, Ma 2019, "Fixup Initialization", section 2),
+and ``init_gain > 1`` scales every convolution's initial weights so that a plain net's signal
+grows by that factor per layer. ``zero_init_residual`` is the remedy of Fixup and of Goyal et al.
+2017: the last layer of every residual branch starts at zero (BN scale, or the convolution when
+there is no BN), so that every block starts as the identity and the depth adds no variance.
+
 Layer names follow the community checkpoints (``conv1``, ``bn1``, ``layer1.0.conv1``,
 ``linear``) so that they load as they are.
 """
@@ -47,14 +55,28 @@ class PadShortcut(nn.Module):
         return F.pad(x, (0, 0, 0, 0, self.pad_before, self.pad_after))
 
 
-def make_shortcut(in_planes: int, planes: int, stride: int, option: str) -> nn.Module:
+NORMS = ("batch", "none")
+
+
+def make_norm(planes: int, norm: str) -> nn.Module:
+    return nn.BatchNorm2d(planes) if norm == "batch" else nn.Identity()
+
+
+def make_conv(in_planes: int, planes: int, kernel: int, stride: int, norm: str) -> nn.Conv2d:
+    # A bias before BatchNorm is cancelled by its mean subtraction; without BN it is needed.
+    return nn.Conv2d(
+        in_planes, planes, kernel, stride=stride, padding=kernel // 2, bias=norm == "none"
+    )
+
+
+def make_shortcut(
+    in_planes: int, planes: int, stride: int, option: str, norm: str = "batch"
+) -> nn.Module:
     if stride == 1 and in_planes == planes:
         return nn.Identity()
     if option == "A":
         return PadShortcut(in_planes, planes, stride)
-    return nn.Sequential(
-        nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False), nn.BatchNorm2d(planes)
-    )
+    return nn.Sequential(make_conv(in_planes, planes, 1, stride, norm), make_norm(planes, norm))
 
 
 # ---------------------------------------------------------------- block
@@ -64,17 +86,23 @@ class BasicBlock(SkipBlock):
     """Two 3x3 conv-BN layers; ``relu(f(x) + x)`` with the skip, ``relu(f(x))`` without."""
 
     def __init__(
-        self, in_planes: int, planes: int, stride: int, skip: bool = True, shortcut: str = "A"
+        self,
+        in_planes: int,
+        planes: int,
+        stride: int,
+        skip: bool = True,
+        shortcut: str = "A",
+        norm: str = "batch",
     ) -> None:
         super().__init__()
         self.skip = skip
-        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv1 = make_conv(in_planes, planes, 3, stride, norm)
+        self.bn1 = make_norm(planes, norm)
+        self.conv2 = make_conv(planes, planes, 3, 1, norm)
+        self.bn2 = make_norm(planes, norm)
         self.relu = nn.ReLU(inplace=True)
         # The plain twin has no shortcut module at all: nothing differs but the skip.
-        self.shortcut = make_shortcut(in_planes, planes, stride, shortcut) if skip else None
+        self.shortcut = make_shortcut(in_planes, planes, stride, shortcut, norm) if skip else None
 
     def residual_branch(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
@@ -103,16 +131,28 @@ class CifarResNet(Network):
         shortcut: str = "A",
         widths: tuple[int, int, int] = (16, 32, 64),
         memory_efficient: bool = False,
+        norm: str = "batch",
+        init_gain: float = 1.0,
+        zero_init_residual: bool = False,
     ) -> None:
         super().__init__()
         if (depth - 2) % 6 != 0 or depth < 8:
             raise ValueError(f"CIFAR ResNet depth must be 6n+2 (8, 14, 20, 32, 44, 56, 110, 1202...), got {depth}")
         if shortcut not in ("A", "B"):
             raise ValueError(f"shortcut must be 'A' or 'B', got {shortcut!r}")
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
+        if isinstance(init_gain, bool) or not isinstance(init_gain, (int, float)) or not 0 < init_gain <= 100:
+            raise ValueError(f"init_gain must be a number in (0, 100], got {init_gain!r}")
+        if zero_init_residual and not skip:
+            raise ValueError(
+                "zero_init_residual needs the skip connection: a plain net whose blocks start at "
+                "zero outputs zero; use a resnetN model"
+            )
         blocks_per_stage = (depth - 2) // 6
         self.memory_efficient = memory_efficient
-        self.conv1 = nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(widths[0])
+        self.conv1 = make_conv(in_channels, widths[0], 3, 1, norm)
+        self.bn1 = make_norm(widths[0], norm)
         self.relu = nn.ReLU(inplace=True)
         in_planes = widths[0]
         stages = []
@@ -120,7 +160,7 @@ class CifarResNet(Network):
             blocks = []
             for block_index in range(blocks_per_stage):
                 stride = 2 if index > 0 and block_index == 0 else 1
-                blocks.append(BasicBlock(in_planes, planes, stride, skip, shortcut))
+                blocks.append(BasicBlock(in_planes, planes, stride, skip, shortcut, norm))
                 in_planes = planes
             stages.append(nn.Sequential(*blocks))
         self.layer1, self.layer2, self.layer3 = stages
@@ -131,6 +171,15 @@ class CifarResNet(Network):
             # classifier keeps PyTorch's default so that the initial loss is about ln(classes).
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+                with torch.no_grad():
+                    module.weight.mul_(init_gain)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        if zero_init_residual:
+            for block in self.modules():
+                if isinstance(block, BasicBlock):
+                    last = block.bn2 if norm == "batch" else block.conv2
+                    nn.init.zeros_(last.weight)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.relu(self.bn1(self.conv1(x)))
@@ -185,6 +234,9 @@ def build(
     in_channels: int,
     shortcut: str = "A",
     memory_efficient: bool = False,
+    norm: str = "batch",
+    init_gain: float = 1.0,
+    zero_init_residual: bool = False,
 ) -> CifarResNet:
     return CifarResNet(
         variant["depth"],
@@ -193,4 +245,7 @@ def build(
         skip=variant["skip"],
         shortcut=shortcut,
         memory_efficient=memory_efficient,
+        norm=norm,
+        init_gain=init_gain,
+        zero_init_residual=zero_init_residual,
     )

@@ -14,11 +14,17 @@ import sys
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 # Errors caused by the user's input get one clear line, not a traceback (ZOO_DEBUG=1 shows it).
 USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, NotADirectoryError, MisconfigurationException)
+DIVERGED_EXIT_CODE = 3  # the run itself failed, not its input: a distinct code for sweeps and schedulers
+
+# Runs of this sweep that diverged. A diverged job is one of a sweep's results (plain1202 in
+# experiment=depth_1000, say): the sweep goes on, and the process exits 3 once it is done.
+diverged_runs: list[str] = []
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
@@ -34,7 +40,9 @@ def main(cfg: DictConfig) -> None:
         sys.exit(143)  # 128 + SIGTERM: schedulers read it as "terminated", not "done"
     except TrainingDivergedError as stop:
         print(f"error: {stop}", file=sys.stderr, flush=True)
-        sys.exit(3)  # the run itself failed, not its input: a distinct code for sweeps and schedulers
+        if HydraConfig.get().mode != RunMode.MULTIRUN:
+            sys.exit(DIVERGED_EXIT_CODE)
+        diverged_runs.append(f"{cfg.run_name} ({HydraConfig.get().runtime.output_dir})")
     except RuntimeError as error:
         # gloo/NCCL report a dead peer as a RuntimeError deep in a collective, worded per transport
         dead_peer = ("by peer", "remote worker crashing", "Broken pipe")
@@ -53,3 +61,7 @@ def main(cfg: DictConfig) -> None:
 
 if __name__ == "__main__":
     main()
+    if diverged_runs:
+        print(f"error: {len(diverged_runs)} run(s) of the sweep diverged: {', '.join(diverged_runs)}",
+              file=sys.stderr, flush=True)
+        sys.exit(DIVERGED_EXIT_CODE)

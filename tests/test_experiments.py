@@ -210,6 +210,9 @@ def test_memory_checkpointing_keeps_fewer_activations():
     assert normal["saved_for_backward_mb"] > efficient["saved_for_backward_mb"] > 0
     assert normal["parameters"] == efficient["parameters"]
     assert normal["step_time_ms"] > 0
+    # the peak is the benchmark's measure: at least weights + gradients + momentum (fp32)
+    weights_gradients_momentum = 3 * 4 * normal["parameters"] / 2**20
+    assert normal["peak_memory_mb"] >= efficient["peak_memory_mb"] > weights_gradients_momentum
 
 
 def test_memory_concatenation_keeps_more_than_addition():
@@ -223,20 +226,25 @@ def test_memory_concatenation_keeps_more_than_addition():
 # ---------------------------------------------------------------- report
 
 
-def _fake_run(root: Path, name: str, model: str, train_acc: list[float], val_acc: list[float]) -> Path:
+def _fake_run(root: Path, name: str, model: str, train_acc: list[float], val_acc: list[float],
+              norm: str = "batch", losses: list[tuple[int, float]] = (), tested: bool = True) -> Path:
     run = root / name
     (run / ".hydra").mkdir(parents=True)
     (run / ".hydra" / "config.yaml").write_text(
-        f"model:\n  name: {model}\n  num_classes: 10\ndata:\n  name: digits\n  num_classes: 10\n  in_channels: 1\n")
+        f"model:\n  name: {model}\n  num_classes: 10\n  norm: {norm}\n"
+        "data:\n  name: digits\n  num_classes: 10\n  in_channels: 1\n")
     (run / "csv").mkdir()
-    columns = ["epoch", "step", "train/acc", "train/loss_epoch", "val/acc", "test/acc"]
+    columns = ["epoch", "step", "train/acc", "train/loss_epoch", "train/loss_step", "val/acc", "test/acc"]
     with (run / "csv" / "metrics.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, columns)
         writer.writeheader()
+        for step, loss in losses:
+            writer.writerow({"epoch": 0, "step": step, "train/loss_step": loss})
         for epoch, (train, val) in enumerate(zip(train_acc, val_acc)):
             writer.writerow({"epoch": epoch, "step": 10 * epoch + 9, "val/acc": val})
             writer.writerow({"epoch": epoch, "step": 10 * epoch + 9, "train/acc": train, "train/loss_epoch": 1.0})
-        writer.writerow({"epoch": len(train_acc), "step": 10 * len(train_acc), "test/acc": 0.5})
+        if tested:
+            writer.writerow({"epoch": len(train_acc), "step": 10 * len(train_acc), "test/acc": 0.5})
     return run
 
 
@@ -255,9 +263,57 @@ def test_report_reads_a_sweep_dir(tmp_path):
     assert params in lines[1]
 
 
+def test_report_names_sweep_siblings_by_option_and_shows_a_diverged_run(tmp_path):
+    sweep = tmp_path / "multirun"
+    trained = _fake_run(sweep, "0-resnet56-digits-s42", "resnet56", [0.5], [0.6], norm="batch",
+                        losses=[(0, 2.3), (5, 1.5)])
+    stopped = _fake_run(sweep, "1-resnet56-digits-s42", "resnet56", [], [], norm="none",
+                        losses=[(0, 4.0e3)], tested=False)
+    (stopped / "diverged.txt").write_text("training diverged at step 0: loss 4000 (bound 1000), ...\n")
+    runs = [report.read_run(r) for r in report.find_run_dirs([sweep])]
+    assert [r.train_loss for r in runs] == [[2.3, 1.5], [4.0e3]] and runs[0].loss_steps == [0, 5]
+    assert [r.status for r in runs] == ["done", "diverged at step 0"]
+    written = report.write_report([sweep], tmp_path / "out")
+    assert written["loss_figure"].stat().st_size > 0
+    table = written["summary"].read_text()
+    lines = [line for line in table.splitlines() if line.startswith(("| 0-", "| 1-"))]
+    assert "| resnet56 norm=batch |" in lines[0] and "| done |" in lines[0] and "| 1.5 |" in lines[0]
+    assert "| resnet56 norm=none |" in lines[1] and "| diverged at step 0 |" in lines[1]
+    assert "resnet56 norm=none: training diverged at step 0" in table
+
+
 def test_report_refuses_an_empty_dir(tmp_path):
     with pytest.raises(FileNotFoundError, match="no runs"):
         report.write_report([tmp_path], tmp_path / "out")
+
+
+# What each overlay's sweep gives at a tiny size: every job runs (a diverged job does not stop
+# its sweep), and the sweep exits 3 when one of them diverged, as these are meant to.
+TINY_SWEEPS = {
+    "depth_1000": (["plain1202", "resnet1202", "preact_resnet1001"], 3),  # plain1202 overflows at step 0
+    "explosion": (["resnet56", "resnet56"], 3),  # model.norm=batch trains, model.norm=none is stopped
+    "add_vs_concat": (["resnet56", "resnet110", "densenet_bc_100_12"], 0),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(TINY_SWEEPS))
+def test_experiment_sweep_runs_tiny_to_completion(tmp_path, name):
+    models, exit_code = TINY_SWEEPS[name]
+    sweep_dir = tmp_path / "sweep"
+    command = [
+        sys.executable, str(REPO / "train.py"), "-m", f"experiment={name}", "data=digits",
+        "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
+        "trainer.limit_test_batches=1", "trainer.accelerator=cpu", "data.batch_size=8",
+        "data.loader=device", "logger=csv", "callbacks.progress_bar=none", f"hydra.sweep.dir={sweep_dir}",
+    ]
+    result = subprocess.run(command, check=False, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert result.returncode == exit_code, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    runs = report.find_run_dirs([sweep_dir])
+    assert [report.read_run(r).model for r in runs] == models
+    written = report.write_report([sweep_dir], tmp_path / "report")
+    assert written["figure"].stat().st_size > 0
 
 
 @pytest.mark.slow

@@ -250,6 +250,34 @@ def test_a_killed_ddp_rank_does_not_leave_the_other_hanging(tmp_path):
     assert "another DDP process of this run died" in stderr or "by peer" in stderr, stderr[-1500:]
 
 
+def test_a_diverged_job_does_not_stop_its_sweep(tmp_path):
+    """Job 0 diverges at once (a gradient bound no step meets), job 1 trains: both run, W&B
+    closes job 0 as failed with the divergence in its summary, and the sweep exits 3 at the end."""
+    from wandb_records import read_run, run_file
+
+    sweep = tmp_path / "sweep"
+    result = subprocess.run(
+        [sys.executable, str(REPO / "train.py"), "-m", "model=resnet8", *FAST_OVERRIDES,
+         "callbacks.explosion_guard.max_grad_norm=1.0e-6,1.0e8", "trainer.max_epochs=1",
+         "trainer.limit_train_batches=3", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1",
+         f"hydra.sweep.dir={sweep}"],
+        cwd=tmp_path, env={**os.environ, "WANDB_MODE": "offline"}, capture_output=True, text=True,
+        timeout=600,
+    )
+    assert result.returncode == 3, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    assert result.stderr.count("error: training diverged at step 0") == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("error: 1 run(s) of the sweep diverged: resnet8-digits-s42")
+    jobs = sorted(job for job in sweep.iterdir() if job.is_dir() and job.name[0].isdigit())
+    assert len(jobs) == 2
+    diverged, trained = (read_run(run_file(job)) for job in jobs)
+    assert diverged["summary"]["diverged"] is True and diverged["summary"]["diverged_at_step"] == 0
+    assert diverged["exit_code"] == 3
+    assert "test_acc" in trained["summary"] and "diverged" not in trained["summary"]
+    assert trained["exit_code"] == 0
+    assert (jobs[1] / "checkpoints" / "last.ckpt").exists()
+
+
 def test_diverged_run_stops_with_one_line_naming_step_and_unit(tmp_path):
     result = run_train(tmp_path / "run", "model=plain8", "trainer.max_epochs=3", "logger=csv",
                        "callbacks.explosion_guard.max_grad_norm=1.0e-6", check=False)

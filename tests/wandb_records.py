@@ -55,11 +55,12 @@ def run_file(run_dir: str | Path) -> Path:
 
 
 def read_run(path: str | Path) -> dict[str, Any]:
-    """Config, history rows and summary of a run file, as plain Python values."""
+    """Config, history rows, summary and exit code of a run file, as plain Python values."""
     config: dict[str, Any] = {}
     history: list[dict[str, Any]] = []
     summary: dict[str, Any] = {}
     run: dict[str, Any] = {}
+    exit_code: int | None = None
     for record in iter_records(path):
         kind = record.WhichOneof("record_type")
         if kind == "config":
@@ -78,4 +79,6 @@ def read_run(path: str | Path) -> dict[str, Any]:
             for item in record.run.config.update:
                 config[item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
             run = {"name": record.run.display_name, "group": record.run.run_group, "tags": list(record.run.tags)}
-    return {"run": run, "config": config, "history": history, "summary": summary}
+        elif kind == "exit":
+            exit_code = record.exit.exit_code
+    return {"run": run, "config": config, "history": history, "summary": summary, "exit_code": exit_code}

@@ -515,7 +515,14 @@ class ResidualGainCallback(pl.Callback):
 
 
 class TrainingDivergedError(RuntimeError):
-    """The loss or the gradient norm of a run became non-finite or exceeded its bound."""
+    """The loss or the gradient norm of a run became non-finite or exceeded its bound.
+
+    ``step`` is the first bad optimizer step (None when another rank diverged).
+    """
+
+    def __init__(self, message: str, step: int | None = None) -> None:
+        super().__init__(message)
+        self.step = step
 
 
 class ExplosionGuard(pl.Callback):
@@ -645,7 +652,8 @@ class ExplosionGuard(pl.Callback):
             # A save-on-exception would overwrite last.ckpt with the diverged weights.
             if hasattr(checkpoint, "save_on_exception"):
                 checkpoint.save_on_exception = False
-        raise TrainingDivergedError(self._message(trainer, local))
+        step = int(self._first_bad[0].item()) if local and self._first_bad is not None else None
+        raise TrainingDivergedError(self._message(trainer, local), step)
 
     def _message(self, trainer: pl.Trainer, local: bool) -> str:
         last_good = [

@@ -14,15 +14,14 @@
   2016, "Residual Networks Behave Like Ensembles of Relatively Shallow Networks", Figure 3).
   Each block of a trained checkpoint is deleted in turn (:func:`lesioned`) and the network is
   evaluated; the block is put back afterwards.
-* ``memory`` -- peak training memory and step time of one SGD step at a fixed batch. On CUDA
-  the peak is ``torch.cuda.max_memory_allocated`` above what was allocated before the step
-  (weights, gradients, optimizer state). On CPU PyTorch keeps no such counter, so the peak is
-  ``peak_memory_mb`` is empty and the measured equivalent is ``saved_for_backward_mb``: the
-  bytes of the distinct storages kept from the forward pass for the backward pass -- what
+* ``memory`` -- peak training memory and step time of one SGD step at a fixed batch.
+  ``peak_memory_mb`` is measured as ``python -m zoo.bench models`` measures it
+  (:func:`zoo.bench.peak_step_memory`: ``torch.cuda.max_memory_allocated`` on CUDA, torch's
+  dispatch-mode ``MemTracker`` on CPU): parameters + optimizer state + everything the step
+  allocates. ``saved_for_backward_mb`` is the part of it that skips and checkpointing change:
+  the bytes of the distinct storages kept from the forward pass for the backward pass -- what
   autograd saves (``torch.autograd.graph.saved_tensors_hooks``) plus the block inputs that
-  activation checkpointing keeps. That is the activation memory, the part of the peak that
-  skips and checkpointing change (the rest, weights + gradients + momentum, is 3x the
-  parameter bytes for every mode). It is reported on CUDA too, next to the real peak.
+  activation checkpointing keeps.
 """
 
 from __future__ import annotations
@@ -43,6 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import zoo
+from zoo.bench import peak_step_memory
 from zoo.callbacks import GradientNormMeter
 from zoo.models.common import DepthUnit, SkipBlock
 
@@ -485,20 +485,12 @@ def measure_memory(
         return F.cross_entropy(net(images), labels)
 
     def step() -> None:
-        optimizer.zero_grad(set_to_none=False)
+        optimizer.zero_grad()  # gradients are freed and allocated again by backward, as in training
         forward().backward()
         optimizer.step()
 
-    step()  # warm-up: gradients and momentum buffers exist from here on, as in training
-    if cuda:
-        torch.cuda.synchronize(device)
-        before = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        step()
-        torch.cuda.synchronize(device)
-        peak = torch.cuda.max_memory_allocated(device) - before
-    else:
-        peak = math.nan  # PyTorch keeps no peak counter for the CPU allocator
+    step()  # warm-up: momentum buffers exist from here on, as in training
+    peak, _ = peak_step_memory(step, net, optimizer, torch.device(device))  # the benchmark's measure
     saved = saved_tensor_bytes(lambda: forward().backward(), net)
     optimizer.zero_grad()
     times = []
@@ -513,7 +505,7 @@ def measure_memory(
     return {
         "model": name, "skip": zoo.describe(name)["skip"], "memory_efficient": memory_efficient,
         "device": torch.device(device).type, "batch_size": batch_size, "image_size": image_size,
-        "parameters": zoo.count_parameters(net), "peak_memory_mb": peak / 2**20,
+        "parameters": zoo.count_parameters(net), "peak_memory_mb": math.nan if peak is None else peak,
         "saved_for_backward_mb": saved / 2**20, "step_time_ms": 1000 * statistics.median(times),
     }
 
@@ -526,13 +518,13 @@ def plot_memory(rows: Sequence[dict[str, Any]], out_dir: Path) -> Path:
 
     out_dir.mkdir(parents=True, exist_ok=True)
     labels = [row["model"] + (" (mem-eff)" if row["memory_efficient"] else "") for row in rows]
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     colours = {"none": "tab:gray", "add": "tab:blue", "concat": "tab:orange"}
-    cuda = rows[0]["device"] == "cuda"
-    memory_key = "peak_memory_mb" if cuda else "saved_for_backward_mb"
-    memory_title = "peak training memory (MiB)" if cuda else "activations kept for backward (MiB)"
-    for axis, key, title in ((axes[0], memory_key, memory_title),
-                             (axes[1], "step_time_ms", "step time (ms)")):
+    panels = [("saved_for_backward_mb", "activations kept for backward (MiB)"),
+              ("step_time_ms", "step time (ms)")]
+    if any(math.isfinite(float(row["peak_memory_mb"])) for row in rows):  # torch >= 2.5 on CPU
+        panels.insert(0, ("peak_memory_mb", "peak training memory (MiB)"))
+    figure, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2))
+    for axis, (key, title) in zip(axes, panels):
         axis.barh(labels, [row[key] for row in rows], color=[colours.get(row["skip"], "k") for row in rows])
         axis.set_title(title)
         axis.invert_yaxis()

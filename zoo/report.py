@@ -11,8 +11,12 @@ The figure follows He et al. 2015, Figure 6: training error (thin dashed) and va
 (bold) against epochs, one panel per kind of network (no skip / addition / concatenation), so
 that the plain nets' and the ResNets' curves can be compared at equal depth. The training error
 is ``1 - train/acc``, the accuracy over the epoch's augmented training batches as they were
-trained on (as in the paper). Seconds are the run's wall time read from its files: from the
-creation of ``.hydra/config.yaml`` to the last write of ``metrics.csv`` (test included).
+trained on (as in the paper). A second figure draws the training loss against optimizer steps
+(as logged, ``trainer.log_every_n_steps``) for short runs and for runs that diverged; the
+table's ``status`` says which runs the explosion guard stopped (their ``diverged.txt``). Runs of
+the same model in one sweep are told apart by the model options that differ (``resnet56
+norm=none``). Seconds are the run's wall time read from its files: from the creation of
+``.hydra/config.yaml`` to the last write of ``metrics.csv`` (test included).
 """
 
 from __future__ import annotations
@@ -29,7 +33,9 @@ from typing import Any
 import zoo
 
 SKIP_PANELS = {"none": "plain (no skip)", "add": "residual (addition)", "concat": "dense (concatenation)"}
-TABLE_COLUMNS = ["run", "model", "params", "epochs", "final train error", "best val acc", "test acc", "seconds"]
+TABLE_COLUMNS = ["run", "model", "params", "epochs", "steps", "final train loss", "final train error",
+                 "best val acc", "test acc", "seconds", "status"]
+DIVERGED_FILE = "diverged.txt"  # written by zoo.run when the explosion guard stops a run
 
 
 @dataclass
@@ -44,12 +50,23 @@ class Run:
     train_error: list[float] = field(default_factory=list)  # per epoch, in epoch order
     val_epochs: list[int] = field(default_factory=list)
     val_error: list[float] = field(default_factory=list)
+    loss_steps: list[int] = field(default_factory=list)  # optimizer steps with a logged train loss
+    train_loss: list[float] = field(default_factory=list)
     test_acc: float | None = None
     seconds: float | None = None
+    diverged: str | None = None  # the explosion guard's message when it stopped the run
+    label: str = ""  # the model, and the model options that tell it from a sweep sibling
 
     @property
     def name(self) -> str:
         return self.path.name
+
+    @property
+    def status(self) -> str:
+        if self.diverged is None:
+            return "done" if self.test_acc is not None else "unfinished"
+        step = self.diverged.split("diverged at step ", 1)[-1].split(":", 1)[0]
+        return f"diverged at step {step}" if step.isdigit() else "diverged"
 
     @property
     def skip(self) -> str:
@@ -110,8 +127,12 @@ def read_run(run_dir: Path | str) -> Run:
     run = Run(run_dir, str(config["model"]["name"]), str(config["data"]["name"]), config)
     train: dict[int, float] = {}
     val: dict[int, float] = {}
+    loss: dict[int, float] = {}
     with metrics_path.open(newline="") as handle:
         for row in csv.DictReader(handle):
+            step_loss = _float(row.get("train/loss_step") or row.get("train/loss"))
+            if step_loss is not None and (step := _float(row.get("step"))) is not None:
+                loss[int(step)] = step_loss
             epoch = _float(row.get("epoch"))
             if epoch is None:
                 continue
@@ -123,8 +144,58 @@ def read_run(run_dir: Path | str) -> Run:
                 run.test_acc = acc
     run.epochs, run.train_error = sorted(train), [train[e] for e in sorted(train)]
     run.val_epochs, run.val_error = sorted(val), [val[e] for e in sorted(val)]
+    run.loss_steps, run.train_loss = sorted(loss), [loss[s] for s in sorted(loss)]
+    if (run_dir / DIVERGED_FILE).exists():
+        run.diverged = (run_dir / DIVERGED_FILE).read_text().strip()
     run.seconds = max(0.0, metrics_path.stat().st_mtime - config_path.stat().st_mtime)
     return run
+
+
+def label_runs(runs: Sequence[Run]) -> None:
+    """Label each run by its model, plus the model options that differ between runs of the same
+    model (``resnet56 norm=none``); runs that still share a label are named by their directory."""
+    for run in runs:
+        options = run.config.get("model") or {}
+        siblings = [r for r in runs if r.model == run.model]
+        differing = [key for key in options if key != "name" and
+                     len({str((r.config.get("model") or {}).get(key)) for r in siblings}) > 1]
+        run.label = run.model + "".join(f" {key}={options[key]}" for key in differing)
+    for run in runs:
+        if sum(r.label == run.label for r in runs) > 1:
+            run.label = run.name
+
+
+def plot_loss_curves(runs: Sequence[Run], path: Path) -> Path:
+    """Training loss against optimizer steps (as logged), every run on one log-scale axis; a run
+    the explosion guard stopped ends in an x."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7.5, 4.4))
+    for run in runs:
+        finite = [(step, value) for step, value in zip(run.loss_steps, run.train_loss) if math.isfinite(value)]
+        label = run.label + (f" ({run.status})" if run.diverged else "")
+        style = "--" if run.skip == "none" else "-"
+        if finite:
+            (line,) = axis.plot(*zip(*finite), style, marker="." if len(finite) < 30 else None, label=label)
+            if run.diverged:
+                axis.plot(*finite[-1], "x", markersize=10, color=line.get_color())
+        elif run.diverged:  # stopped before a finite loss was logged
+            axis.plot([], [], "x", label=label)
+    axis.set_yscale("log")
+    axis.set_xlabel("optimizer step")
+    axis.set_ylabel("training loss (logged steps)")
+    data = ", ".join(sorted({run.data for run in runs}))
+    axis.set_title(f"Training loss ({data}; dashed: no skip)")
+    axis.grid(True, which="both", alpha=0.3)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
 
 
 def plot_error_curves(runs: Sequence[Run], path: Path) -> Path:
@@ -146,12 +217,12 @@ def plot_error_curves(runs: Sequence[Run], path: Path) -> Path:
     for axis, kind in zip(axes[0], kinds):
         for run in (r for r in runs if r.skip == kind):
             colour = depth_colour["".join(ch for ch in run.model if ch.isdigit())]
-            label = run.model if sum(r.model == run.model for r in runs) == 1 else run.name
-            # Epochs count from 1 at the end of the first epoch.
+            label = run.label or run.name
+            # Epochs count from 1 at the end of the first epoch; markers show one-epoch runs.
             axis.plot([e + 1 for e in run.epochs], [100 * v for v in run.train_error], "--",
-                      color=colour, linewidth=1)
+                      color=colour, linewidth=1, marker=".")
             axis.plot([e + 1 for e in run.val_epochs], [100 * v for v in run.val_error], "-",
-                      color=colour, linewidth=2, label=label)
+                      color=colour, linewidth=2, marker="o", label=label)
         axis.set_title(SKIP_PANELS[kind])
         axis.set_xlabel("epoch")
         axis.grid(True, alpha=0.3)
@@ -169,13 +240,16 @@ def plot_error_curves(runs: Sequence[Run], path: Path) -> Path:
 def summary_rows(runs: Sequence[Run]) -> list[dict[str, Any]]:
     return [{
         "run": run.name,
-        "model": run.model,
+        "model": run.label or run.model,
         "params": run.parameters(),
         "epochs": len(run.epochs),
+        "steps": run.loss_steps[-1] + 1 if run.loss_steps else None,
+        "final train loss": run.train_loss[-1] if run.train_loss else None,
         "final train error": run.final_train_error,
         "best val acc": run.best_val_acc,
         "test acc": run.test_acc,
         "seconds": run.seconds,
+        "status": run.status,
     } for run in runs]
 
 
@@ -189,6 +263,8 @@ def markdown_summary(rows: Sequence[dict[str, Any]]) -> str:
             return f"{value:.0f}"
         if column == "final train error":
             return f"{100 * value:.1f}%"
+        if column == "final train loss":
+            return f"{value:.4g}"
         if isinstance(value, float):
             return f"{value:.4f}"
         return str(value)
@@ -207,13 +283,19 @@ def write_report(paths: Sequence[Path | str], out_dir: Path | str) -> dict[str, 
             f"no runs under {', '.join(map(str, paths))} (a run holds .hydra/config.yaml and "
             f"csv/metrics.csv: train with logger=csv or the default loggers)")
     runs = [read_run(run_dir) for run_dir in run_dirs]
+    label_runs(runs)
     out_dir.mkdir(parents=True, exist_ok=True)
     figure = plot_error_curves(runs, out_dir / "error_curves.png")
+    loss_figure = plot_loss_curves(runs, out_dir / "loss_curves.png")
     table = markdown_summary(summary_rows(runs))
     summary = out_dir / "summary.md"
     sources = "\n".join(f"- `{run.path}`" for run in runs)
-    summary.write_text(f"# Runs\n\n{table}\n\n![error curves]({figure.name})\n\nRun directories:\n{sources}\n")
-    return {"figure": figure, "summary": summary}
+    diverged = "\n".join(f"- {run.label}: {run.diverged}" for run in runs if run.diverged)
+    summary.write_text(
+        f"# Runs\n\n{table}\n\n" + (f"Stopped by the explosion guard:\n{diverged}\n\n" if diverged else "")
+        + f"![error curves]({figure.name})\n\n![training loss]({loss_figure.name})\n\n"
+        f"Run directories:\n{sources}\n")
+    return {"figure": figure, "loss_figure": loss_figure, "summary": summary}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -29,6 +29,7 @@ from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger, Wand
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 import zoo
+from zoo.callbacks import TrainingDivergedError
 from zoo.checkpoint import (
     AtomicCheckpointIO,
     CheckpointError,
@@ -42,6 +43,7 @@ from zoo.module import ZooModule
 log = logging.getLogger("zoo")
 
 LOGGERS = ("wandb", "csv", "tensorboard")
+DIVERGED_FILE = "diverged.txt"  # in the run directory of a run the explosion guard stopped
 
 
 # ---------------------------------------------------------------------------- loggers
@@ -260,6 +262,21 @@ def train(cfg: DictConfig, run_dir: Path | str) -> dict[str, float]:
     except SIGTERMException:
         saved = next(c.saved_path for c in callbacks if isinstance(c, PreemptionCheckpoint))
         raise Preempted(saved or checkpoint.last_model_path) from None
+    except TrainingDivergedError as diverged:
+        # A diverged run is a result too (the explosion and depth experiments expect some): its
+        # directory says so (zoo.report reads it), W&B records it and closes the run as failed,
+        # so that a sweep's next job gets a run of its own.
+        if trainer.is_global_zero:
+            (Path(run_dir) / DIVERGED_FILE).write_text(f"{diverged}\n")
+        for logger in loggers:
+            if isinstance(logger, WandbLogger) and trainer.is_global_zero:
+                logger.experiment.summary.update({
+                    "diverged": True, "diverged_at_step": diverged.step,
+                    "diverged_message": str(diverged),
+                    "fit_seconds": round(time.perf_counter() - fit_started, 2),
+                })
+                logger.experiment.finish(exit_code=3)
+        raise
     fit_seconds = time.perf_counter() - fit_started  # training + validation, no test, no set-up
     # Read before testing: trainer.test(ckpt_path=best) restores the callback's state as it was
     # when the best checkpoint was written, which predates the last save.

@@ -59,11 +59,14 @@ training mode, as in the first training step), on a batch of random images with 
 `net.depth_units()` lists the stem, every block and the head; we look at the gradient norm of
 each, and at the stem's against the head's.
 
-The textbook says the plain net's gradient *vanishes* with depth. With BatchNorm, what the
-measurement shows is that it *explodes* (Yang et al. 2019) -- either way, without the skip the
-first layers receive a gradient that has lost touch with the loss, while in the ResNet the
-stem's gradient stays within a small factor of the head's at every depth."""),
-    ("code", """nets = experiments.gradient_nets(GRADIENT_DEPTHS, others=False)
+We build each net twice: with BatchNorm (as trained) and with `norm="none"` (no
+normalisation, the setting of the textbook story). Without normalisation the plain net's
+gradient *vanishes* toward the input; with BatchNorm it *explodes* instead (Yang et al. 2019)
+-- either way, without the skip the first layers receive a gradient that has lost touch with
+the loss. In the BatchNorm ResNet the stem's gradient stays within a small factor of the head's
+at every depth; the norm-free ResNet keeps that ratio too, but its whole signal grows with depth
+(every residual branch adds its variance), which is the exploding-gradient experiment's subject."""),
+    ("code", """nets = experiments.gradient_nets(GRADIENT_DEPTHS, others=False, norms=["batch", "none"])
 rows = experiments.gradient_at_init(nets, seeds=(0,), batch_size=8, image_size=16)
 summary = experiments.summarise_gradients(rows)
 display(Markdown(experiments.markdown_table(

@@ -595,6 +595,25 @@ def test_plot_draws_pngs_from_two_runs(tmp_path: Path) -> None:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
 
 
+def test_plot_labels_tell_sweep_siblings_apart(tmp_path: Path) -> None:
+    from zoo.plot import _labels
+
+    runs = []
+    for job, (norm, seed) in enumerate([("batch", 1), ("none", 1), ("none", 2)]):
+        run_dir = tmp_path / f"{job}-resnet56"
+        (run_dir / ".hydra").mkdir(parents=True)
+        (run_dir / ".hydra" / "config.yaml").write_text(
+            f"seed: {seed}\nmodel:\n  name: resnet56\n  norm: {norm}\n  num_classes: ${{data.num_classes}}\n"
+            "data:\n  name: digits\n"
+        )
+        runs.append(run_dir)
+    assert _labels(runs) == [
+        "resnet56/digits norm=batch",
+        "resnet56/digits norm=none (1-resnet56)",  # same model options: the directory decides
+        "resnet56/digits norm=none (2-resnet56)",
+    ]
+
+
 def test_plot_command_line(tmp_path: Path) -> None:
     from zoo.callbacks import GRADIENT_FLOW_COLUMNS, TidyCsvFile
 

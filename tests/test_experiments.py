@@ -279,6 +279,10 @@ def test_report_names_sweep_siblings_by_option_and_shows_a_diverged_run(tmp_path
     lines = [line for line in table.splitlines() if line.startswith(("| 0-", "| 1-"))]
     assert "| resnet56 norm=batch |" in lines[0] and "| done |" in lines[0] and "| 1.5 |" in lines[0]
     assert "| resnet56 norm=none |" in lines[1] and "| diverged at step 0 |" in lines[1]
+    # the parameter count is the run's own net: no BN, a bias per convolution channel instead
+    norm_free = zoo.count_parameters(zoo.create("resnet56", num_classes=10, in_channels=1, norm="none"))
+    assert norm_free != zoo.count_parameters(zoo.create("resnet56", num_classes=10, in_channels=1))
+    assert f"| {norm_free:,} |" in lines[1]
     assert "resnet56 norm=none: training diverged at step 0" in table
 
 

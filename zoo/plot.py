@@ -31,6 +31,13 @@ GRADIENT_FLOW_FILE = "gradient_flow.csv"
 RESIDUAL_GAIN_FILE = "residual_gain.csv"
 
 
+def _model_config(run_dir: Path) -> dict:
+    config_path = run_dir / ".hydra" / "config.yaml"
+    if not config_path.is_file():
+        return {}
+    return (yaml.safe_load(config_path.read_text()) or {}).get("model") or {}
+
+
 def run_label(run_dir: Path) -> str:
     """``model.name/data.name`` from the run's saved Hydra config, else the directory name."""
     config_path = run_dir / ".hydra" / "config.yaml"
@@ -45,8 +52,12 @@ def run_label(run_dir: Path) -> str:
 
 
 def _labels(run_dirs: Sequence[Path]) -> list[str]:
-    labels = [run_label(run_dir) for run_dir in run_dirs]
-    # A seed sweep gives the same model/data twice: tell them apart by directory.
+    from zoo.report import option_suffixes
+
+    # A sweep over a model option (model.norm=batch,none) names the option that differs ...
+    suffixes = option_suffixes([_model_config(run_dir) for run_dir in run_dirs])
+    labels = [run_label(run_dir) + suffix for run_dir, suffix in zip(run_dirs, suffixes)]
+    # ... and a seed sweep, which gives the same label twice, the directory.
     return [
         f"{label} ({run_dir.name})" if labels.count(label) > 1 else label
         for label, run_dir in zip(labels, run_dirs)

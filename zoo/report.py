@@ -84,10 +84,16 @@ class Run:
         return self.train_error[-1] if self.train_error else None
 
     def parameters(self) -> int | None:
+        from zoo.module import create_arguments
+
         data = self.config.get("data") or {}
+        # The model's own options change the count (norm=none adds biases); the class and
+        # channel counts are interpolations of data.* in the saved config.
+        options = {key: value for key, value in create_arguments(self.config.get("model") or {}).items()
+                   if key not in ("num_classes", "in_channels") and not str(value).startswith("${")}
         try:
             net = zoo.create(self.model, num_classes=int(data.get("num_classes", 10)),
-                             in_channels=int(data.get("in_channels", 3)))
+                             in_channels=int(data.get("in_channels", 3)), **options)
         except (ValueError, TypeError):
             return None
         return zoo.count_parameters(net)
@@ -151,15 +157,24 @@ def read_run(run_dir: Path | str) -> Run:
     return run
 
 
+def option_suffixes(model_configs: Sequence[dict[str, Any]]) -> list[str]:
+    """For each model config, `` key=value`` for every option in which it differs from another
+    config of the same model name (``" norm=none"`` in a sweep over ``model.norm``)."""
+    suffixes = []
+    for options in model_configs:
+        siblings = [other for other in model_configs if other.get("name") == options.get("name")]
+        differing = [key for key in options if key != "name" and
+                     len({str(other.get(key)) for other in siblings}) > 1]
+        suffixes.append("".join(f" {key}={options[key]}" for key in differing))
+    return suffixes
+
+
 def label_runs(runs: Sequence[Run]) -> None:
     """Label each run by its model, plus the model options that differ between runs of the same
     model (``resnet56 norm=none``); runs that still share a label are named by their directory."""
-    for run in runs:
-        options = run.config.get("model") or {}
-        siblings = [r for r in runs if r.model == run.model]
-        differing = [key for key in options if key != "name" and
-                     len({str((r.config.get("model") or {}).get(key)) for r in siblings}) > 1]
-        run.label = run.model + "".join(f" {key}={options[key]}" for key in differing)
+    suffixes = option_suffixes([run.config.get("model") or {} for run in runs])
+    for run, suffix in zip(runs, suffixes):
+        run.label = run.model + suffix
     for run in runs:
         if sum(r.label == run.label for r in runs) > 1:
             run.label = run.name

@@ -608,9 +608,9 @@ def test_plot_labels_tell_sweep_siblings_apart(tmp_path: Path) -> None:
         )
         runs.append(run_dir)
     assert _labels(runs) == [
-        "resnet56/digits norm=batch",
-        "resnet56/digits norm=none (1-resnet56)",  # same model options: the directory decides
-        "resnet56/digits norm=none (2-resnet56)",
+        "resnet56/digits model.norm=batch",
+        "resnet56/digits model.norm=none (1-resnet56)",  # same model options: the directory decides
+        "resnet56/digits model.norm=none (2-resnet56)",
     ]
 
 

@@ -277,13 +277,24 @@ def test_report_names_sweep_siblings_by_option_and_shows_a_diverged_run(tmp_path
     assert written["loss_figure"].stat().st_size > 0
     table = written["summary"].read_text()
     lines = [line for line in table.splitlines() if line.startswith(("| 0-", "| 1-"))]
-    assert "| resnet56 norm=batch |" in lines[0] and "| done |" in lines[0] and "| 1.5 |" in lines[0]
-    assert "| resnet56 norm=none |" in lines[1] and "| diverged at step 0 |" in lines[1]
+    assert "| resnet56 model.norm=batch |" in lines[0] and "| done |" in lines[0] and "| 1.5 |" in lines[0]
+    assert "| resnet56 model.norm=none |" in lines[1] and "| diverged at step 0 |" in lines[1]
     # the parameter count is the run's own net: no BN, a bias per convolution channel instead
     norm_free = zoo.count_parameters(zoo.create("resnet56", num_classes=10, in_channels=1, norm="none"))
     assert norm_free != zoo.count_parameters(zoo.create("resnet56", num_classes=10, in_channels=1))
     assert f"| {norm_free:,} |" in lines[1]
-    assert "resnet56 norm=none: training diverged at step 0" in table
+    assert "resnet56 model.norm=none: training diverged at step 0" in table
+
+
+def test_report_names_runs_of_one_model_by_the_override_that_differs(tmp_path):
+    sweep = tmp_path / "multirun"
+    for job, lr in enumerate(["0.05", "0.01"]):
+        run = _fake_run(sweep, f"{job}-resnet1202-digits-s42", "resnet1202", [0.5], [0.6])
+        (run / ".hydra" / "overrides.yaml").write_text(f"- model=resnet1202\n- optim.lr={lr}\n- seed=1\n")
+    _fake_run(sweep, "2-plain1202-digits-s42", "plain1202", [0.1], [0.1])
+    runs = [report.read_run(r) for r in report.find_run_dirs([sweep])]
+    report.label_runs(runs)
+    assert [r.label for r in runs] == ["resnet1202 optim.lr=0.05", "resnet1202 optim.lr=0.01", "plain1202"]
 
 
 def test_report_refuses_an_empty_dir(tmp_path):

@@ -435,13 +435,17 @@ def saved_tensor_bytes(step: Any, net: nn.Module) -> int:
 
     Counted: every tensor autograd saves (``saved_tensors_hooks``), plus the input of every depth
     unit, which activation checkpointing keeps alive outside autograd's saved tensors (inputs
-    already saved are not counted twice: storages are counted once each).
+    already saved are not counted twice: storages are counted once each). Not counted: the
+    parameters and buffers that autograd also saves (a convolution keeps its weight), which
+    exist whatever the mode -- so the figure is the activation memory alone.
     """
     storages: dict[int, int] = {}
+    weights = {t.untyped_storage().data_ptr() for t in [*net.parameters(), *net.buffers()]}
 
     def remember(tensor: torch.Tensor) -> None:
         storage = tensor.untyped_storage()
-        storages[storage.data_ptr()] = storage.nbytes()
+        if storage.data_ptr() not in weights:
+            storages[storage.data_ptr()] = storage.nbytes()
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
         remember(tensor)

@@ -52,10 +52,12 @@ def run_label(run_dir: Path) -> str:
 
 
 def _labels(run_dirs: Sequence[Path]) -> list[str]:
-    from zoo.report import option_suffixes
+    from zoo.report import run_settings, sibling_suffixes
 
-    # A sweep over a model option (model.norm=batch,none) names the option that differs ...
-    suffixes = option_suffixes([_model_config(run_dir) for run_dir in run_dirs])
+    # Runs of one model that differ in a setting (model.norm=batch,none) are named by it ...
+    configs = [_model_config(run_dir) for run_dir in run_dirs]
+    suffixes = sibling_suffixes([str(c.get("name")) for c in configs],
+                                [run_settings(d, c) for d, c in zip(run_dirs, configs)])
     labels = [run_label(run_dir) + suffix for run_dir, suffix in zip(run_dirs, suffixes)]
     # ... and a seed sweep, which gives the same label twice, the directory.
     return [

@@ -157,27 +157,40 @@ def read_run(run_dir: Path | str) -> Run:
     return run
 
 
-def option_suffixes(model_configs: Sequence[dict[str, Any]]) -> list[str]:
-    """For each model config, `` key=value`` for every option in which it differs from another
-    config of the same model name (``" norm=none"`` in a sweep over ``model.norm``)."""
+def run_settings(run_dir: Path, model_config: dict[str, Any]) -> dict[str, str]:
+    """What a run was asked for: its model options (``model.norm``: ``none``) and its
+    command-line overrides (``.hydra/overrides.yaml``: ``optim.lr``: ``0.01``)."""
+    import yaml
+
+    settings = {f"model.{key}": str(value) for key, value in model_config.items() if key != "name"}
+    overrides_path = run_dir / ".hydra" / "overrides.yaml"
+    if overrides_path.is_file():
+        for override in yaml.safe_load(overrides_path.read_text()) or []:
+            key, _, value = str(override).lstrip("+~").partition("=")
+            settings[key] = value
+    return settings
+
+
+def sibling_suffixes(models: Sequence[str], settings: Sequence[dict[str, str]]) -> list[str]:
+    """For each run, `` key=value`` for every setting in which it differs from another run of
+    the same model (``" model.norm=none"`` in a sweep over ``model.norm``, ``" optim.lr=0.01"``)."""
     suffixes = []
-    for options in model_configs:
-        siblings = [other for other in model_configs if other.get("name") == options.get("name")]
-        differing = [key for key in options if key != "name" and
-                     len({str(other.get(key)) for other in siblings}) > 1]
-        suffixes.append("".join(f" {key}={options[key]}" for key in differing))
+    for model, mine in zip(models, settings):
+        siblings = [other for name, other in zip(models, settings) if name == model]
+        keys = dict.fromkeys(key for other in siblings for key in other)
+        differing = [key for key in keys if key != "model" and not key.startswith("hydra.")
+                     and len({other.get(key) for other in siblings}) > 1]
+        suffixes.append("".join(f" {key}={mine[key]}" for key in differing if key in mine))
     return suffixes
 
 
 def label_runs(runs: Sequence[Run]) -> None:
-    """Label each run by its model, plus the model options that differ between runs of the same
-    model (``resnet56 norm=none``); runs that still share a label are named by their directory."""
-    suffixes = option_suffixes([run.config.get("model") or {} for run in runs])
-    for run, suffix in zip(runs, suffixes):
-        run.label = run.model + suffix
-    for run in runs:
-        if sum(r.label == run.label for r in runs) > 1:
-            run.label = run.name
+    """Label each run by its model, plus the settings that differ between runs of the same model
+    (``resnet56 model.norm=none``); runs that still share a label are named by their directory."""
+    settings = [run_settings(run.path, run.config.get("model") or {}) for run in runs]
+    labels = [run.model + suffix for run, suffix in zip(runs, sibling_suffixes([r.model for r in runs], settings))]
+    for run, label in zip(runs, labels):
+        run.label = label if labels.count(label) == 1 else run.name
 
 
 def plot_loss_curves(runs: Sequence[Run], path: Path) -> Path:

@@ -38,8 +38,11 @@ def test_experiment_overlay_sets_its_group(compose, name):
     assert compose(f"experiment={name}").group == name
 
 
-def test_depth_1000_overlay_warms_up(compose):
-    assert compose("experiment=depth_1000").scheduler.warmup_fraction == pytest.approx(0.02)
+@pytest.mark.parametrize("name", ["depth_1000", "add_vs_concat"])
+def test_deep_resnet_overlays_warm_up(compose, name):
+    # He et al. warm their 110- and 1202-layer nets up; train.yaml's default is no warm-up
+    assert compose().scheduler.warmup_fraction == 0.0
+    assert compose(f"experiment={name}").scheduler.warmup_fraction == pytest.approx(0.02)
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)

@@ -50,6 +50,7 @@ class Run:
     train_error: list[float] = field(default_factory=list)  # per epoch, in epoch order
     val_epochs: list[int] = field(default_factory=list)
     val_error: list[float] = field(default_factory=list)
+    steps: int | None = None  # optimizer steps trained, as the training metrics' step column says
     loss_steps: list[int] = field(default_factory=list)  # optimizer steps with a logged train loss
     train_loss: list[float] = field(default_factory=list)
     test_acc: float | None = None
@@ -136,9 +137,12 @@ def read_run(run_dir: Path | str) -> Run:
     loss: dict[int, float] = {}
     with metrics_path.open(newline="") as handle:
         for row in csv.DictReader(handle):
+            step = _float(row.get("step"))
             step_loss = _float(row.get("train/loss_step") or row.get("train/loss"))
-            if step_loss is not None and (step := _float(row.get("step"))) is not None:
+            if step_loss is not None and step is not None:
                 loss[int(step)] = step_loss
+            if step is not None and any(_float(v) is not None for k, v in row.items() if k.startswith("train/")):
+                run.steps = max(run.steps or 0, int(step) + 1)  # rows are logged at the step's index
             epoch = _float(row.get("epoch"))
             if epoch is None:
                 continue
@@ -218,7 +222,11 @@ def plot_loss_curves(runs: Sequence[Run], path: Path) -> Path:
     data = ", ".join(sorted({run.data for run in runs}))
     axis.set_title(f"Training loss ({data}; dashed: no skip)")
     axis.grid(True, which="both", alpha=0.3)
-    axis.legend(fontsize=8)
+    if axis.get_legend_handles_labels()[0]:
+        axis.legend(fontsize=8)
+    else:  # runs shorter than trainer.log_every_n_steps log no step loss
+        axis.text(0.5, 0.5, "no step losses logged:\nrun with a smaller trainer.log_every_n_steps",
+                  transform=axis.transAxes, ha="center", va="center")
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=120)
@@ -271,7 +279,7 @@ def summary_rows(runs: Sequence[Run]) -> list[dict[str, Any]]:
         "model": run.label or run.model,
         "params": run.parameters(),
         "epochs": len(run.epochs),
-        "steps": run.loss_steps[-1] + 1 if run.loss_steps else None,
+        "steps": run.steps,
         "final train loss": run.train_loss[-1] if run.train_loss else None,
         "final train error": run.final_train_error,
         "best val acc": run.best_val_acc,

@@ -268,7 +268,7 @@ def test_report_reads_a_sweep_dir(tmp_path):
 
 def test_report_names_sweep_siblings_by_option_and_shows_a_diverged_run(tmp_path):
     sweep = tmp_path / "multirun"
-    trained = _fake_run(sweep, "0-resnet56-digits-s42", "resnet56", [0.5], [0.6], norm="batch",
+    _fake_run(sweep, "0-resnet56-digits-s42", "resnet56", [0.5], [0.6], norm="batch",
                         losses=[(0, 2.3), (5, 1.5)])
     stopped = _fake_run(sweep, "1-resnet56-digits-s42", "resnet56", [], [], norm="none",
                         losses=[(0, 4.0e3)], tested=False)

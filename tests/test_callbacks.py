@@ -480,6 +480,7 @@ def test_explosion_guard_says_when_every_gradient_is_nan(tmp_path: Path) -> None
     assert "diverged at step 0: loss nan" in message
     assert "every unit's gradient is NaN" in message
     assert "no gradient norms measured" not in message
+    assert "checked every step and before every checkpoint save" in message
 
 
 def test_gradient_flow_and_guard_share_one_measurement_per_step(tmp_path: Path, monkeypatch) -> None:

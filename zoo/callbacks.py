@@ -682,12 +682,14 @@ class ExplosionGuard(pl.Callback):
                 key=lambda i: (not math.isfinite(units[i]), units[i] if math.isfinite(units[i]) else -i),
             )
             unit_text = f"largest gradient norm in unit {names[worst]!r} (index {worst}): {units[worst]:.4g}"
+        n = self.check_every_n_steps
+        checked = "every step" if n == 1 else f"every {n} steps"
         return (
             f"training diverged at step {int(step)}: loss {loss:.4g}{loss_bound}, "
             f"total gradient norm {total:.4g}{grad_bound}; {unit_text}. "
             f"Last good checkpoint: {checkpoint}. "
-            f"(Detected at step {trainer.global_step}; checked every {self.check_every_n_steps} "
-            f"steps and before every checkpoint save.)"
+            f"(Detected at step {trainer.global_step}; checked {checked} and before every "
+            f"checkpoint save.)"
         )
 
 

@@ -558,7 +558,7 @@ class ExplosionGuard(pl.Callback):
         self._step = 0
         self._pending_grads: GradientNorms | None = None
         self._diverged: torch.Tensor | None = None  # bool, on the device
-        self._first_bad: torch.Tensor | None = None  # [step, loss, total grad norm, *unit norms]
+        self._first_bad: torch.Tensor | None = None  # [step, measured, loss, total grad norm, *units]
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int

@@ -31,34 +31,30 @@ GRADIENT_FLOW_FILE = "gradient_flow.csv"
 RESIDUAL_GAIN_FILE = "residual_gain.csv"
 
 
-def _model_config(run_dir: Path) -> dict:
+def _run_config(run_dir: Path) -> dict:
+    """The run's saved Hydra config (``.hydra/config.yaml``), or {} without one."""
     config_path = run_dir / ".hydra" / "config.yaml"
-    if not config_path.is_file():
-        return {}
-    return (yaml.safe_load(config_path.read_text()) or {}).get("model") or {}
+    return (yaml.safe_load(config_path.read_text()) or {}) if config_path.is_file() else {}
 
 
-def run_label(run_dir: Path) -> str:
+def run_label(run_dir: Path, config: dict | None = None) -> str:
     """``model.name/data.name`` from the run's saved Hydra config, else the directory name."""
-    config_path = run_dir / ".hydra" / "config.yaml"
-    if config_path.is_file():
-        config = yaml.safe_load(config_path.read_text()) or {}
-        model = (config.get("model") or {}).get("name")
-        data = (config.get("data") or {}).get("name")
-        parts = [str(p) for p in (model, data) if p is not None and "${" not in str(p)]
-        if parts:
-            return "/".join(parts)
-    return run_dir.resolve().name
+    config = _run_config(run_dir) if config is None else config
+    model = (config.get("model") or {}).get("name")
+    data = (config.get("data") or {}).get("name")
+    parts = [str(p) for p in (model, data) if p is not None and "${" not in str(p)]
+    return "/".join(parts) if parts else run_dir.resolve().name
 
 
 def _labels(run_dirs: Sequence[Path]) -> list[str]:
     from zoo.report import run_settings, sibling_suffixes
 
     # Runs of one model that differ in a setting (model.norm=batch,none) are named by it ...
-    configs = [_model_config(run_dir) for run_dir in run_dirs]
-    suffixes = sibling_suffixes([str(c.get("name")) for c in configs],
-                                [run_settings(d, c) for d, c in zip(run_dirs, configs)])
-    labels = [run_label(run_dir) + suffix for run_dir, suffix in zip(run_dirs, suffixes)]
+    configs = [_run_config(run_dir) for run_dir in run_dirs]
+    models = [c.get("model") or {} for c in configs]
+    suffixes = sibling_suffixes([str(m.get("name")) for m in models],
+                                [run_settings(d, m) for d, m in zip(run_dirs, models)])
+    labels = [run_label(d, c) + suffix for d, c, suffix in zip(run_dirs, configs, suffixes)]
     # ... and a seed sweep, which gives the same label twice, the directory.
     return [
         f"{label} ({run_dir.name})" if labels.count(label) > 1 else label

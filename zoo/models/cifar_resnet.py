@@ -104,6 +104,11 @@ class BasicBlock(SkipBlock):
         # The plain twin has no shortcut module at all: nothing differs but the skip.
         self.shortcut = make_shortcut(in_planes, planes, stride, shortcut, norm) if skip else None
 
+    def zero_init_last(self) -> None:
+        """Start as the identity: zero the branch's last scale (BN), or its last conv without BN."""
+        last = self.bn2 if isinstance(self.bn2, nn.BatchNorm2d) else self.conv2
+        nn.init.zeros_(last.weight)
+
     def residual_branch(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
         return self.bn2(self.conv2(out))
@@ -178,8 +183,7 @@ class CifarResNet(Network):
         if zero_init_residual:
             for block in self.modules():
                 if isinstance(block, BasicBlock):
-                    last = block.bn2 if norm == "batch" else block.conv2
-                    nn.init.zeros_(last.weight)
+                    block.zero_init_last()
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.relu(self.bn1(self.conv1(x)))

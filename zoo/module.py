@@ -6,6 +6,7 @@ never a pickled module), so ``ZooModule.load_from_checkpoint(path)`` needs no ot
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
@@ -16,6 +17,8 @@ from torchmetrics.classification import MulticlassAccuracy
 
 import zoo
 from zoo.models import count_parameters
+
+log = logging.getLogger("zoo")
 
 # Keys of the model config that are for this module, not for zoo.create.
 MODULE_ONLY_MODEL_KEYS = ("name", "compile", "pretrained")
@@ -37,6 +40,7 @@ class ZooModule(pl.LightningModule):
         scheduler: dict[str, Any] | None = None,
         label_smoothing: float = 0.0,
         channels_last: bool = False,
+        batch_size: int | None = None,
     ) -> None:
         super().__init__()
         model = dict(model)
@@ -53,6 +57,7 @@ class ZooModule(pl.LightningModule):
         self.save_hyperparameters({
             "model": model, "optim": optim, "scheduler": scheduler,
             "label_smoothing": label_smoothing, "channels_last": channels_last,
+            "batch_size": batch_size,
         })
         self.net = zoo.create(model["name"], **create_arguments(model))
         if channels_last:
@@ -116,12 +121,36 @@ class ZooModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ optimisation
 
-    def configure_optimizers(self) -> Any:
+    def learning_rate(self) -> tuple[float, int | None]:
+        """The rate the optimizer uses and the global batch it was scaled for.
+
+        ``optim.lr`` is the rate for ``optim.reference_batch_size`` (128) images per step, as in
+        He et al. 2015; it is scaled linearly with the global batch (per-device batch x devices
+        x gradient accumulation), the rule of Goyal et al. 2017. Without a known batch size
+        (a module built by hand) the rate is used as given.
+        """
         optim = self.hparams.optim
         lr = float(optim.get("lr", 0.1))
+        if not math.isfinite(lr) or lr <= 0:
+            raise ValueError(f"optim.lr must be a positive finite number, got {lr}")
+        batch_size = self.hparams.get("batch_size")
+        reference = optim.get("reference_batch_size", 128)
+        if not batch_size or not reference:
+            return lr, None
+        trainer = self._trainer
+        world = trainer.world_size * trainer.accumulate_grad_batches if trainer is not None else 1
+        global_batch = int(batch_size) * int(world)
+        return lr * global_batch / float(reference), global_batch
+
+    def configure_optimizers(self) -> Any:
+        optim = self.hparams.optim
+        lr, global_batch = self.learning_rate()
+        if global_batch is not None and self.trainer.is_global_zero and self.trainer.max_epochs:
+            reference = optim.get("reference_batch_size", 128)
+            log.info(f"learning rate: {lr:.4g} (optim.lr={float(optim['lr']):g} per {reference} "
+                     f"images, scaled to a global batch of {global_batch})")
+        self.effective_lr = lr
         weight_decay = float(optim.get("weight_decay", 5e-4))
-        if lr <= 0:
-            raise ValueError(f"optim.lr must be positive, got {lr}")
         if optim["name"] == "sgd":
             optimizer: torch.optim.Optimizer = torch.optim.SGD(
                 self.net.parameters(), lr=lr, momentum=float(optim.get("momentum", 0.9)),
@@ -139,30 +168,37 @@ class ZooModule(pl.LightningModule):
         # Dropping it makes the fit loop build it again after the restore.
         if getattr(self.trainer.fit_loop, "_combined_loader", None) is not None:
             self.trainer.fit_loop._combined_loader = None
-        warmup_steps = int(total_steps * float(schedule.get("warmup_fraction", 0.0)))
         if schedule["name"] == "onecycle":
             scheduler: Any = torch.optim.lr_scheduler.OneCycleLR(
                 optimizer, max_lr=lr, total_steps=total_steps,
                 pct_start=float(schedule.get("pct_start", 0.25)),
             )
         else:
-            if schedule["name"] == "cosine":
-                def shape(step: int) -> float:
-                    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-                    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-            else:
-                # He et al. 2015: divide by 10 at 32k and 48k of 64k iterations, i.e. at 50% and
-                # 75% of training; milestones are fractions of the total steps.
-                milestones = [int(f * total_steps) for f in schedule.get("milestones", (0.5, 0.75))]
-                gamma = float(schedule.get("gamma", 0.1))
-
-                def shape(step: int) -> float:
-                    return gamma ** sum(step >= m for m in milestones)
-
-            def factor(step: int) -> float:
-                if step < warmup_steps:
-                    return (step + 1) / warmup_steps
-                return shape(step)
-
-            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+            # One LambdaLR of warm-up x shape rather than SequentialLR(LinearLR, ...): its state
+            # is a step count, so a resumed run continues the schedule exactly.
+            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(schedule, total_steps))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def lr_factor(schedule: dict[str, Any], total_steps: int) -> Any:
+    """Step -> multiple of the base rate: a linear warm-up, then cosine or step decay."""
+    warmup_steps = int(total_steps * float(schedule.get("warmup_fraction", 0.0)))
+    if schedule["name"] == "cosine":
+        def shape(step: int) -> float:
+            progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    else:
+        # He et al. 2015: divide by 10 at 32k and 48k of 64k iterations, i.e. at 50% and 75% of
+        # training; milestones are fractions of the total steps.
+        milestones = [int(f * total_steps) for f in schedule.get("milestones", (0.5, 0.75))]
+        gamma = float(schedule.get("gamma", 0.1))
+
+        def shape(step: int) -> float:
+            return gamma ** sum(step >= m for m in milestones)
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        return shape(step)
+
+    return factor

@@ -39,6 +39,8 @@ from zoo.checkpoint import (
     safe_load,
 )
 from zoo.module import ZooModule
+from zoo.precision import choose_channels_last, choose_precision
+from zoo.train_eval import TrainEvalPass
 
 log = logging.getLogger("zoo")
 
@@ -154,7 +156,28 @@ def build_callbacks(cfg: DictConfig, run_dir: Path) -> tuple[list[Callback], Mod
     from zoo.callbacks import build_measurement_callbacks
 
     callbacks.extend(build_measurement_callbacks(OmegaConf.to_container(options, resolve=True)))
+    train_eval = options.get("train_eval") or {}
+    if train_eval.get("at_end", True) or train_eval.get("every_n_epochs"):
+        callbacks.append(TrainEvalPass(every_n_epochs=train_eval.get("every_n_epochs"),
+                                       at_end=bool(train_eval.get("at_end", True))))
     return callbacks, checkpoint
+
+
+def choose_numerics(cfg: DictConfig) -> None:
+    """Resolve ``trainer.precision=auto`` and ``channels_last=auto`` in the config, and say so.
+
+    The resolved values are what the config records (W&B, run record), not ``auto``.
+    """
+    accelerator = str(cfg.trainer.get("accelerator") or "auto")
+    precision, why = choose_precision(cfg.trainer.get("precision"), accelerator,
+                                      int(cfg.data.get("image_size") or 0))
+    channels_last = choose_channels_last(cfg.get("channels_last"), accelerator, precision)
+    OmegaConf.set_struct(cfg, False)
+    cfg.trainer.precision = precision
+    cfg.channels_last = channels_last
+    OmegaConf.set_struct(cfg, True)
+    layout = "channels-last" if channels_last else "NCHW"
+    log.info("precision: %s, %s (%s)", precision, layout, why)
 
 
 # ---------------------------------------------------------------------------- run
@@ -187,7 +210,8 @@ def check_config(cfg: DictConfig) -> None:
         raise ValueError(f"data.batch_size must be a whole number >= 1 (images per device), got {batch_size!r}")
     if not isinstance(cfg.seed, int):
         raise ValueError(f"seed must be a whole number, got {cfg.seed!r}")
-    known = {"checkpoint", "progress_bar", "lr_monitor", "gradient_flow", "residual_gain", "explosion_guard"}
+    known = {"checkpoint", "progress_bar", "lr_monitor", "gradient_flow", "residual_gain",
+             "explosion_guard", "train_eval"}
     unknown = sorted(set(cfg.get("callbacks") or {}) - known)
     if unknown:
         # Callbacks are built by name from this list only: a config cannot name a class to run.
@@ -221,6 +245,7 @@ def train(cfg: DictConfig, run_dir: Path | str) -> dict[str, float]:
     if not os.access(run_dir, os.W_OK):
         raise PermissionError(f"the output directory {run_dir} is not writable; set hydra.run.dir=...")
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    choose_numerics(cfg)
     OmegaConf.set_struct(cfg, False)
     cfg.group = run_group(cfg)
     OmegaConf.set_struct(cfg, True)
@@ -236,6 +261,7 @@ def train(cfg: DictConfig, run_dir: Path | str) -> dict[str, float]:
         scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True),
         label_smoothing=float(cfg.label_smoothing),
         channels_last=bool(cfg.channels_last),
+        batch_size=int(cfg.data.batch_size),
     )
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), run_name=str(cfg.run_name))
     if ckpt_path is not None:

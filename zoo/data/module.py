@@ -191,6 +191,12 @@ class ZooDataModule(pl.LightningDataModule):
     def test_dataloader(self) -> DeviceLoader | DataLoader:
         return self._loader("test", training=False)
 
+    def train_eval_dataloader(self) -> DeviceLoader | DataLoader | None:
+        """The training images in order, without augmentation: for measuring training error."""
+        if self.folders is not None:
+            return None  # ImageNet: 1.28M images, the eval pass is not worth its hour
+        return self._loader("train", training=False)
+
     def _loader(self, split_name: str, training: bool) -> DeviceLoader | DataLoader:
         if self.splits is None and self.folders is None:
             raise RuntimeError("call setup() before asking for a dataloader")

@@ -1,0 +1,33 @@
+"""zoo.figures: one colour per depth, dashed plain / solid residual, and a save that writes."""
+
+from __future__ import annotations
+
+from zoo.figures import depth_of, family_of, plt, save, style_for
+
+
+def test_depth_decides_colour_and_skip_decides_line():
+    assert style_for("plain56")["color"] == style_for("resnet56")["color"]
+    assert style_for("plain56")["linestyle"] == "--"
+    assert style_for("resnet56")["linestyle"] == "-"
+    depths = ["resnet8", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet1202"]
+    assert len({style_for(name)["color"] for name in depths}) == len(depths)
+
+
+def test_densenets_have_colours_of_their_own():
+    resnet_colours = {style_for(f"resnet{d}")["color"] for d in (8, 20, 32, 44, 56, 110, 1202)}
+    assert style_for("densenet40_12")["color"] not in resnet_colours
+    assert style_for("densenet_bc_100_12")["color"] != style_for("densenet40_12")["color"]
+    assert family_of("densenet_bc_100_12") == "dense" and depth_of("densenet_bc_100_12") == 100
+
+
+def test_unknown_depth_gets_a_stable_colour():
+    assert style_for("resnet77")["color"] == style_for("resnet77")["color"]
+    assert family_of("preact_resnet1001") == "residual" and depth_of("preact_resnet1001") == 1001
+
+
+def test_save_writes_png_and_closes(tmp_path):
+    figure, axis = plt.subplots()
+    axis.plot([0, 1], [1, 0], **style_for("plain20"))
+    path = save(figure, tmp_path / "sub" / "line.png")
+    assert path.read_bytes()[:4] == b"\x89PNG"
+    assert not plt.fignum_exists(figure.number)

@@ -241,7 +241,12 @@ def build(
     norm: str = "batch",
     init_gain: float = 1.0,
     zero_init_residual: bool = False,
+    widths: tuple[int, int, int] | list[int] = (16, 32, 64),
 ) -> CifarResNet:
+    # widths: filters of the three stages; narrower nets (e.g. 8/16/32) keep the depth -- what
+    # the degradation and 1000-layer experiments are about -- at a fraction of the cost.
+    if len(widths) != 3 or not all(isinstance(w, int) and w >= 1 for w in widths):
+        raise ValueError(f"widths must be three whole numbers >= 1 (filters per stage), got {widths!r}")
     return CifarResNet(
         variant["depth"],
         num_classes=num_classes,
@@ -252,4 +257,5 @@ def build(
         norm=norm,
         init_gain=init_gain,
         zero_init_residual=zero_init_residual,
+        widths=tuple(widths),
     )

@@ -18,9 +18,10 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
+from zoo.runs import DIVERGED_EXIT_CODE  # the run itself failed, not its input
+
 # Errors caused by the user's input get one clear line, not a traceback (ZOO_DEBUG=1 shows it).
 USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, NotADirectoryError, MisconfigurationException)
-DIVERGED_EXIT_CODE = 3  # the run itself failed, not its input: a distinct code for sweeps and schedulers
 
 # Runs of this sweep that diverged. A diverged job is one of a sweep's results (plain1202 in
 # experiment=depth_1000, say): the sweep goes on, and the process exits 3 once it is done.

@@ -53,6 +53,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import zoo
+from zoo.measure.memory import peak_step_memory
 
 BENCHMARKS = ("loop", "data", "models")
 SIZES = ("small", "full")
@@ -491,39 +492,6 @@ def native_input(name: str, size: str) -> tuple[int, int, dict[str, Any]]:
     side, batch = sizes["imagenet" if imagenet else "cifar"]
     options = {"stem": "imagenet"} if facts["family"] == "resnet" else {}
     return side, batch, options
-
-
-def static_bytes(net: nn.Module, optimizer: torch.optim.Optimizer) -> int:
-    """Bytes of parameters, buffers and optimizer state: what a step starts from."""
-    tensors = list(net.parameters()) + list(net.buffers())
-    for state in optimizer.state.values():
-        tensors += [v for v in state.values() if isinstance(v, torch.Tensor)]
-    return sum(t.numel() * t.element_size() for t in tensors)
-
-
-def peak_step_memory(step: Callable[[], None], net: nn.Module, optimizer: torch.optim.Optimizer,
-                     device: torch.device) -> tuple[float | None, str]:
-    """Peak MiB of one training step (parameters + optimizer state + everything the step
-    allocates) and how it was measured."""
-    if device.type == "cuda":
-        synchronize(device)
-        before = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        step()
-        synchronize(device)
-        peak = torch.cuda.max_memory_allocated(device) - before + static_bytes(net, optimizer)
-        return peak / 2**20, "torch.cuda.max_memory_allocated"
-    try:
-        from torch.distributed._tools.mem_tracker import MemTracker
-    except ImportError:  # torch < 2.5
-        return None, "unavailable (torch.distributed._tools.mem_tracker missing)"
-    tracker = MemTracker()
-    tracker.track_external(net, optimizer)
-    with tracker:
-        step()
-    snapshot = tracker.get_tracker_snapshot("peak")
-    total = sum(stats.get("Total", 0) for dev, stats in snapshot.items() if torch.device(dev).type == "cpu")
-    return total / 2**20, "torch MemTracker (dispatch-mode storage tracker)"
 
 
 class ModelRunner:

@@ -1,0 +1,137 @@
+"""zoo.results: collect tidy files from run directories, redraw figures and tables from them alone."""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+
+from zoo import results
+from zoo.runs import RUN_RECORD_FILE
+
+# Final eval-mode training error per (model, seed): plain nets degrade with depth, ResNets do not.
+TRAIN_EVAL_ERR = {"plain20": [0.05, 0.07, 0.06], "plain56": [0.20, 0.24, 0.22],
+                  "resnet20": [0.04, 0.05, 0.03], "resnet56": [0.02, 0.03, 0.04]}
+
+
+def _run(root: Path, job: int, model: str, seed: int, err: float, status: str = "done") -> Path:
+    run = root / f"{job}-{model}-digits-s{seed}"
+    (run / "csv").mkdir(parents=True)
+    record = {"status": status, "global_step": 20, "epoch": 2, "fit_seconds": 3.0 + seed,
+              "parameters": 1000 + int(model.removeprefix("plain").removeprefix("resnet")), "test": {"test/acc": 1 - err - 0.01},
+              "train_eval": {"train_eval/err": err}, "best_val_acc": 1 - err - 0.02,
+              "overrides": [f"model={model}", f"seed={seed}"], "seed": seed,
+              "model": {"name": model, "norm": "batch"}, "data": {"name": "digits"},
+              "torch": "2.x", "hostname": "box", "started": f"2026-11-28T10:00:0{job % 10}+00:00",
+              "ended": f"2026-11-28T10:01:0{job % 10}+00:00"}
+    (run / RUN_RECORD_FILE).write_text(json.dumps(record))
+    with (run / "csv" / "metrics.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, ["epoch", "step", "train/loss_step", "val/acc", "train_eval/err"])
+        writer.writeheader()
+        for step in range(0, 20, 5):
+            writer.writerow({"epoch": step // 10, "step": step, "train/loss_step": 2.3 / (1 + step + seed)})
+        for epoch in (0, 1):
+            writer.writerow({"epoch": epoch, "step": 10 * epoch + 9, "val/acc": 0.5 + 0.2 * epoch + 0.01 * seed})
+        writer.writerow({"step": 20, "train_eval/err": err})
+    return run
+
+
+@pytest.fixture
+def sweep(tmp_path):
+    root = tmp_path / "multirun"
+    job = 0
+    for model, errors in TRAIN_EVAL_ERR.items():
+        for seed, err in enumerate(errors):
+            _run(root, job, model, seed, err)
+            job += 1
+    return root
+
+
+def test_collect_writes_one_row_per_run_and_the_curves(sweep, tmp_path):
+    out = tmp_path / "results" / "degradation"
+    written = results.collect([sweep], out, argv=["collect", str(sweep), "--out", str(out)])
+    assert {p.name for p in written} == {"runs.csv", "curves.csv", "meta.json"}
+    with (out / "runs.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 12 and list(rows[0]) == results.RUN_COLUMNS
+    first = rows[0]
+    assert (first["model"], first["depth"], first["family"], first["seed"]) == ("plain20", "20", "plain", "0")
+    assert first["setting"] == "plain20"  # seeds of one setting share its label
+    assert float(first["train_eval_err"]) == 0.05 and float(first["test_acc"]) == pytest.approx(0.94)
+    assert first["status"] == "done" and first["steps"] == "20" and first["parameters"] == "1020"
+    with (out / "curves.csv").open() as handle:
+        curves = list(csv.DictReader(handle))
+    mine = [c for c in curves if c["run"] == first["run"]]
+    assert [c["metric"] for c in mine].count("train_loss") == 4
+    assert [float(c["value"]) for c in mine if c["metric"] == "val_err"] == pytest.approx([0.5, 0.3])
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["experiment"] == "degradation" and meta["runs"] == 12
+    assert meta["command"].startswith("python -m zoo.results collect")
+    assert meta["wall_seconds"] == 69.0 and meta["torch"] == ["2.x"]  # first start 10:00:00, last end 10:01:09
+    assert meta["machine"]["cpu"] and meta["git_commit"]
+
+
+def test_redraw_draws_the_degradation_figures_and_a_mean_std_table(sweep, tmp_path):
+    out = tmp_path / "results" / "degradation"
+    results.collect([sweep], out, argv=[])
+    written = results.redraw(tmp_path / "results", tmp_path / "figures")
+    names = {path.name for path in written}
+    assert names == {"train_error_vs_depth.png", "test_error_vs_depth.png", "curves.png", "summary.md"}
+    for path in written:
+        assert path.parent == tmp_path / "figures" / "degradation"
+        if path.suffix == ".png":
+            assert path.read_bytes()[:4] == b"\x89PNG" and path.stat().st_size > 10_000
+    table = (tmp_path / "figures" / "degradation" / "summary.md").read_text()
+    plain56 = next(line for line in table.splitlines() if line.startswith("| plain56 |"))
+    mean, std = statistics.fmean([20, 24, 22]), statistics.stdev([20, 24, 22])
+    assert f"| {mean:.1f} ± {std:.1f} |" in plain56 and "| 3 done |" in plain56
+    # the table rows go plain before residual, shallow before deep
+    order = [line.split(" |")[0][2:] for line in table.splitlines()
+             if line.startswith(("| plain", "| resnet"))]
+    assert order == ["plain20", "plain56", "resnet20", "resnet56"]
+
+
+def test_the_depth_title_states_what_the_numbers_show(sweep, tmp_path):
+    rows, _, _ = results.run_rows([sweep])
+    title = results.depth_finding(results.depth_series(rows, "train_eval_err"), "training error")
+    assert title.startswith("Deeper plain nets have a higher training error; residual nets do not")
+    assert "plain 6.0% at 20 → 22.0% at 56 layers" in title
+    # Residual nets that degrade as well: the title must not claim they do not.
+    for row in rows:
+        if row["model"] == "resnet56":
+            row["train_eval_err"] = 0.5
+    title = results.depth_finding(results.depth_series(rows, "train_eval_err"), "training error")
+    assert title.startswith("Deeper plain and residual nets have a higher training error")
+
+
+def test_a_sweep_that_is_not_degradation_gets_curves_and_table_only(sweep, tmp_path):
+    results.collect([sweep], tmp_path / "results" / "lr_sweep", argv=[])
+    written = results.redraw(tmp_path / "results" / "lr_sweep", tmp_path / "figures")
+    assert {path.name for path in written} == {"curves.png", "summary.md"}
+
+
+def test_redraw_hands_measurement_folders_to_their_experiment(tmp_path, monkeypatch):
+    import zoo.experiments.__main__ as experiments_cli
+
+    def draw_toy(folder: Path) -> list[Path]:
+        path = folder / "toy.png"
+        path.write_bytes(b"\x89PNG toy")
+        return [path]
+
+    monkeypatch.setitem(experiments_cli.EXPERIMENTS, "toy", (None, draw_toy))
+    for name in ("toy", "unknown"):
+        (tmp_path / "results" / name).mkdir(parents=True)
+        (tmp_path / "results" / name / "meta.json").write_text(json.dumps({"experiment": name}))
+    written = results.redraw(tmp_path / "results", tmp_path / "figures")
+    assert written == [tmp_path / "figures" / "toy" / "toy.png"]  # "unknown" is skipped, not fatal
+    assert written[0].read_bytes() == b"\x89PNG toy"
+
+
+def test_command_line_errors_are_one_line(tmp_path, capsys):
+    assert results.main(["redraw", str(tmp_path / "missing")]) == 2
+    assert "collect RUN_DIRS" in capsys.readouterr().err
+    assert results.main(["collect", str(tmp_path), "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.startswith("error: no runs under")

@@ -1,4 +1,4 @@
-"""Tests of the measurement callbacks (zoo/callbacks.py) and the local plots (zoo/plot.py).
+"""Tests of the measurement callbacks (zoo/callbacks.py); zoo/plot.py's are in test_plot.py.
 
 The Lightning runs use a small LightningModule of their own around ``zoo.create`` so that they
 test the callbacks alone, on random data, on the CPU.
@@ -556,77 +556,6 @@ def test_build_measurement_callbacks_from_the_real_config() -> None:
     assert build_measurement_callbacks(none) == []
     with pytest.raises(ValueError, match="callbacks.gradient_flow"):
         build_measurement_callbacks({"gradient_flow": {"enabled": True, "every_n_step": 5}})
-
-
-# ---------------------------------------------------------------- (g) plots
-
-
-def test_plot_draws_pngs_from_two_runs(tmp_path: Path) -> None:
-    from zoo.callbacks import GRADIENT_FLOW_COLUMNS, RESIDUAL_GAIN_COLUMNS, TidyCsvFile
-    from zoo.plot import main, run_label
-
-    runs = []
-    for name, slope in (("plain20", 0.5), ("resnet20", 0.05)):
-        run_dir = tmp_path / name
-        (run_dir / ".hydra").mkdir(parents=True)
-        (run_dir / ".hydra" / "config.yaml").write_text(
-            f"model:\n  name: {name}\ndata:\n  name: digits\n"
-        )
-        TidyCsvFile(run_dir / "gradient_flow.csv", GRADIENT_FLOW_COLUMNS).append(
-            [step, i, f"u{i}", "body", 10 ** (-slope * (10 - i)) * (1 + step)]
-            for step in (0, 50, 100) for i in range(11)
-        )
-        TidyCsvFile(run_dir / "residual_gain.csv", RESIDUAL_GAIN_COLUMNS).append(
-            [epoch, 10 * epoch, i, f"u{i}", "body", 0.1 * i / (epoch + 1)]
-            for epoch in (0, 1) for i in range(1, 10)
-        )
-        runs.append(run_dir)
-    assert run_label(runs[0]) == "plain20/digits"
-    (tmp_path / "bare").mkdir()
-    assert run_label(tmp_path / "bare") == "bare"
-
-    out = tmp_path / "plots"
-    written = main(["gradflow", *map(str, runs), "--out", str(out)])
-    written += main(["gain", *map(str, runs), "--out", str(out)])
-    written += main(["gradflow", *map(str, runs), "--out", str(out / "mean"), "--at", "mean"])
-    assert {p.name for p in written} == {
-        "gradient_flow_depth.png", "gradient_flow_ratio.png", "residual_gain.png"
-    }
-    for path in written:
-        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
-
-
-def test_plot_labels_tell_sweep_siblings_apart(tmp_path: Path) -> None:
-    from zoo.plot import _labels
-
-    runs = []
-    for job, (norm, seed) in enumerate([("batch", 1), ("none", 1), ("none", 2)]):
-        run_dir = tmp_path / f"{job}-resnet56"
-        (run_dir / ".hydra").mkdir(parents=True)
-        (run_dir / ".hydra" / "config.yaml").write_text(
-            f"seed: {seed}\nmodel:\n  name: resnet56\n  norm: {norm}\n  num_classes: ${{data.num_classes}}\n"
-            "data:\n  name: digits\n"
-        )
-        runs.append(run_dir)
-    assert _labels(runs) == [
-        "resnet56/digits model.norm=batch",
-        "resnet56/digits model.norm=none (1-resnet56)",  # same model options: the directory decides
-        "resnet56/digits model.norm=none (2-resnet56)",
-    ]
-
-
-def test_plot_command_line(tmp_path: Path) -> None:
-    from zoo.callbacks import GRADIENT_FLOW_COLUMNS, TidyCsvFile
-
-    TidyCsvFile(tmp_path / "run" / "gradient_flow.csv", GRADIENT_FLOW_COLUMNS).append(
-        [[0, 0, "conv1", "stem", 1.0], [0, 1, "linear", "head", 2.0]]
-    )
-    result = subprocess.run(
-        [sys.executable, "-m", "zoo.plot", "gradflow", str(tmp_path / "run"), "--out",
-         str(tmp_path / "out")], capture_output=True, text=True, timeout=120, check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    assert (tmp_path / "out" / "gradient_flow_depth.png").is_file()
 
 
 # ---------------------------------------------------------------- host syncs

@@ -1,9 +1,9 @@
 """The skip-connection experiments: configs compose, the non-training experiments measure what
-they claim, the lesion puts the network back, and the report turns runs into figures and a table."""
+they claim, the lesion puts the network back, and the report reads their sweeps (zoo.report's own
+tests: tests/test_report.py)."""
 
 from __future__ import annotations
 
-import csv
 import math
 import subprocess
 import sys
@@ -224,85 +224,6 @@ def test_memory_concatenation_keeps_more_than_addition():
     resnet = experiments.measure_memory("resnet56", False, batch_size=2, image_size=8, steps=1)
     dense = experiments.measure_memory("densenet_bc_100_12", False, batch_size=2, image_size=8, steps=1)
     assert dense["saved_for_backward_mb"] > 1.5 * resnet["saved_for_backward_mb"]  # 1.9x at 8 px, 6x at 16 px
-
-
-# ---------------------------------------------------------------- report
-
-
-def _fake_run(root: Path, name: str, model: str, train_acc: list[float], val_acc: list[float],
-              norm: str = "batch", losses: list[tuple[int, float]] = (), tested: bool = True) -> Path:
-    run = root / name
-    (run / ".hydra").mkdir(parents=True)
-    (run / ".hydra" / "config.yaml").write_text(
-        f"model:\n  name: {model}\n  num_classes: 10\n  norm: {norm}\n"
-        "data:\n  name: digits\n  num_classes: 10\n  in_channels: 1\n")
-    (run / "csv").mkdir()
-    columns = ["epoch", "step", "train/acc", "train/loss_epoch", "train/loss_step", "val/acc", "test/acc"]
-    with (run / "csv" / "metrics.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, columns)
-        writer.writeheader()
-        for step, loss in losses:
-            writer.writerow({"epoch": 0, "step": step, "train/loss_step": loss})
-        for epoch, (train, val) in enumerate(zip(train_acc, val_acc)):
-            writer.writerow({"epoch": epoch, "step": 10 * epoch + 9, "val/acc": val})
-            writer.writerow({"epoch": epoch, "step": 10 * epoch + 9, "train/acc": train, "train/loss_epoch": 1.0})
-        if tested:
-            writer.writerow({"epoch": len(train_acc), "step": 10 * len(train_acc), "test/acc": 0.5})
-    return run
-
-
-def test_report_reads_a_sweep_dir(tmp_path):
-    sweep = tmp_path / "multirun"
-    _fake_run(sweep, "0-plain8-digits-s42", "plain8", [0.3, 0.6], [0.4, 0.7])
-    _fake_run(sweep, "1-resnet8-digits-s42", "resnet8", [0.5, 0.9], [0.6, 0.8])
-    written = report.write_report([sweep], tmp_path / "out")
-    assert written["figure"].stat().st_size > 0
-    table = written["summary"].read_text()
-    lines = [line for line in table.splitlines() if line.startswith(("| 0-", "| 1-"))]
-    assert len(lines) == 2
-    assert "| plain8 |" in lines[0] and "40.0%" in lines[0] and "0.7000" in lines[0]
-    assert "| resnet8 |" in lines[1] and "10.0%" in lines[1] and "0.8000" in lines[1]
-    params = f"{zoo.count_parameters(zoo.create('resnet8', num_classes=10, in_channels=1)):,}"
-    assert params in lines[1]
-
-
-def test_report_names_sweep_siblings_by_option_and_shows_a_diverged_run(tmp_path):
-    sweep = tmp_path / "multirun"
-    _fake_run(sweep, "0-resnet56-digits-s42", "resnet56", [0.5], [0.6], norm="batch",
-                        losses=[(0, 2.3), (5, 1.5)])
-    stopped = _fake_run(sweep, "1-resnet56-digits-s42", "resnet56", [], [], norm="none",
-                        losses=[(0, 4.0e3)], tested=False)
-    (stopped / "diverged.txt").write_text("training diverged at step 0: loss 4000 (bound 1000), ...\n")
-    runs = [report.read_run(r) for r in report.find_run_dirs([sweep])]
-    assert [r.train_loss for r in runs] == [[2.3, 1.5], [4.0e3]] and runs[0].loss_steps == [0, 5]
-    assert [r.status for r in runs] == ["done", "diverged at step 0"]
-    written = report.write_report([sweep], tmp_path / "out")
-    assert written["loss_figure"].stat().st_size > 0
-    table = written["summary"].read_text()
-    lines = [line for line in table.splitlines() if line.startswith(("| 0-", "| 1-"))]
-    assert "| resnet56 model.norm=batch |" in lines[0] and "| done |" in lines[0] and "| 1.5 |" in lines[0]
-    assert "| resnet56 model.norm=none |" in lines[1] and "| diverged at step 0 |" in lines[1]
-    # the parameter count is the run's own net: no BN, a bias per convolution channel instead
-    norm_free = zoo.count_parameters(zoo.create("resnet56", num_classes=10, in_channels=1, norm="none"))
-    assert norm_free != zoo.count_parameters(zoo.create("resnet56", num_classes=10, in_channels=1))
-    assert f"| {norm_free:,} |" in lines[1]
-    assert "resnet56 model.norm=none: training diverged at step 0" in table
-
-
-def test_report_names_runs_of_one_model_by_the_override_that_differs(tmp_path):
-    sweep = tmp_path / "multirun"
-    for job, lr in enumerate(["0.05", "0.01"]):
-        run = _fake_run(sweep, f"{job}-resnet1202-digits-s42", "resnet1202", [0.5], [0.6])
-        (run / ".hydra" / "overrides.yaml").write_text(f"- model=resnet1202\n- optim.lr={lr}\n- seed=1\n")
-    _fake_run(sweep, "2-plain1202-digits-s42", "plain1202", [0.1], [0.1])
-    runs = [report.read_run(r) for r in report.find_run_dirs([sweep])]
-    report.label_runs(runs)
-    assert [r.label for r in runs] == ["resnet1202 optim.lr=0.05", "resnet1202 optim.lr=0.01", "plain1202"]
-
-
-def test_report_refuses_an_empty_dir(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no runs"):
-        report.write_report([tmp_path], tmp_path / "out")
 
 
 # What each overlay's sweep gives at a tiny size: every job runs (a diverged job does not stop

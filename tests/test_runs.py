@@ -61,6 +61,21 @@ def test_a_diverged_run_records_its_step_and_unit_and_no_text_file(finished_runs
     assert run.status == "diverged" and run.model == "plain8"
 
 
+def test_a_failed_run_records_the_error(tmp_path, compose, monkeypatch):
+    from zoo.module import ZooModule
+    from zoo.run import train
+
+    def broken_step(self, batch, batch_index):
+        raise RuntimeError("boom in step")
+
+    monkeypatch.setattr(ZooModule, "training_step", broken_step)
+    with pytest.raises(RuntimeError, match="boom in step"):
+        train(compose(*TINY), tmp_path / "failed")
+    record = runs.read_run(tmp_path / "failed").record
+    assert record["status"] == "failed" and record["message"] == "RuntimeError: boom in step"
+    assert record["global_step"] == 0 and record["test"] == {} and record["diverged"] is None
+
+
 def test_the_reader_finds_both_runs_and_reads_their_metrics(finished_runs):
     found = runs.find_run_dirs([finished_runs["done"].parent])
     assert found == [finished_runs["diverged"], finished_runs["done"]]

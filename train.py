@@ -5,10 +5,13 @@
     python train.py experiment=degradation
 
 Everything happens in zoo.run.train; this file only composes the config and reports errors.
+Exit codes: 0 done, 1 a failure (traceback), 2 bad input (one line), 3 the run diverged,
+74 no space left on a device, 130 stopped by Ctrl-C, 143 stopped by SIGTERM (in any phase).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 
@@ -18,6 +21,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
+from zoo.rundir import DISK_FULL_EXIT_CODE, disk_full_line, register_resolvers
 from zoo.runs import DIVERGED_EXIT_CODE  # the run itself failed, not its input
 
 # Errors caused by the user's input get one clear line, not a traceback (ZOO_DEBUG=1 shows it).
@@ -27,20 +31,41 @@ USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, NotADirectoryErro
 # experiment=depth_1000, say): the sweep goes on, and the process exits 3 once it is done.
 diverged_runs: list[str] = []
 
+register_resolvers()  # ${launch_id:} in hydra.run.dir, resolved when Hydra composes
+
+
+def stop(line: str, exit_code: int) -> None:
+    print(line, file=sys.stderr, flush=True)
+    sys.exit(exit_code)
+
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def main(cfg: DictConfig) -> None:
+    from zoo.checkpoint import Preempted, stop_signals
+
+    with stop_signals:  # SIGTERM and Ctrl-C in every phase, not only while Lightning trains
+        try:
+            run_one(cfg)
+        except Preempted as stopped:
+            stop(str(stopped), stopped.exit_code)
+        except (KeyboardInterrupt, SystemExit) as signalled:
+            # a signal outside fit and test (set-up); Lightning's SystemExit only with a signal
+            preempted = stop_signals.preempted(signalled)
+            if preempted is None:
+                raise
+            stop(str(preempted), preempted.exit_code)
+        if stop_signals.received:  # arrived while finishing: the run completed, but say so
+            stop(stop_signals.stop_message(), 143 if stop_signals.received == "SIGTERM" else 130)
+
+
+def run_one(cfg: DictConfig) -> None:
     from zoo.callbacks import TrainingDivergedError
-    from zoo.checkpoint import Preempted
     from zoo.run import train
 
     try:
         train(cfg, run_dir=HydraConfig.get().runtime.output_dir)
-    except Preempted as stop:
-        print(str(stop), file=sys.stderr, flush=True)
-        sys.exit(143)  # 128 + SIGTERM: schedulers read it as "terminated", not "done"
-    except TrainingDivergedError as stop:
-        print(f"error: {stop}", file=sys.stderr, flush=True)
+    except TrainingDivergedError as diverged:
+        print(f"error: {diverged}", file=sys.stderr, flush=True)
         if HydraConfig.get().mode != RunMode.MULTIRUN:
             sys.exit(DIVERGED_EXIT_CODE)
         diverged_runs.append(f"{cfg.run_name} ({HydraConfig.get().runtime.output_dir})")
@@ -50,19 +75,31 @@ def main(cfg: DictConfig) -> None:
         if not any(words in str(error) for words in dead_peer) and \
                 type(error).__name__ not in ("DistBackendError", "DistNetworkError"):
             raise
-        print("error: another DDP process of this run died (its output says why); this one stops too. "
-              "Resume with ckpt_path=<run dir>/checkpoints/last.ckpt", file=sys.stderr, flush=True)
-        sys.exit(1)
-    except USER_ERRORS as error:
-        if os.environ.get("ZOO_DEBUG"):
+        stop("error: another DDP process of this run died (its output says why); this one stops too. "
+             "Resume with ckpt_path=<run dir>/checkpoints/last.ckpt", 1)
+    except OSError as error:
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):  # before USER_ERRORS: not the input's fault
+            if os.environ.get("ZOO_DEBUG"):
+                raise
+            if type(error).__name__ == "DiskFullError":  # its message names the checkpoint
+                stop(f"error: {error.strerror}", DISK_FULL_EXIT_CODE)
+            path = error.filename or HydraConfig.get().runtime.output_dir
+            stop(disk_full_line(path, f"writing it: {error.strerror}"), DISK_FULL_EXIT_CODE)
+        if not isinstance(error, USER_ERRORS):
             raise
-        print(f"error: {error}", file=sys.stderr, flush=True)
-        sys.exit(2)
+        user_error(error)
+    except USER_ERRORS as error:
+        user_error(error)
+
+
+def user_error(error: BaseException) -> None:
+    if os.environ.get("ZOO_DEBUG"):
+        raise error
+    stop(f"error: {error}", 2)
 
 
 if __name__ == "__main__":
     main()
     if diverged_runs:
-        print(f"error: {len(diverged_runs)} run(s) of the sweep diverged: {', '.join(diverged_runs)}",
-              file=sys.stderr, flush=True)
-        sys.exit(DIVERGED_EXIT_CODE)
+        stop(f"error: {len(diverged_runs)} run(s) of the sweep diverged: {', '.join(diverged_runs)}",
+             DIVERGED_EXIT_CODE)

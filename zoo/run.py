@@ -7,6 +7,7 @@ tests can call it.
 from __future__ import annotations
 
 import logging
+import math
 import netrc
 import os
 import sys
@@ -26,26 +27,26 @@ from pytorch_lightning.callbacks import (
     TQDMProgressBar,
 )
 from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
-from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 import zoo
 from zoo.callbacks import TrainingDivergedError
 from zoo.checkpoint import (
     AtomicCheckpointIO,
     CheckpointError,
-    Preempted,
     PreemptionCheckpoint,
+    check_resume_optimizer,
     resolve_ckpt_path,
     safe_load,
+    stop_signals,
 )
 from zoo.module import ZooModule
 from zoo.precision import choose_channels_last, choose_precision
+from zoo.runs import DIVERGED_EXIT_CODE, RunRecorder, wandb_summary
 from zoo.train_eval import TrainEvalPass
 
 log = logging.getLogger("zoo")
 
 LOGGERS = ("wandb", "csv", "tensorboard")
-DIVERGED_FILE = "diverged.txt"  # in the run directory of a run the explosion guard stopped
 
 
 # ---------------------------------------------------------------------------- loggers
@@ -210,6 +211,7 @@ def check_config(cfg: DictConfig) -> None:
         raise ValueError(f"data.batch_size must be a whole number >= 1 (images per device), got {batch_size!r}")
     if not isinstance(cfg.seed, int):
         raise ValueError(f"seed must be a whole number, got {cfg.seed!r}")
+    check_optim_numbers(cfg.get("optim") or {})
     known = {"checkpoint", "progress_bar", "lr_monitor", "gradient_flow", "residual_gain",
              "explosion_guard", "train_eval"}
     unknown = sorted(set(cfg.get("callbacks") or {}) - known)
@@ -218,8 +220,20 @@ def check_config(cfg: DictConfig) -> None:
         raise ValueError(f"unknown callback setting(s) {unknown}; known: {', '.join(sorted(known))}")
 
 
-def check_resume_compatible(ckpt_path: str, model_cfg: dict[str, Any]) -> None:
-    """A checkpoint of another network or class count gets a clear error before training starts."""
+def check_optim_numbers(optim: Any) -> None:
+    """A learning rate of nan or inf would train to NaN and be recorded as a diverged run: a typo
+    would become a result. Refuse it, and other non-numbers, as bad input."""
+    for key, smallest in (("lr", "> 0"), ("weight_decay", ">= 0"), ("momentum", ">= 0")):
+        value = optim.get(key)
+        if value is None and key != "lr":
+            continue
+        number = value if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+        if not math.isfinite(number) or number < 0 or (key == "lr" and number == 0):
+            raise ValueError(f"optim.{key} must be a finite number {smallest}, got {value!r}")
+
+
+def check_resume_compatible(ckpt_path: str, model_cfg: dict[str, Any], optim_cfg: dict[str, Any] | None = None) -> None:
+    """A checkpoint of another network, class count or optimizer gets a clear error before training starts."""
     checkpoint = safe_load(ckpt_path)
     saved = (checkpoint.get("hyper_parameters") or {}).get("model") if isinstance(checkpoint, dict) else None
     if not isinstance(saved, dict) or "state_dict" not in checkpoint:
@@ -233,6 +247,69 @@ def check_resume_compatible(ckpt_path: str, model_cfg: dict[str, Any]) -> None:
                 f"resume with model={saved.get('name')} and the same data, or start fresh with "
                 "model.pretrained=<checkpoint> to fine-tune"
             )
+    if optim_cfg is not None:
+        check_resume_optimizer(checkpoint, optim_cfg, ckpt_path)
+
+
+def fit_and_test(
+    trainer: pl.Trainer, module: ZooModule, datamodule: Any, ckpt_path: str | None,
+    checkpoint: ModelCheckpoint, recorder: RunRecorder, loggers: list[Logger],
+) -> tuple[dict[str, float], dict[str, str], float, Any]:
+    """Fit, then test the best checkpoint; a signal, divergence or failure is recorded, W&B closed."""
+    fit_started = time.perf_counter()
+    fit_seconds, saved, best_score = None, None, None
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        stop_signals.raise_if_received()  # a signal as training ended: stop before testing
+        fit_seconds = time.perf_counter() - fit_started  # training + validation, no test, no set-up
+        # Read before testing: trainer.test(ckpt_path=best) restores the callback's state as it was
+        # when the best checkpoint was written, which predates the last save.
+        saved = {"last": checkpoint.last_model_path, "best": checkpoint.best_model_path}
+        best_score = checkpoint.best_model_score
+        recorder.fit_ended()  # the train-eval result too, which testing would restore to an older one
+        results = trainer.test(module, datamodule=datamodule, ckpt_path=saved["best"] or None, verbose=False)
+    except TrainingDivergedError as diverged:
+        # A diverged run is a result too (the explosion and depth experiments expect some): its
+        # run.json says so (zoo.report reads it), W&B records the same facts and closes the run
+        # as failed, so that a sweep's next job gets a run of its own.
+        record = recorder.finish("diverged", error=diverged, fit_seconds=time.perf_counter() - fit_started)
+        close_wandb(loggers, trainer, DIVERGED_EXIT_CODE, wandb_summary(record))
+        raise
+    except BaseException as error:
+        # SIGTERM (in any phase: Lightning's SystemExit) and Ctrl-C (Lightning's sys.exit(1)
+        # after its clean-up) become Preempted, with a message that says what was saved.
+        preempted = stop_signals.preempted(error)
+        elapsed = fit_seconds if fit_seconds is not None else time.perf_counter() - fit_started
+        try:
+            recorder.finish("preempted" if preempted else "failed", error=preempted or error,
+                            fit_seconds=elapsed, saved=saved, best_score=best_score)
+        except OSError as record_error:  # a full disk must not hide the error that matters
+            log.warning("could not write run.json: %s", record_error)
+        close_wandb(loggers, trainer, preempted.exit_code if preempted else 1)
+        if preempted is not None:
+            raise preempted from None
+        raise
+    return {k: float(v) for k, v in (results[0] if results else {}).items()}, saved, fit_seconds, best_score
+
+
+def close_wandb(loggers: list[Logger], trainer: pl.Trainer, exit_code: int, summary: dict | None = None) -> None:
+    """Write the W&B summary and close its run; a W&B failure is a warning, never the run's end.
+
+    Closing now matters: the next run of a Hydra sweep (same process) must start its own W&B run
+    instead of reusing this one, and the offline file must be complete.
+    """
+    if not trainer.is_global_zero:
+        return
+    for logger in loggers:
+        if not isinstance(logger, WandbLogger):
+            continue
+        try:
+            if summary:
+                logger.experiment.summary.update(summary)
+            logger.experiment.finish(exit_code=exit_code)
+        except Exception as error:  # noqa: BLE001 - any W&B failure: the other records stand
+            warnings.warn(f"W&B could not record the end of the run ({type(error).__name__}: "
+                          f"{str(error)[:200]}); the CSV log and run.json have it.")
 
 
 def train(cfg: DictConfig, run_dir: Path | str) -> dict[str, float]:
@@ -265,7 +342,7 @@ def train(cfg: DictConfig, run_dir: Path | str) -> dict[str, float]:
     )
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), run_name=str(cfg.run_name))
     if ckpt_path is not None:
-        check_resume_compatible(ckpt_path, model_cfg)
+        check_resume_compatible(ckpt_path, model_cfg, OmegaConf.to_container(cfg.optim, resolve=True))
     if model_cfg.get("pretrained") and ckpt_path is None:
         from zoo.pretrained import load_pretrained
 
@@ -282,51 +359,15 @@ def train(cfg: DictConfig, run_dir: Path | str) -> dict[str, float]:
         enable_progress_bar=any(isinstance(c, (RichProgressBar, TQDMProgressBar)) for c in callbacks),
         plugins=[AtomicCheckpointIO()],
     )
-    fit_started = time.perf_counter()
-    try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-    except SIGTERMException:
-        saved = next(c.saved_path for c in callbacks if isinstance(c, PreemptionCheckpoint))
-        raise Preempted(saved or checkpoint.last_model_path) from None
-    except TrainingDivergedError as diverged:
-        # A diverged run is a result too (the explosion and depth experiments expect some): its
-        # directory says so (zoo.report reads it), W&B records it and closes the run as failed,
-        # so that a sweep's next job gets a run of its own.
-        if trainer.is_global_zero:
-            (Path(run_dir) / DIVERGED_FILE).write_text(f"{diverged}\n")
-        for logger in loggers:
-            if isinstance(logger, WandbLogger) and trainer.is_global_zero:
-                logger.experiment.summary.update({
-                    "diverged": True, "diverged_at_step": diverged.step,
-                    "diverged_message": str(diverged),
-                    "fit_seconds": round(time.perf_counter() - fit_started, 2),
-                })
-                logger.experiment.finish(exit_code=3)
-        raise
-    fit_seconds = time.perf_counter() - fit_started  # training + validation, no test, no set-up
-    # Read before testing: trainer.test(ckpt_path=best) restores the callback's state as it was
-    # when the best checkpoint was written, which predates the last save.
-    saved = {"last": checkpoint.last_model_path, "best": checkpoint.best_model_path}
-    best_score = checkpoint.best_model_score
-    results = trainer.test(module, datamodule=datamodule, ckpt_path=saved["best"] or None, verbose=False)
-    metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
+    recorder = RunRecorder(run_dir, cfg, trainer, module, checkpoint)  # run.json, however it ends
+    metrics, saved, fit_seconds, best_score = fit_and_test(
+        trainer, module, datamodule, ckpt_path, checkpoint, recorder, loggers)
 
-    summary = {
-        "best_val_acc": float(best_score) if best_score is not None else None,
-        "test_acc": metrics.get("test/acc"),
-        "parameters": module.num_parameters,
-        "fit_seconds": round(fit_seconds, 2),
-    }
-    for logger in loggers:
-        if isinstance(logger, WandbLogger) and trainer.is_global_zero:
-            logger.experiment.summary.update({k: v for k, v in summary.items() if v is not None})
+    record = recorder.finish("done", fit_seconds=fit_seconds, test_metrics=metrics, saved=saved,
+                             best_score=best_score)
     if trainer.is_global_zero:
         report_paths(run_dir, saved, loggers, metrics, fit_seconds)
-        for logger in loggers:
-            if isinstance(logger, WandbLogger):
-                # Flush and close now: the next run of a Hydra sweep (same process) must start its
-                # own W&B run instead of reusing this one, and the offline file must be complete.
-                logger.experiment.finish()
+    close_wandb(loggers, trainer, 0, wandb_summary(record))
     return metrics
 
 

@@ -122,6 +122,9 @@ class ZooDataModule(pl.LightningDataModule):
 
     def _check_facts(self, split_name: str, split: ImageArrays) -> None:
         """The config's facts must describe the files, or the model is built wrong silently."""
+        if len(split) == 0:  # min() of no labels would fail with a bare RuntimeError
+            raise ValueError(f"{self.name}: the {split_name} split is empty; check the dataset "
+                             f"files{f' under {self.root}' if self.root else ''} and data.val_size")
         _, channels, height, width = split.images.shape
         if (channels, height, width) != (self.in_channels, self.image_size, self.image_size):
             raise ValueError(f"{self.name} {split_name} images are {channels}x{height}x{width}, "

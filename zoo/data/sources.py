@@ -19,6 +19,7 @@ import socket
 import threading
 import urllib.error
 import urllib.request
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -242,18 +243,45 @@ def _unpickle(path: Path) -> dict:
         raise CorruptDataError(f"{path}: not a readable CIFAR pickle batch ({error})") from error
 
 
+REFETCH = "the file is damaged or not the dataset's: download it again (data.download=true)"
+
+
+def whole_number_labels(path: Path, labels: object) -> np.ndarray:
+    """Labels as int64, refusing anything that is not a list of whole numbers that fit.
+
+    ``np.asarray(labels, dtype=np.int64)`` would truncate 3.9 to 3 silently, and fail with a
+    bare TypeError on ``None`` or OverflowError on ``2**70``, naming no file.
+    """
+    try:
+        array = np.asarray(labels)
+    except (TypeError, ValueError) as error:  # ragged nesting and the like
+        raise CorruptDataError(f"{path}: the labels are not a list of numbers ({error}); {REFETCH}") from None
+    if array.ndim != 1:
+        raise CorruptDataError(f"{path}: the labels must be a flat list, found shape {array.shape}; {REFETCH}")
+    if array.dtype.kind not in "iu":
+        values = array.tolist()
+        bad = next((v for v in values if isinstance(v, float) and not v.is_integer()), None) or next(
+            (v for v in values if isinstance(v, bool) or not isinstance(v, int) or not -2**63 <= v < 2**63),
+            None)
+        raise CorruptDataError(f"{path}: the labels must be whole numbers, found {bad!r} "
+                               f"({array.dtype} values); {REFETCH}")
+    return array.astype(np.int64)
+
+
 def read_cifar_batch(path: Path, label_key: bytes) -> ImageArrays:
     """One CIFAR python batch: ``{b"data": uint8 (N, 3072), label_key: [N ints]}``."""
     batch = _unpickle(path)
     if not isinstance(batch, dict) or b"data" not in batch or label_key not in batch:
         raise CorruptDataError(f"{path}: expected a dict with b'data' and {label_key!r}")
     data = np.asarray(batch[b"data"])
-    labels = np.asarray(batch[label_key], dtype=np.int64)
+    labels = whole_number_labels(path, batch[label_key])
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
         raise CorruptDataError(f"{path}: b'data' must be uint8 (N, 3072), got "
                                f"{data.dtype} {data.shape}")
     if len(labels) != len(data):
         raise CorruptDataError(f"{path}: {len(data)} images but {len(labels)} labels")
+    if len(data) == 0:
+        raise CorruptDataError(f"{path}: holds no images; {REFETCH}")
     # rows are the red, green, blue 32x32 planes in order: exactly NCHW
     images = torch.from_numpy(data.reshape(-1, 3, 32, 32).copy())
     return ImageArrays(images, torch.from_numpy(labels))
@@ -278,14 +306,17 @@ def read_idx(path: Path, ndim: int) -> np.ndarray:
     try:
         with gzip.open(path, "rb") as f:
             raw = f.read()
-    except (OSError, EOFError) as error:  # bad gzip header or a truncated stream
-        raise CorruptDataError(f"{path}: not a readable .gz file ({error})") from error
+    except (OSError, EOFError, zlib.error) as error:  # bad header, truncated or damaged stream
+        raise CorruptDataError(f"{path}: not a readable .gz file ({error}); download it again "
+                               "(data.download=true) or reinstall dataset-fashion-mnist") from None
     header = 4 + 4 * ndim
     if len(raw) < header or raw[0] != 0 or raw[1] != 0 or raw[2] != IDX_UBYTE or raw[3] != ndim:
         raise CorruptDataError(f"{path}: bad IDX magic number (expected 0x0000080{ndim}, got "
                                f"0x{raw[:4].hex()}); is this the right file?")
     shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
     size = int(np.prod(shape))
+    if shape[0] == 0:
+        raise CorruptDataError(f"{path}: holds no items (its header says {shape}); {REFETCH}")
     if len(raw) - header != size:
         raise CorruptDataError(f"{path}: header promises {shape} = {size} bytes but the file "
                                f"holds {len(raw) - header}; the file is truncated or corrupt")

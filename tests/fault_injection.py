@@ -1,0 +1,112 @@
+"""Run the real ``train.py`` in a subprocess with faults injected, for the reliability tests.
+
+The subprocess imports the zoo, applies the faults named in ``$ZOO_FAULTS`` (JSON), then runs
+``train.py`` as ``__main__`` (Hydra, signal handling and exit codes exactly as on the command
+line). Faults:
+
+* ``slow``: ``["module:Class.method", ...]``: each call (outside the sanity check) counts
+  itself in ``MARKS/method`` and sleeps ``slow_seconds``: a test waits for the count, then
+  sends a real signal while the run is in that phase.
+* ``full_disk_at_save``: N: the N-th checkpoint save's writes fail with ``ENOSPC``, as a full
+  disk fails them (``zoo.checkpoint._WriteRecorder`` is where the checkpoint IO writes).
+* ``fail``: ``["module:Class.method", ...]``: each call raises ``RuntimeError`` (a W&B write
+  that fails, say).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import FAST_OVERRIDES, REPO
+
+RUNNER = r'''
+import errno, functools, importlib, json, os, runpy, sys, time
+from pathlib import Path
+
+faults = json.loads(os.environ["ZOO_FAULTS"])
+marks = Path(os.environ["ZOO_MARKS"])
+
+
+def patch(spec, make):
+    module_name, attribute = spec.split(":")
+    owner_name, _, method_name = attribute.rpartition(".")
+    owner = importlib.import_module(module_name)
+    for part in filter(None, owner_name.split(".")):
+        owner = getattr(owner, part)
+    original = getattr(owner, method_name)
+    setattr(owner, method_name, functools.wraps(original)(make(original, method_name)))
+
+
+def slow(original, name):
+    def call(self, *args, **kwargs):
+        trainer = getattr(self, "_trainer", None)
+        if not getattr(trainer, "sanity_checking", False):
+            mark = marks / name  # holds the number of calls so far
+            mark.write_text(str(int(mark.read_text()) + 1 if mark.exists() else 1))
+            time.sleep(faults.get("slow_seconds", 0.5))
+        return original(self, *args, **kwargs)
+    return call
+
+
+def fail(original, name):
+    def call(*args, **kwargs):
+        (marks / name).touch()
+        raise RuntimeError(f"injected failure in {name}")
+    return call
+
+
+for spec in faults.get("slow", []):
+    patch(spec, slow)
+for spec in faults.get("fail", []):
+    patch(spec, fail)
+if faults.get("full_disk_at_save"):
+    import zoo.checkpoint as checkpoint
+
+    saves = []
+    opened = checkpoint._WriteRecorder.__init__
+
+    def count(self, file):
+        saves.append(file)
+        opened(self, file)
+
+    def write(self, data):
+        if len(saves) >= faults["full_disk_at_save"]:
+            self.error = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            raise self.error
+        return self.file.write(data)
+
+    checkpoint._WriteRecorder.__init__ = count
+    checkpoint._WriteRecorder.write = write
+
+train = os.environ["ZOO_TRAIN_PY"]
+sys.argv = [train, *sys.argv[1:]]
+runpy.run_path(train, run_name="__main__")
+'''
+
+
+def start_train(tmp_path: Path, run_dir: Path, *overrides: str, faults: dict | None = None,
+                fast: bool = True, **popen) -> tuple[subprocess.Popen, Path]:
+    """Start ``train.py`` with ``faults``; returns the process and the folder of its marks."""
+    marks = tmp_path / "marks"
+    marks.mkdir(exist_ok=True)
+    runner = tmp_path / "fault_runner.py"
+    runner.write_text(RUNNER)
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONUNBUFFERED": "1",
+           "ZOO_FAULTS": json.dumps(faults or {}), "ZOO_MARKS": str(marks),
+           "ZOO_TRAIN_PY": str(REPO / "train.py")}
+    command = [sys.executable, str(runner), *(FAST_OVERRIDES if fast else []),
+               f"hydra.run.dir={run_dir}", *overrides]
+    process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, **popen)
+    return process, marks
+
+
+def run_with_faults(tmp_path: Path, run_dir: Path, *overrides: str, faults: dict,
+                    timeout: float = 300) -> subprocess.CompletedProcess:
+    process, _ = start_train(tmp_path, run_dir, *overrides, faults=faults)
+    stdout, stderr = process.communicate(timeout=timeout)
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)

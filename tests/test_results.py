@@ -67,6 +67,8 @@ def test_collect_writes_one_row_per_run_and_the_curves(sweep, tmp_path):
     mine = [c for c in curves if c["run"] == first["run"]]
     assert [c["metric"] for c in mine].count("train_loss") == 4
     assert [float(c["value"]) for c in mine if c["metric"] == "val_err"] == pytest.approx([0.5, 0.3])
+    # steps done: Lightning logs at the step's index (9, 19), the train-eval pass after step 20
+    assert [int(c["step"]) for c in mine if c["metric"] != "train_loss"] == [10, 20, 20]
     meta = json.loads((out / "meta.json").read_text())
     assert meta["experiment"] == "degradation" and meta["runs"] == 12
     assert meta["command"].startswith("python -m zoo.results collect")

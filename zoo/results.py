@@ -9,7 +9,8 @@ every number a figure or table of the experiment shows:
     runs.csv    one row per run: model, depth, family, seed, setting, status, steps,
                 train_eval_err, test_acc, best_val_acc, fit_seconds, parameters
     curves.csv  one row per logged point: run, setting, seed, metric (train_loss per step;
-                val_err and train_eval_err per evaluation), step, epoch, value
+                val_err and train_eval_err per evaluation), step (optimizer steps done), epoch,
+                value
     meta.json   how they were made: command, machine, torch, wall time, git commit
 
 ``redraw`` regenerates, from those files alone, each experiment's figures and Markdown table
@@ -41,9 +42,11 @@ RUNS_FILE, CURVES_FILE, META_FILE, TABLE_FILE = "runs.csv", "curves.csv", "meta.
 RUN_COLUMNS = ["run", "model", "depth", "family", "data", "seed", "setting", "status", "steps",
                "train_eval_err", "test_acc", "best_val_acc", "fit_seconds", "parameters"]
 CURVE_COLUMNS = ["run", "setting", "model", "seed", "metric", "step", "epoch", "value"]
-# metric in curves.csv -> (the logged key, whether the value is 1 - the logged one)
-CURVE_METRICS = {"train_loss": ("train/loss_step", False), "val_err": ("val/acc", True),
-                 "train_eval_err": ("train_eval/err", False)}
+# metric in curves.csv -> (the logged key, whether the value is 1 - the logged one, and what to
+# add to the CSV's step to count steps done: Lightning logs a step's metrics at its index, the
+# train-eval pass after the step, at trainer.global_step).
+CURVE_METRICS = {"train_loss": ("train/loss_step", False, 1), "val_err": ("val/acc", True, 1),
+                 "train_eval_err": ("train_eval/err", False, 0)}
 DEFAULT_RESULTS, DEFAULT_FIGURES = Path("docs/results"), Path("docs/figures")
 
 
@@ -71,11 +74,11 @@ def run_rows(paths: Sequence[Path | str]) -> tuple[list[dict[str, Any]], list[di
             "best_val_acc": best_val if best_val is not None else (max(val.values()) if val else None),
             "fit_seconds": run.record.get("fit_seconds"), "parameters": parameters(run),
         })
-        for metric, (key, complement) in CURVE_METRICS.items():
+        for metric, (key, complement, offset) in CURVE_METRICS.items():
             for row in run.metrics():
                 if key in row and "step" in row:
                     curves.append({"run": run.name, "setting": setting, "model": run.model,
-                                   "seed": run.seed, "metric": metric, "step": int(row["step"]),
+                                   "seed": run.seed, "metric": metric, "step": int(row["step"]) + offset,
                                    "epoch": int(row["epoch"]) if "epoch" in row else None,
                                    "value": 1.0 - row[key] if complement else row[key]})
     return rows, curves, runs
@@ -157,7 +160,7 @@ def summary_table(rows: Sequence[dict[str, Any]]) -> str:
                  _percent([r["test_acc"] for r in mine], complement=True),
                  _percent([r["best_val_acc"] for r in mine], complement=True),
                  str(max((int(r["steps"]) for r in mine if r["steps"] not in (None, "")), default="-")),
-                 "-" if seconds is None else f"{seconds:.0f}",
+                 "-" if seconds is None else f"{seconds:.0f}" if seconds >= 100 else f"{seconds:.1f}",
                  f"{int(mine[0]['parameters']):,}" if mine[0]["parameters"] not in (None, "") else "-",
                  ", ".join(f"{count} {status}" for status, count in ended.items())]
         lines.append("| " + " | ".join(cells) + " |")

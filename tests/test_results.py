@@ -123,12 +123,19 @@ def test_redraw_hands_measurement_folders_to_their_experiment(tmp_path, monkeypa
         path.write_bytes(b"\x89PNG toy")
         return [path]
 
+    def draw_elsewhere(folder: Path, out: Path) -> list[Path]:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "direct.png").write_bytes(b"\x89PNG direct")
+        return [out / "direct.png"]
+
     monkeypatch.setitem(experiments_cli.EXPERIMENTS, "toy", (None, draw_toy))
-    for name in ("toy", "unknown"):
+    monkeypatch.setitem(experiments_cli.EXPERIMENTS, "toy2", (None, draw_elsewhere))
+    for name in ("toy", "toy2", "unknown"):
         (tmp_path / "results" / name).mkdir(parents=True)
         (tmp_path / "results" / name / "meta.json").write_text(json.dumps({"experiment": name}))
     written = results.redraw(tmp_path / "results", tmp_path / "figures")
-    assert written == [tmp_path / "figures" / "toy" / "toy.png"]  # "unknown" is skipped, not fatal
+    # "unknown" is skipped, not fatal
+    assert written == [tmp_path / "figures" / "toy" / "toy.png", tmp_path / "figures" / "toy2" / "direct.png"]
     assert written[0].read_bytes() == b"\x89PNG toy"
 
 

@@ -311,6 +311,7 @@ def redraw_sweep(results_dir: Path, figures_dir: Path) -> list[Path]:
 def redraw_measurement(results_dir: Path, figures_dir: Path) -> list[Path]:
     """An experiment that is not a training sweep: its own redraw (zoo.experiments), its figures
     then copied into ``figures_dir``. Folders no redraw knows are left alone."""
+    import inspect
     import shutil
 
     try:
@@ -322,8 +323,11 @@ def redraw_measurement(results_dir: Path, figures_dir: Path) -> list[Path]:
     if experiment not in EXPERIMENTS:
         print(f"skipped {results_dir}: no redraw for experiment {experiment!r}", file=sys.stderr)
         return []
-    drawn = EXPERIMENTS[experiment][1](results_dir)  # draws beside its files
+    draw = EXPERIMENTS[experiment][1]
     figures_dir.mkdir(parents=True, exist_ok=True)
+    if len(inspect.signature(draw).parameters) > 1:  # it takes a folder for its figures
+        return list(draw(results_dir, figures_dir))
+    drawn = draw(results_dir)  # it draws beside its files: copy them where the docs look
     return [Path(shutil.copy2(path, figures_dir / Path(path).name)) for path in drawn]
 
 

@@ -10,7 +10,7 @@ from conftest import FAST_OVERRIDES
 
 from zoo import runs
 
-TINY = [*FAST_OVERRIDES, "logger=csv", "trainer.max_epochs=1", "trainer.limit_train_batches=3",
+TINY = [*FAST_OVERRIDES, "logger=[csv,wandb]", "trainer.max_epochs=1", "trainer.limit_train_batches=3",
         "trainer.limit_val_batches=1", "trainer.limit_test_batches=1", "model=plain8",
         "callbacks.gradient_flow.enabled=false", "callbacks.residual_gain.enabled=false"]
 
@@ -84,12 +84,20 @@ def test_the_reader_finds_both_runs_and_reads_their_metrics(finished_runs):
     assert run.series("train/loss_step", by="step")  # the CSV logger's step losses
 
 
-def test_wandb_summary_carries_the_records_facts(finished_runs):
+def test_wandb_summary_holds_the_records_facts(finished_runs):
+    from wandb_records import read_run, run_file
+
+    for kind in ("done", "diverged"):
+        record = json.loads((finished_runs[kind] / runs.RUN_RECORD_FILE).read_text())
+        summary = read_run(run_file(finished_runs[kind]))["summary"]
+        assert summary["status"] == record["status"] == kind
+        assert summary["global_step"] == record["global_step"]
+        assert summary["fit_seconds"] == record["fit_seconds"]
+    assert summary["diverged_at_step"] == 0 and summary["diverged_message"] == record["message"]
     done = json.loads((finished_runs["done"] / runs.RUN_RECORD_FILE).read_text())
-    diverged = json.loads((finished_runs["diverged"] / runs.RUN_RECORD_FILE).read_text())
-    assert runs.wandb_summary(done)["test_acc"] == done["test"]["test/acc"]
-    assert "diverged" not in runs.wandb_summary(done)
-    assert runs.wandb_summary(diverged)["diverged_at_step"] == 0
+    summary = read_run(run_file(finished_runs["done"]))["summary"]
+    assert summary["test_acc"] == done["test"]["test/acc"] and "diverged" not in summary
+    assert summary["train_eval_err"] == done["train_eval"]["train_eval/err"]
 
 
 # ---------------------------------------------------------------- reading older runs, labels

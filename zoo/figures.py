@@ -70,7 +70,8 @@ _FALLBACK = plt.get_cmap("tab20").colors  # for depths not in the tables above
 def family_of(model: str) -> str:
     """``plain``, ``residual`` or ``dense`` from a registry name (``plain56`` -> ``plain``).
 
-    Read from the name, not the registry, so that redrawing committed results needs no torch.
+    Read from the name, not the registry, so that committed results of a model since renamed
+    or removed still redraw.
     """
     name = model.lower()
     if name.startswith("plain"):

@@ -9,7 +9,8 @@ A run directory holds what ``train.py`` (through :func:`zoo.run.train`) wrote:
     gradient_flow.csv, residual_gain.csv   the measurement callbacks' tidy files
 
 ``zoo.report``, ``zoo.plot``, ``zoo.results`` and the experiments find runs, read them and name
-them here; nothing else opens these files by hand. Reading needs neither torch nor Lightning.
+them here; nothing else opens these files by hand. Reading builds no network and starts no
+Lightning; :class:`RunRecorder` writes the record at the end of :func:`zoo.run.train`.
 """
 
 from __future__ import annotations

@@ -1,0 +1,71 @@
+"""zoo.compat: each private Lightning / W&B attribute the zoo relies on still exists and works."""
+
+from __future__ import annotations
+
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.demos.boring_classes import BoringModel
+
+from zoo.compat import (
+    attached_trainer,
+    checkpoint_may_save_at_step,
+    reset_train_dataloader,
+    wandb_run_is_offline,
+)
+
+
+def _trainer(tmp_path) -> pl.Trainer:
+    return pl.Trainer(default_root_dir=tmp_path, max_epochs=1, limit_train_batches=2,
+                      limit_val_batches=0, logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False)
+
+
+class LoaderDroppingModel(BoringModel):
+    """Asks for the step count (which builds the train loader), then drops the loader."""
+
+    dropped: bool | None = None
+
+    def configure_optimizers(self):
+        assert self.trainer.estimated_stepping_batches == 2
+        self.dropped = reset_train_dataloader(self.trainer)
+        return super().configure_optimizers()
+
+
+def test_reset_train_dataloader_drops_the_loader_the_step_count_built(tmp_path):
+    model = LoaderDroppingModel()
+    trainer = _trainer(tmp_path)
+    trainer.fit(model)
+    assert model.dropped is True  # the attribute existed and held a loader
+    assert trainer.global_step == 2  # the fit loop built it again and trained
+    assert reset_train_dataloader(_trainer(tmp_path)) is False  # nothing built yet
+
+
+def test_attached_trainer_is_none_outside_a_trainer_and_the_trainer_inside(tmp_path):
+    model = BoringModel()
+    assert attached_trainer(model) is None
+    trainer = _trainer(tmp_path)
+    trainer.fit(model)
+    assert attached_trainer(model) is trainer
+
+
+def test_checkpoint_may_save_at_step_follows_the_step_and_time_intervals(tmp_path):
+    every_three = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=3)
+    assert [checkpoint_may_save_at_step(every_three, step) for step in (1, 3, 4, 6)] == [
+        False, True, False, True]
+    by_epoch = ModelCheckpoint(dirpath=tmp_path)
+    assert not checkpoint_may_save_at_step(by_epoch, 3)
+    from datetime import timedelta
+
+    timed = ModelCheckpoint(dirpath=tmp_path, train_time_interval=timedelta(minutes=5))
+    assert checkpoint_may_save_at_step(timed, 1)
+
+
+def test_wandb_run_is_offline_reads_the_run_settings():
+    import wandb
+
+    class Run:
+        def __init__(self, mode: str) -> None:
+            self.settings = wandb.Settings(mode=mode)
+
+    assert wandb_run_is_offline(Run("offline"))
+    assert not wandb_run_is_offline(Run("online"))

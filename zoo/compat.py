@@ -1,0 +1,52 @@
+"""The only place that reads or writes private attributes of Lightning (and W&B).
+
+Lightning offers no public way to do these few things; each function names the attribute it
+relies on, falls back to a safe answer when a Lightning release renames it, and has a test in
+``tests/test_compat.py`` that fails when the attribute goes away, so that an upgrade shows
+here, not as a silent change of behaviour somewhere in a run.
+Supported: pytorch-lightning 2.4 to 2.6.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import ModelCheckpoint
+
+
+def reset_train_dataloader(trainer: pl.Trainer) -> bool:
+    """Make the fit loop build its train loader again; True when there was one to drop.
+
+    ``trainer.estimated_stepping_batches`` builds the train loader before a resumed run's loop
+    state is restored, so the loader's saved position (mid-epoch resume) would never reach it.
+    Dropping ``fit_loop._combined_loader`` makes the fit loop build it again after the restore.
+    """
+    fit_loop = trainer.fit_loop
+    if getattr(fit_loop, "_combined_loader", None) is None:
+        return False
+    fit_loop._combined_loader = None
+    return True
+
+
+def attached_trainer(module: pl.LightningModule) -> pl.Trainer | None:
+    """The module's trainer, or None outside one (``module.trainer`` raises when unattached)."""
+    return getattr(module, "_trainer", None)
+
+
+def checkpoint_may_save_at_step(checkpoint: ModelCheckpoint, global_step: int) -> bool:
+    """Whether ``checkpoint`` may save in the ``on_train_batch_end`` of ``global_step``.
+
+    ModelCheckpoint keeps its step and time intervals in private attributes
+    (``_every_n_train_steps``, ``_train_time_interval``); a time interval may fire at any step.
+    """
+    if getattr(checkpoint, "_train_time_interval", None) is not None:
+        return True
+    every = getattr(checkpoint, "_every_n_train_steps", 0) or 0
+    return every >= 1 and global_step % every == 0
+
+
+def wandb_run_is_offline(run: Any) -> bool:
+    """Whether a W&B run writes only to disk (``settings._offline`` in older wandb, ``mode``)."""
+    settings = run.settings
+    return bool(getattr(settings, "_offline", False)) or getattr(settings, "mode", "") == "offline"

@@ -1,6 +1,6 @@
 """The skip-connection experiments: configs compose, the non-training experiments measure what
-they claim, the lesion puts the network back, and the report reads their sweeps (zoo.report's own
-tests: tests/test_report.py)."""
+they claim, write meta.json and redraw from their tidy files (the lesion's own tests:
+tests/test_lesion.py; zoo.report's: tests/test_report.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ import torch
 
 import zoo
 from zoo import experiments, report
-from zoo.experiments import LesionError, ShortcutOnly, lesioned
+from zoo.experiments import gradients, lesion, memory, tidy
+from zoo.experiments.__main__ import main
 
 REPO = Path(__file__).resolve().parents[1]
 # The overlays of issue 6 (other overlays in configs/experiment/ are tested by their owners).
@@ -40,9 +41,8 @@ def test_experiment_overlay_sets_its_group(compose, name):
 
 @pytest.mark.parametrize("name", ["depth_1000", "add_vs_concat"])
 def test_deep_resnet_overlays_warm_up(compose, name):
-    # He et al. warm their 110- and 1202-layer nets up; train.yaml's default is no warm-up
-    assert compose().scheduler.warmup_fraction == 0.0
-    assert compose(f"experiment={name}").scheduler.warmup_fraction == pytest.approx(0.02)
+    # He et al. warm their 110- and 1202-layer nets up (train.yaml now warms every run up too)
+    assert compose(f"experiment={name}").scheduler.warmup_fraction > 0
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
@@ -63,97 +63,6 @@ def test_degradation_sweeps_plain_and_residual_twins():
     overlay = OmegaConf.load(REPO / "configs" / "experiment" / "degradation.yaml")
     models = str(overlay.hydra.sweeper.params.model).split(",")
     assert {"plain20", "plain56", "resnet20", "resnet56"} <= set(models)
-
-
-# ---------------------------------------------------------------- lesion
-
-
-def _net(name: str) -> torch.nn.Module:
-    torch.manual_seed(0)
-    net = zoo.create(name, num_classes=10, in_channels=1)
-    net.train()
-    with torch.no_grad():  # non-trivial BN statistics, so that eval mode is not the identity
-        net(torch.randn(16, 1, 16, 16))
-    return net.eval()
-
-
-@pytest.mark.parametrize("name", ["resnet8", "plain8", "preact_resnet110"])
-def test_lesion_restores_the_network(name):
-    net = _net(name)
-    x = torch.randn(4, 1, 16, 16)
-    before_state = {k: v.clone() for k, v in net.state_dict().items()}
-    blocks = [u.name for u in net.depth_units() if u.stage not in ("stem", "head")]
-    before_modules = [net.get_submodule(name) for name in blocks]
-    with torch.no_grad():
-        before = net(x)
-    deletable = [u for u in net.depth_units() if u.stage not in ("stem", "head")]
-    changed = 0
-    for unit in deletable:
-        try:
-            with lesioned(net, unit.name) as replacement, torch.no_grad():
-                assert net.get_submodule(unit.name) is replacement
-                changed += not torch.allclose(net(x), before)
-        except LesionError:
-            assert not unit.module.skip  # only plain blocks that change the shape are refused
-    assert changed > 0  # the lesions did something
-    with torch.no_grad():
-        after = net(x)
-    assert torch.equal(after, before)
-    assert all(net.get_submodule(name) is module for name, module in zip(blocks, before_modules))
-    state = net.state_dict()
-    assert state.keys() == before_state.keys()
-    assert all(torch.equal(state[k], before_state[k]) for k in state)
-
-
-def test_lesion_restores_on_error():
-    net = _net("resnet8")
-    original = net.get_submodule("layer1.0")
-    with pytest.raises(RuntimeError), lesioned(net, "layer1.0"):
-        raise RuntimeError("boom")
-    assert net.get_submodule("layer1.0") is original
-
-
-def test_residual_lesion_keeps_only_the_shortcut():
-    net = _net("resnet8")
-    block = net.get_submodule("layer2.0")  # stride 2: the option-A shortcut pads and subsamples
-    x = torch.relu(torch.randn(2, 16, 8, 8))
-    with lesioned(net, "layer2.0") as replacement, torch.no_grad():
-        assert isinstance(replacement, ShortcutOnly)
-        assert torch.equal(replacement(x), torch.relu(block.shortcut_branch(x)))
-        identity_block = net.get_submodule("layer1.0")
-    with lesioned(net, "layer1.0") as replacement, torch.no_grad():
-        # post-activation identity block without f: relu(x) = x for the non-negative x it receives
-        assert torch.equal(replacement(x), x)
-    assert net.get_submodule("layer1.0") is identity_block
-    assert "layer1.0.conv1.weight" in net.state_dict()
-
-
-def test_preact_lesion_has_no_relu_after_the_addition():
-    net = _net("preact_resnet110")
-    x = torch.randn(2, 16, 8, 8)  # negative entries survive: nothing follows a pre-act sum
-    with lesioned(net, "layer1.3") as replacement, torch.no_grad():
-        assert torch.equal(replacement(x), x)
-
-
-def test_plain_lesion_bypasses_or_refuses():
-    net = _net("plain8")
-    with lesioned(net, "layer1.0") as replacement:
-        assert isinstance(replacement, torch.nn.Identity)
-    with pytest.raises(LesionError, match="changes the shape"), lesioned(net, "layer2.0"):
-        pass
-    dense = zoo.create("densenet40_12", num_classes=10, in_channels=1)
-    layer = next(u for u in dense.depth_units() if u.stage == "dense1")
-    with pytest.raises(LesionError), lesioned(dense, layer.name):
-        pass
-
-
-def test_lesion_network_rows():
-    net = _net("resnet8")
-    batches = [(torch.randn(8, 1, 16, 16), torch.randint(0, 10, (8,)))]
-    rows = experiments.lesion_network(net, batches)
-    assert rows[0]["deleted"] == "intact"
-    assert [r["unit_name"] for r in rows[1:]] == [f"layer{s}.0" for s in (1, 2, 3)]
-    assert all(0.0 <= r["accuracy"] <= 1.0 for r in rows)
 
 
 # ---------------------------------------------------------------- gradient at init
@@ -204,6 +113,20 @@ def test_gradient_at_init_rows_cover_every_unit(tmp_path):
     assert all(p.stat().st_size > 0 for p in paths)
 
 
+def test_ratio_summary_is_the_mean_and_std_of_per_seed_ratios():
+    # stem / middle / head norms per seed: ratios 2, 2, 3 (the ratio of the means would be 2.5)
+    norms = {0: (2.0, 7.0, 1.0), 1: (4.0, 7.0, 2.0), 2: (9.0, 7.0, 3.0)}
+    rows = [{"model": "plain20", "family": "plain", "norm": "batch", "depth": 20, "seed": seed,
+             "unit_index": unit, "unit_name": "u", "stage": "s", "grad_norm": value}
+            for seed, values in norms.items() for unit, value in enumerate(values)]
+    (row,) = experiments.summarise_gradients(rows)
+    assert row["seeds"] == 3 and row["head_grad_norm"] == pytest.approx(2.0)
+    assert row["stem_over_head_mean"] == pytest.approx(7 / 3)
+    assert row["stem_over_head_std"] == pytest.approx(math.sqrt(((2 - 7 / 3) ** 2 * 2 + (3 - 7 / 3) ** 2) / 3))
+    assert row["first_over_head"] == pytest.approx(2.5)
+    assert row["first_unit_grad_norm_std"] == pytest.approx(math.sqrt(26 / 3))
+
+
 # ---------------------------------------------------------------- memory
 
 
@@ -215,7 +138,28 @@ def test_memory_checkpointing_keeps_fewer_activations():
     assert normal["step_time_ms"] > 0
     # the peak is the benchmark's measure: at least weights + gradients + momentum (fp32)
     weights_gradients_momentum = 3 * 4 * normal["parameters"] / 2**20
-    assert normal["peak_memory_mb"] >= efficient["peak_memory_mb"] > weights_gradients_momentum
+    assert normal["train_peak_mb"] >= efficient["train_peak_mb"] > weights_gradients_momentum
+
+
+def test_memory_rows_hold_training_and_inference_peaks():
+    rows = memory.memory_rows(["resnet8"], [16], report=lambda row: None, batch_size=4, image_size=8, steps=1)
+    assert [(r["model"], r["memory_efficient"], r["group"]) for r in rows] == [
+        ("resnet8", False, "comparison"), ("resnet8", True, "comparison"),
+        ("densenet_bc_16_12", False, "densenet_depth"), ("densenet_bc_16_12", True, "densenet_depth")]
+    for row in rows:
+        # inference keeps no gradients, momentum or saved activations, but holds the weights
+        assert row["weights_mb"] < row["inference_peak_mb"] < row["train_peak_mb"]
+    assert rows[0]["inference_peak_mb"] == pytest.approx(rows[1]["inference_peak_mb"])  # no backward
+
+
+def test_densenet_bc_of_any_depth_is_bc_100_with_fewer_layers():
+    assert zoo.count_parameters(memory.build_net("densenet_bc_100_12", False)) == zoo.count_parameters(
+        zoo.create("densenet_bc_100_12", num_classes=10))
+    dense_layers = [u for u in memory.build_net("densenet_bc_40_12", False).depth_units()
+                    if u.stage.startswith("dense")]
+    assert len(dense_layers) == 3 * 6  # (40 - 4) / 6 bottleneck layers per block
+    with pytest.raises(ValueError, match="6n\\+4"):
+        memory.build_net("densenet_bc_42_12", False)
 
 
 def test_memory_concatenation_keeps_more_than_addition():
@@ -224,6 +168,76 @@ def test_memory_concatenation_keeps_more_than_addition():
     resnet = experiments.measure_memory("resnet56", False, batch_size=2, image_size=8, steps=1)
     dense = experiments.measure_memory("densenet_bc_100_12", False, batch_size=2, image_size=8, steps=1)
     assert dense["saved_for_backward_mb"] > 1.5 * resnet["saved_for_backward_mb"]  # 1.9x at 8 px, 6x at 16 px
+
+
+# ---------------------------------------------------------------- command line, meta.json, redraw
+
+
+def test_gradient_command_writes_meta_and_redraws_from_its_csv(tmp_path, monkeypatch):
+    out = tmp_path / "grad"
+    argv = ["gradient_at_init", "--out", str(out), "--depths", "8", "--seeds", "2", "--batch-size", "2",
+            "--image-size", "8", "--no-others"]
+    assert main(argv) == 0
+    meta = tidy.read_meta(out)
+    assert meta["experiment"] == "gradient_at_init"
+    assert meta["command"].endswith("-m zoo.experiments " + " ".join(argv))
+    assert meta["machine"]["cpu"] and meta["machine"]["cpu_cores"] >= 1
+    assert meta["torch"] == torch.__version__ and meta["wall_seconds"] > 0
+    assert meta["git_commit"] == "unknown" or len(meta["git_commit"]) == 40
+    assert meta["files"] == ["gradient_at_init.csv", "gradient_at_init_summary.csv"]
+    rows = tidy.read_csv(out / "gradient_at_init.csv")
+    assert {(r["model"], r["norm"], r["seed"]) for r in rows} == {
+        (m, n, s) for m, n in [("plain8", "batch"), ("resnet8", "batch"), ("plain8 norm=none", "none"),
+                               ("resnet8 norm=none", "none")] for s in (0, 1)}
+    figures = [out / "gradient_at_init_ratio.png", out / "gradient_at_init_profile.png"]
+    for figure in figures:
+        figure.unlink()
+    monkeypatch.setattr(gradients, "gradient_at_init", None)  # redrawing must not measure
+    assert main(["redraw", str(out)]) == 0
+    assert all(figure.stat().st_size > 0 for figure in figures)
+
+
+def test_git_commit_outside_a_repository_is_unknown(tmp_path):
+    assert tidy.git_commit(tmp_path) == "unknown"
+
+
+def _lesion_rows(run: str, model: str, accuracies: list[float]) -> tuple[list[dict], list[dict]]:
+    facts = {"run": run, "model": model, "skip": "x", "split": "test", "images": 10, "chance": 0.1}
+    single = [{**facts, "unit_index": i - 1, "unit_name": f"u{i}", "stage": "s", "downsampling": i == 2,
+               "deleted": "intact" if i == 0 else "bypassed", "accuracy": a} for i, a in enumerate(accuracies)]
+    randomised = [{**facts, "k": k, "draw": d, "deleted_units": "u1", "accuracy": 0.5 + 0.1 * d}
+                  for k in range(3) for d in range(2 if k else 1)]
+    return single, randomised
+
+
+def test_lesion_and_memory_figures_redraw_from_their_csv_files(tmp_path):
+    lesion_dir, memory_dir = tmp_path / "lesion", tmp_path / "memory"
+    plain, resnet = _lesion_rows("0-plain20", "plain20", [0.9, 0.1, float("nan"), 0.2]), \
+        _lesion_rows("1-resnet20", "resnet20", [0.95, 0.9, 0.8, 0.93])
+    tidy.write_csv(lesion_dir / "lesion_single.csv", plain[0] + resnet[0], lesion.SINGLE_COLUMNS)
+    tidy.write_csv(lesion_dir / "lesion_random.csv", plain[1] + resnet[1], lesion.RANDOM_COLUMNS)
+    tidy.write_meta(lesion_dir, "lesion", 1.0, ["lesion"])
+    assert "plain20 90% -> median 20%" in lesion.lesion_finding(tidy.read_csv(lesion_dir / "lesion_single.csv"))
+    row = {"skip": "x", "device": "cpu", "batch_size": 64, "image_size": 32, "parameters": 1,
+           "weights_mb": 1.0, "saved_for_backward_mb": 2.0, "step_time_ms": 1.0, "measured_by": "m"}
+    rows = [{**row, "model": m, "depth": d, "memory_efficient": e, "group": g, "train_peak_mb": t,
+             "inference_peak_mb": t / 4} for m, d, g, t in [("resnet56", 56, "comparison", 10.0),
+                                                           ("densenet_bc_40_12", 40, "densenet_depth", 20.0),
+                                                           ("densenet_bc_64_12", 64, "densenet_depth", 40.0)]
+            for e in (False, True)]
+    tidy.write_csv(memory_dir / "memory.csv", rows, memory.MEMORY_COLUMNS)
+    tidy.write_meta(memory_dir, "memory", 1.0, ["memory"])
+    assert main(["redraw", str(lesion_dir), str(memory_dir)]) == 0
+    assert (lesion_dir / "lesion.png").stat().st_size > 0 and (memory_dir / "memory.png").stat().st_size > 0
+
+
+def test_bad_input_gets_one_error_line(tmp_path, capsys):
+    assert main(["lesion", str(tmp_path / "missing.ckpt"), "--out", str(tmp_path)]) == 2
+    assert main(["gradient_at_init", "--out", str(tmp_path), "--seeds", "0"]) == 2
+    assert main(["redraw", str(tmp_path)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 3 and all(line.startswith("error: ") for line in lines)
+    assert "no checkpoint" in lines[0] and "--seeds" in lines[1] and "meta.json" in lines[2]
 
 
 # What each overlay's sweep gives at a tiny size: every job runs (a diverged job does not stop
@@ -274,11 +288,14 @@ def test_degradation_sweep_tiny_then_report_and_lesion(tmp_path):
     assert written["figure"].stat().st_size > 0
     assert "| resnet56 |" in written["summary"].read_text()
 
-    checkpoints = [runs[0] / "checkpoints" / "last.ckpt", runs[2] / "checkpoints" / "last.ckpt"]
-    rows = experiments.lesion_checkpoints(checkpoints, split="val", max_images=64)
+    checkpoints = [runs[0], runs[2] / "checkpoints" / "last.ckpt"]  # a run directory or a checkpoint
+    rows, randomised = experiments.lesion_runs(checkpoints, split="val", max_images=64, max_deleted=2,
+                                               draws=2, bf16=True)
+    assert {(r["model"], r["k"]) for r in randomised} == {(m, k) for m in ("plain20", "resnet20") for k in range(3)}
+    assert all(r["images"] == 64 and r["chance"] == 0.1 for r in rows + randomised)
     assert {r["model"] for r in rows} == {"plain20", "resnet20"}
     resnet_rows = [r for r in rows if r["model"] == "resnet20" and r["unit_index"] >= 0]
     assert [r["deleted"] for r in resnet_rows] == ["shortcut only"] * 9
     plain_rows = [r for r in rows if r["model"] == "plain20" and r["unit_index"] >= 0]
     assert [r["unit_name"] for r in plain_rows if r["deleted"] == "cannot be deleted"] == ["layer2.0", "layer3.0"]
-    assert experiments.plot_lesion(rows, tmp_path / "lesion").stat().st_size > 0
+    assert experiments.plot_lesion(rows, tmp_path / "lesion", randomised).stat().st_size > 0

@@ -1,0 +1,196 @@
+"""``python -m zoo.experiments NAME ...``: run an experiment, or redraw its figures from its files.
+
+    python -m zoo.experiments gradient_at_init --out DIR [--depths 8 20 ...] [--seeds 3]
+    python -m zoo.experiments lesion RUN_OR_CKPT [...] --out DIR [--max-deleted 10 --draws 10]
+    python -m zoo.experiments memory --out DIR [--batch-size 64] [--dense-depths 40 64 100 136]
+    python -m zoo.experiments redraw DIR [DIR ...]
+
+Each experiment writes its tidy CSV files, its figures and ``meta.json`` (command, machine,
+torch, wall seconds, git commit) under ``--out``; ``redraw`` draws the figures again from the
+CSV files alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from zoo.experiments import gradients, lesion, memory
+from zoo.experiments.tidy import markdown_table, read_csv, read_meta, write_csv, write_meta
+
+GRADIENT_FILES = ("gradient_at_init.csv", "gradient_at_init_summary.csv")
+LESION_FILES = ("lesion_single.csv", "lesion_random.csv")
+MEMORY_FILE = "memory.csv"
+DEFAULT_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m zoo.experiments", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    grad = commands.add_parser("gradient_at_init", help="gradient norm per unit at initialisation")
+    grad.add_argument("--out", type=Path, required=True)
+    grad.add_argument("--depths", type=int, nargs="+", default=list(gradients.GRADIENT_DEPTHS),
+                      help="6n+2 depths of plainN / resnetN")
+    grad.add_argument("--no-others", action="store_true", help="only plainN / resnetN (no pre-act, DenseNet)")
+    grad.add_argument("--seeds", type=int, default=3)
+    grad.add_argument("--batch-size", type=int, default=8)
+    grad.add_argument("--image-size", type=int, default=32)
+    grad.add_argument("--norms", nargs="+", choices=tuple(gradients.NORM_SUFFIX), default=["batch", "none"],
+                      help="plainN / resnetN with BatchNorm (batch) and/or without (none)")
+
+    les = commands.add_parser("lesion", help="delete blocks of trained nets: one at a time, k at random")
+    les.add_argument("checkpoints", type=Path, nargs="+", help="run directories or .ckpt files")
+    les.add_argument("--out", type=Path, required=True)
+    les.add_argument("--data-config", type=Path, default=None,
+                     help="a data config YAML (e.g. configs/data/fashion_mnist.yaml); default: the run's")
+    les.add_argument("--split", choices=("val", "test"), default="test")
+    les.add_argument("--max-images", type=int, default=0, help="evaluate on the first N images (0: all)")
+    les.add_argument("--max-deleted", type=int, default=10, help="largest k of the k-random curve (0: none)")
+    les.add_argument("--draws", type=int, default=10, help="random sets of blocks per k")
+    les.add_argument("--seed", type=int, default=0, help="seed of the random draws")
+    les.add_argument("--bf16", action="store_true", help="evaluate under bf16 autocast (faster on CPUs)")
+    les.add_argument("--device", default=DEFAULT_DEVICE)
+
+    mem = commands.add_parser("memory", help="training and inference peak memory")
+    mem.add_argument("--out", type=Path, required=True)
+    mem.add_argument("--models", nargs="+", default=list(memory.MEMORY_MODELS))
+    mem.add_argument("--dense-depths", type=int, nargs="*", default=list(memory.DENSE_DEPTHS),
+                     help="DenseNet-BC-{depth}-12 depths (6n+4) for memory against depth")
+    mem.add_argument("--batch-size", type=int, default=64)
+    mem.add_argument("--image-size", type=int, default=32)
+    mem.add_argument("--steps", type=int, default=3, help="timed steps (median)")
+    mem.add_argument("--device", default=DEFAULT_DEVICE)
+
+    redraw = commands.add_parser("redraw", help="draw the figures again from an --out folder's files")
+    redraw.add_argument("folders", type=Path, nargs="+")
+    return parser
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Refuse values that would fail late, in one line that says what to pass instead."""
+    positive = {"seeds": "--seeds", "batch_size": "--batch-size", "image_size": "--image-size",
+                "steps": "--steps", "draws": "--draws"}
+    for key, flag in positive.items():
+        if getattr(args, key, 1) < 1:
+            raise ValueError(f"{flag} must be at least 1")
+    for key, flag in (("max_images", "--max-images"), ("max_deleted", "--max-deleted")):
+        if getattr(args, key, 0) < 0:
+            raise ValueError(f"{flag} must be 0 or more")
+
+
+def run_gradients(args: argparse.Namespace) -> list[str]:
+    nets = gradients.gradient_nets(args.depths, others=not args.no_others, norms=args.norms)
+    rows = gradients.gradient_at_init(nets, seeds=range(args.seeds), batch_size=args.batch_size,
+                                      image_size=args.image_size)
+    summary = gradients.summarise_gradients(rows)
+    write_csv(args.out / GRADIENT_FILES[0], rows, gradients.GRADIENT_COLUMNS)
+    write_csv(args.out / GRADIENT_FILES[1], summary, gradients.SUMMARY_COLUMNS)
+    redraw_gradients(args.out)
+    print(markdown_table(summary, gradients.SUMMARY_COLUMNS))
+    return list(GRADIENT_FILES)
+
+
+def run_lesion(args: argparse.Namespace) -> list[str]:
+    data_cfg = None
+    if args.data_config is not None:
+        from omegaconf import OmegaConf
+
+        if not args.data_config.is_file():
+            raise FileNotFoundError(f"--data-config {args.data_config} does not exist")
+        data_cfg = OmegaConf.to_container(OmegaConf.load(args.data_config), resolve=False)
+        data_cfg["seed"] = 0  # the seed interpolation points outside the data group
+    single, randomised = lesion.lesion_runs(
+        args.checkpoints, data_cfg, args.split, args.max_images or None, args.max_deleted,
+        args.draws, args.seed, args.bf16, args.device)
+    write_csv(args.out / LESION_FILES[0], single, lesion.SINGLE_COLUMNS)
+    files = [LESION_FILES[0]]
+    if randomised:
+        write_csv(args.out / LESION_FILES[1], randomised, lesion.RANDOM_COLUMNS)
+        files.append(LESION_FILES[1])
+    redraw_lesion(args.out)
+    print(markdown_table(single, ["model", "unit_name", "downsampling", "deleted", "accuracy"]))
+    return files
+
+
+def run_memory(args: argparse.Namespace) -> list[str]:
+    def report(row: dict[str, Any]) -> None:
+        print(markdown_table([row], memory.MEMORY_COLUMNS).splitlines()[-1], flush=True)
+
+    rows = memory.memory_rows(args.models, args.dense_depths, report, batch_size=args.batch_size,
+                              image_size=args.image_size, steps=args.steps, device=args.device)
+    write_csv(args.out / MEMORY_FILE, rows, memory.MEMORY_COLUMNS)
+    redraw_memory(args.out)
+    print(markdown_table(rows, memory.MEMORY_COLUMNS))
+    return [MEMORY_FILE]
+
+
+# ---------------------------------------------------------------- redrawing from the tidy files
+
+
+# Each takes the folder of tidy files and, optionally, another folder for the figures
+# (``zoo.results`` draws the docs' figures where the docs look for them).
+
+
+def redraw_gradients(folder: Path, figures: Path | None = None) -> list[Path]:
+    return gradients.plot_gradient_at_init(read_csv(folder / GRADIENT_FILES[0]), figures or folder)
+
+
+def redraw_lesion(folder: Path, figures: Path | None = None) -> list[Path]:
+    random_file = folder / LESION_FILES[1]
+    randomised = read_csv(random_file) if random_file.is_file() else []
+    return [lesion.plot_lesion(read_csv(folder / LESION_FILES[0]), figures or folder, randomised)]
+
+
+def redraw_memory(folder: Path, figures: Path | None = None) -> list[Path]:
+    return [memory.plot_memory(read_csv(folder / MEMORY_FILE), figures or folder)]
+
+
+Redraw = Callable[[Path, "Path | None"], list[Path]]
+EXPERIMENTS: dict[str, tuple[Callable[[argparse.Namespace], list[str]], Redraw]] = {
+    "gradient_at_init": (run_gradients, redraw_gradients),
+    "lesion": (run_lesion, redraw_lesion),
+    "memory": (run_memory, redraw_memory),
+}
+
+
+def redraw(folders: Sequence[Path]) -> list[Path]:
+    """The figures of each ``--out`` folder, from its CSV files; ``meta.json`` names the experiment."""
+    drawn = []
+    for folder in folders:
+        experiment = read_meta(folder).get("experiment")
+        if experiment not in EXPERIMENTS:
+            raise ValueError(f"{folder}/meta.json names experiment {experiment!r}; "
+                             f"expected one of {', '.join(EXPERIMENTS)}")
+        drawn += EXPERIMENTS[experiment][1](folder)
+    return drawn
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    start = time.perf_counter()
+    try:
+        check_arguments(args)
+        if args.command == "redraw":
+            for path in redraw(args.folders):
+                print(path)
+            return 0
+        files = EXPERIMENTS[args.command][0](args)
+    except (FileNotFoundError, ValueError) as error:  # bad input: one line, no traceback
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    seconds = time.perf_counter() - start
+    write_meta(args.out, args.command, seconds, argv, files)
+    print(f"{args.command}: {seconds:.0f} s; written to {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -37,7 +37,7 @@ class ZooDataModule(pl.LightningDataModule):
 
     ``loader``: ``device`` keeps the uint8 images on the trainer's device and augments whole
     batches there (CIFAR, Fashion-MNIST, digits); ``torch`` is the torchvision DataLoader
-    pipeline; ``auto`` picks ``device`` on a CUDA device for in-memory datasets, else ``torch``.
+    pipeline; ``auto`` picks ``device`` for in-memory datasets (any device), else ``torch``.
     """
 
     def __init__(
@@ -183,7 +183,9 @@ class ZooDataModule(pl.LightningDataModule):
         """``device`` or ``torch``: what ``auto`` resolves to on the current device."""
         if self.loader != "auto":
             return self.loader
-        return "device" if self.recipe.in_memory and self.device.type == "cuda" else "torch"
+        # In-memory datasets: batched augmentation in the training process beats worker
+        # processes on the CPU too (Fashion-MNIST, 2 cores: 18 s against 73 s an epoch).
+        return "device" if self.recipe.in_memory else "torch"
 
     def train_dataloader(self) -> DeviceLoader | DataLoader:
         return self._loader("train", training=True)

@@ -20,7 +20,8 @@ from zoo.experiments.__main__ import main
 REPO = Path(__file__).resolve().parents[1]
 # The overlays of issue 6 (other overlays in configs/experiment/ are tested by their owners).
 SKIP_EXPERIMENTS = ("degradation", "depth_1000", "explosion", "add_vs_concat")
-EXPERIMENTS = [n for n in SKIP_EXPERIMENTS if (REPO / "configs" / "experiment" / f"{n}.yaml").exists()]
+EXPERIMENTS = [n for n in SKIP_EXPERIMENTS
+               if (REPO / "configs" / "experiment" / f"{n}.yaml").exists()]
 
 
 # ---------------------------------------------------------------- configs
@@ -72,7 +73,8 @@ def test_gradient_at_init_plain_gradient_departs_from_the_head_with_depth():
     """At depth 56 the plain net's stem gradient is off the head's by orders of magnitude
     (with BatchNorm it explodes rather than vanishes, Yang et al. 2019); the ResNet's is not."""
     rows = experiments.gradient_at_init(
-        [("plain56", "plain", 56), ("resnet56", "ResNet", 56)], seeds=(0,), batch_size=4, image_size=16)
+        [("plain56", "plain", 56), ("resnet56", "ResNet", 56)], seeds=(0,), batch_size=4,
+        image_size=16)
     summary = {row["model"]: row for row in experiments.summarise_gradients(rows)}
     plain = abs(math.log10(summary["plain56"]["first_over_head"]))
     residual = abs(math.log10(summary["resnet56"]["first_over_head"]))
@@ -96,16 +98,18 @@ def test_gradient_at_init_without_normalisation_shows_the_textbook_picture(tmp_p
 
 
 def test_gradient_summary_survives_an_overflowing_net():
-    rows = [{"model": "plain1202", "family": "plain", "depth": 1202, "seed": seed, "unit_index": unit,
-             "unit_name": "u", "stage": "s", "grad_norm": value}
-            for seed, values in enumerate([(math.inf, 1.0), (1e30, 2.0)]) for unit, value in enumerate(values)]
+    rows = [{"model": "plain1202", "family": "plain", "depth": 1202, "seed": seed,
+             "unit_index": unit, "unit_name": "u", "stage": "s", "grad_norm": value}
+            for seed, values in enumerate([(math.inf, 1.0), (1e30, 2.0)])
+            for unit, value in enumerate(values)]
     (row,) = experiments.summarise_gradients(rows)
     assert row["first_unit_grad_norm"] == math.inf and math.isnan(row["first_unit_grad_norm_std"])
     assert row["head_grad_norm"] == 1.5
 
 
 def test_gradient_at_init_rows_cover_every_unit(tmp_path):
-    rows = experiments.gradient_at_init([("resnet8", "ResNet", 8)], seeds=(0, 1), batch_size=2, image_size=8)
+    rows = experiments.gradient_at_init([("resnet8", "ResNet", 8)], seeds=(0, 1), batch_size=2,
+                                        image_size=8)
     units = zoo.create("resnet8").depth_units()
     assert len(rows) == 2 * len(units)
     assert all(row["grad_norm"] > 0 for row in rows)
@@ -122,7 +126,8 @@ def test_ratio_summary_is_the_mean_and_std_of_per_seed_ratios():
     (row,) = experiments.summarise_gradients(rows)
     assert row["seeds"] == 3 and row["head_grad_norm"] == pytest.approx(2.0)
     assert row["stem_over_head_mean"] == pytest.approx(7 / 3)
-    assert row["stem_over_head_std"] == pytest.approx(math.sqrt(((2 - 7 / 3) ** 2 * 2 + (3 - 7 / 3) ** 2) / 3))
+    spread = math.sqrt(((2 - 7 / 3) ** 2 * 2 + (3 - 7 / 3) ** 2) / 3)  # population std
+    assert row["stem_over_head_std"] == pytest.approx(spread)
     assert row["first_over_head"] == pytest.approx(2.5)
     assert row["first_unit_grad_norm_std"] == pytest.approx(math.sqrt(26 / 3))
 
@@ -142,19 +147,23 @@ def test_memory_checkpointing_keeps_fewer_activations():
 
 
 def test_memory_rows_hold_training_and_inference_peaks():
-    rows = memory.memory_rows(["resnet8"], [16], report=lambda row: None, batch_size=4, image_size=8, steps=1)
+    rows = memory.memory_rows(["resnet8"], [16], report=lambda row: None, batch_size=4,
+                              image_size=8, steps=1)
     assert [(r["model"], r["memory_efficient"], r["group"]) for r in rows] == [
         ("resnet8", False, "comparison"), ("resnet8", True, "comparison"),
-        ("densenet_bc_16_12", False, "densenet_depth"), ("densenet_bc_16_12", True, "densenet_depth")]
+        ("densenet_bc_16_12", False, "densenet_depth"),
+        ("densenet_bc_16_12", True, "densenet_depth")]
     for row in rows:
         # inference keeps no gradients, momentum or saved activations, but holds the weights
         assert row["weights_mb"] < row["inference_peak_mb"] < row["train_peak_mb"]
-    assert rows[0]["inference_peak_mb"] == pytest.approx(rows[1]["inference_peak_mb"])  # no backward
+    # checkpointing changes only what backward needs
+    assert rows[0]["inference_peak_mb"] == pytest.approx(rows[1]["inference_peak_mb"])
 
 
 def test_densenet_bc_of_any_depth_is_bc_100_with_fewer_layers():
-    assert zoo.count_parameters(memory.build_net("densenet_bc_100_12", False)) == zoo.count_parameters(
-        zoo.create("densenet_bc_100_12", num_classes=10))
+    registered = zoo.create("densenet_bc_100_12", num_classes=10)
+    built = memory.build_net("densenet_bc_100_12", False)
+    assert zoo.count_parameters(built) == zoo.count_parameters(registered)
     dense_layers = [u for u in memory.build_net("densenet_bc_40_12", False).depth_units()
                     if u.stage.startswith("dense")]
     assert len(dense_layers) == 3 * 6  # (40 - 4) / 6 bottleneck layers per block
@@ -166,8 +175,10 @@ def test_memory_concatenation_keeps_more_than_addition():
     # DenseNet-BC-100-12 (0.8M parameters) against ResNet-56 (0.85M): concatenation keeps every
     # earlier feature map, so far more activation memory at about the same size.
     resnet = experiments.measure_memory("resnet56", False, batch_size=2, image_size=8, steps=1)
-    dense = experiments.measure_memory("densenet_bc_100_12", False, batch_size=2, image_size=8, steps=1)
-    assert dense["saved_for_backward_mb"] > 1.5 * resnet["saved_for_backward_mb"]  # 1.9x at 8 px, 6x at 16 px
+    dense = experiments.measure_memory("densenet_bc_100_12", False, batch_size=2, image_size=8,
+                                       steps=1)
+    # 1.9x at 8 px, 6x at 16 px
+    assert dense["saved_for_backward_mb"] > 1.5 * resnet["saved_for_backward_mb"]
 
 
 # ---------------------------------------------------------------- command line, meta.json, redraw
@@ -175,8 +186,8 @@ def test_memory_concatenation_keeps_more_than_addition():
 
 def test_gradient_command_writes_meta_and_redraws_from_its_csv(tmp_path, monkeypatch):
     out = tmp_path / "grad"
-    argv = ["gradient_at_init", "--out", str(out), "--depths", "8", "--seeds", "2", "--batch-size", "2",
-            "--image-size", "8", "--no-others"]
+    argv = ["gradient_at_init", "--out", str(out), "--depths", "8", "--seeds", "2",
+            "--batch-size", "2", "--image-size", "8", "--no-others"]
     assert main(argv) == 0
     meta = tidy.read_meta(out)
     assert meta["experiment"] == "gradient_at_init"
@@ -186,9 +197,10 @@ def test_gradient_command_writes_meta_and_redraws_from_its_csv(tmp_path, monkeyp
     assert meta["git_commit"] == "unknown" or len(meta["git_commit"]) == 40
     assert meta["files"] == ["gradient_at_init.csv", "gradient_at_init_summary.csv"]
     rows = tidy.read_csv(out / "gradient_at_init.csv")
+    nets = [("plain8", "batch"), ("resnet8", "batch"), ("plain8 norm=none", "none"),
+            ("resnet8 norm=none", "none")]
     assert {(r["model"], r["norm"], r["seed"]) for r in rows} == {
-        (m, n, s) for m, n in [("plain8", "batch"), ("resnet8", "batch"), ("plain8 norm=none", "none"),
-                               ("resnet8 norm=none", "none")] for s in (0, 1)}
+        (model, norm, seed) for model, norm in nets for seed in (0, 1)}
     figures = [out / "gradient_at_init_ratio.png", out / "gradient_at_init_profile.png"]
     for figure in figures:
         figure.unlink()
@@ -203,8 +215,9 @@ def test_git_commit_outside_a_repository_is_unknown(tmp_path):
 
 def _lesion_rows(run: str, model: str, accuracies: list[float]) -> tuple[list[dict], list[dict]]:
     facts = {"run": run, "model": model, "skip": "x", "split": "test", "images": 10, "chance": 0.1}
-    single = [{**facts, "unit_index": i - 1, "unit_name": f"u{i}", "stage": "s", "downsampling": i == 2,
-               "deleted": "intact" if i == 0 else "bypassed", "accuracy": a} for i, a in enumerate(accuracies)]
+    single = [{**facts, "unit_index": i - 1, "unit_name": f"u{i}", "stage": "s",
+               "downsampling": i == 2, "deleted": "intact" if i == 0 else "bypassed", "accuracy": a}
+              for i, a in enumerate(accuracies)]
     randomised = [{**facts, "k": k, "draw": d, "deleted_units": "u1", "accuracy": 0.5 + 0.1 * d}
                   for k in range(3) for d in range(2 if k else 1)]
     return single, randomised
@@ -212,23 +225,25 @@ def _lesion_rows(run: str, model: str, accuracies: list[float]) -> tuple[list[di
 
 def test_lesion_and_memory_figures_redraw_from_their_csv_files(tmp_path):
     lesion_dir, memory_dir = tmp_path / "lesion", tmp_path / "memory"
-    plain, resnet = _lesion_rows("0-plain20", "plain20", [0.9, 0.1, float("nan"), 0.2]), \
-        _lesion_rows("1-resnet20", "resnet20", [0.95, 0.9, 0.8, 0.93])
+    # unit 2 is a downsampling block (no median of one-block deletions counts it)
+    plain = _lesion_rows("0-plain20", "plain20", [0.9, 0.1, float("nan"), 0.3, 0.2])
+    resnet = _lesion_rows("1-resnet20", "resnet20", [0.95, 0.9, 0.8, 0.93, 0.91])
     tidy.write_csv(lesion_dir / "lesion_single.csv", plain[0] + resnet[0], lesion.SINGLE_COLUMNS)
     tidy.write_csv(lesion_dir / "lesion_random.csv", plain[1] + resnet[1], lesion.RANDOM_COLUMNS)
     tidy.write_meta(lesion_dir, "lesion", 1.0, ["lesion"])
-    assert "plain20 90% -> median 20%" in lesion.lesion_finding(tidy.read_csv(lesion_dir / "lesion_single.csv"))
+    finding = lesion.lesion_finding(tidy.read_csv(lesion_dir / "lesion_single.csv"))
+    assert "plain20 90% -> median 20%" in finding and "resnet20 95% -> median 91%" in finding
     row = {"skip": "x", "device": "cpu", "batch_size": 64, "image_size": 32, "parameters": 1,
            "weights_mb": 1.0, "saved_for_backward_mb": 2.0, "step_time_ms": 1.0, "measured_by": "m"}
+    nets = [("resnet56", 56, "comparison", 10.0), ("densenet_bc_40_12", 40, "densenet_depth", 20.0),
+            ("densenet_bc_64_12", 64, "densenet_depth", 40.0)]
     rows = [{**row, "model": m, "depth": d, "memory_efficient": e, "group": g, "train_peak_mb": t,
-             "inference_peak_mb": t / 4} for m, d, g, t in [("resnet56", 56, "comparison", 10.0),
-                                                           ("densenet_bc_40_12", 40, "densenet_depth", 20.0),
-                                                           ("densenet_bc_64_12", 64, "densenet_depth", 40.0)]
-            for e in (False, True)]
+             "inference_peak_mb": t / 4} for m, d, g, t in nets for e in (False, True)]
     tidy.write_csv(memory_dir / "memory.csv", rows, memory.MEMORY_COLUMNS)
     tidy.write_meta(memory_dir, "memory", 1.0, ["memory"])
     assert main(["redraw", str(lesion_dir), str(memory_dir)]) == 0
-    assert (lesion_dir / "lesion.png").stat().st_size > 0 and (memory_dir / "memory.png").stat().st_size > 0
+    assert (lesion_dir / "lesion.png").stat().st_size > 0
+    assert (memory_dir / "memory.png").stat().st_size > 0
 
 
 def test_bad_input_gets_one_error_line(tmp_path, capsys):
@@ -243,8 +258,10 @@ def test_bad_input_gets_one_error_line(tmp_path, capsys):
 # What each overlay's sweep gives at a tiny size: every job runs (a diverged job does not stop
 # its sweep), and the sweep exits 3 when one of them diverged, as these are meant to.
 TINY_SWEEPS = {
-    "depth_1000": (["plain1202", "resnet1202", "preact_resnet1001"], 3),  # plain1202 overflows at step 0
-    "explosion": (["resnet56", "resnet56"], 3),  # model.norm=batch trains, model.norm=none is stopped
+    # plain1202 overflows at step 0
+    "depth_1000": (["plain1202", "resnet1202", "preact_resnet1001"], 3),
+    # model.norm=batch trains, model.norm=none is stopped
+    "explosion": (["resnet56", "resnet56"], 3),
     "add_vs_concat": (["resnet56", "resnet110", "densenet_bc_100_12"], 0),
 }
 
@@ -258,9 +275,11 @@ def test_experiment_sweep_runs_tiny_to_completion(tmp_path, name):
         sys.executable, str(REPO / "train.py"), "-m", f"experiment={name}", "data=digits",
         "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
         "trainer.limit_test_batches=1", "trainer.accelerator=cpu", "data.batch_size=8",
-        "data.loader=device", "logger=csv", "callbacks.progress_bar=none", f"hydra.sweep.dir={sweep_dir}",
+        "data.loader=device", "logger=csv", "callbacks.progress_bar=none",
+        f"hydra.sweep.dir={sweep_dir}",
     ]
-    result = subprocess.run(command, check=False, cwd=REPO, capture_output=True, text=True, timeout=900)
+    result = subprocess.run(command, check=False, cwd=REPO, capture_output=True, text=True,
+                            timeout=900)
     assert result.returncode == exit_code, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
     runs = report.find_run_dirs([sweep_dir])
@@ -271,7 +290,8 @@ def test_experiment_sweep_runs_tiny_to_completion(tmp_path, name):
 
 @pytest.mark.slow
 def test_degradation_sweep_tiny_then_report_and_lesion(tmp_path):
-    """The real overlay's sweep (4 nets) on digits, 3 batches each; then the report and the lesion."""
+    """The real overlay's sweep (4 nets) on digits, 3 batches each; then the report and the
+    lesion."""
     sweep_dir = tmp_path / "sweep"
     command = [
         sys.executable, str(REPO / "train.py"), "-m", "experiment=degradation", "data=digits",
@@ -280,22 +300,26 @@ def test_degradation_sweep_tiny_then_report_and_lesion(tmp_path):
         "data.batch_size=32", "data.num_workers=0", "logger=csv", "callbacks.progress_bar=none",
         f"hydra.sweep.dir={sweep_dir}",
     ]
-    result = subprocess.run(command, check=False, cwd=REPO, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(command, check=False, cwd=REPO, capture_output=True, text=True,
+                            timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     runs = report.find_run_dirs([sweep_dir])
-    assert [report.read_run(r).model for r in runs] == ["plain20", "plain56", "resnet20", "resnet56"]
+    models = ["plain20", "plain56", "resnet20", "resnet56"]
+    assert [report.read_run(r).model for r in runs] == models
     written = report.write_report([sweep_dir], tmp_path / "report")
     assert written["figure"].stat().st_size > 0
     assert "| resnet56 |" in written["summary"].read_text()
 
-    checkpoints = [runs[0], runs[2] / "checkpoints" / "last.ckpt"]  # a run directory or a checkpoint
-    rows, randomised = experiments.lesion_runs(checkpoints, split="val", max_images=64, max_deleted=2,
-                                               draws=2, bf16=True)
-    assert {(r["model"], r["k"]) for r in randomised} == {(m, k) for m in ("plain20", "resnet20") for k in range(3)}
+    checkpoints = [runs[0], runs[2] / "checkpoints" / "last.ckpt"]  # a run directory, a file
+    rows, randomised = experiments.lesion_runs(checkpoints, split="val", max_images=64,
+                                               max_deleted=2, draws=2, bf16=True)
+    assert {(r["model"], r["k"]) for r in randomised} == {
+        (m, k) for m in ("plain20", "resnet20") for k in range(3)}
     assert all(r["images"] == 64 and r["chance"] == 0.1 for r in rows + randomised)
     assert {r["model"] for r in rows} == {"plain20", "resnet20"}
     resnet_rows = [r for r in rows if r["model"] == "resnet20" and r["unit_index"] >= 0]
     assert [r["deleted"] for r in resnet_rows] == ["shortcut only"] * 9
     plain_rows = [r for r in rows if r["model"] == "plain20" and r["unit_index"] >= 0]
-    assert [r["unit_name"] for r in plain_rows if r["deleted"] == "cannot be deleted"] == ["layer2.0", "layer3.0"]
+    refused = [r["unit_name"] for r in plain_rows if r["deleted"] == "cannot be deleted"]
+    assert refused == ["layer2.0", "layer3.0"]
     assert experiments.plot_lesion(rows, tmp_path / "lesion", randomised).stat().st_size > 0

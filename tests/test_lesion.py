@@ -105,12 +105,16 @@ def test_lesion_network_rows_mark_downsampling_blocks():
 
 def test_random_deletions_are_distinct_seeded_and_spare_downsampling_blocks():
     blocks = lesion.deletable_blocks(zoo.create("resnet20", num_classes=10))
-    assert blocks == [f"layer{s}.{i}" for s in (1, 2, 3) for i in range(3) if f"{s}.{i}" not in ("2.0", "3.0")]
+    assert blocks == [
+        f"layer{s}.{i}" for s in (1, 2, 3) for i in range(3) if f"{s}.{i}" not in ("2.0", "3.0")
+    ]
     plan = lesion.random_deletions(blocks, max_deleted=7, draws=10, seed=0)
     for k in range(1, 8):
         sets = [names for kk, _, names in plan if kk == k]
         assert len(sets) == min(10, math.comb(7, k)) == len(set(sets))  # distinct draws
-        assert all(len(names) == k and list(names) == sorted(names, key=blocks.index) for names in sets)
+        assert all(
+            len(names) == k and list(names) == sorted(names, key=blocks.index) for names in sets
+        )
     assert plan == lesion.random_deletions(blocks, 7, 10, seed=0)  # seeded
     assert plan != lesion.random_deletions(blocks, 7, 10, seed=1)
     # the sets for one k do not depend on how far the curve goes
@@ -144,5 +148,3 @@ def test_deleting_zero_initialised_residual_blocks_keeps_accuracy_exactly():
             assert accuracies == [1.0] * len(accuracies)
         else:
             assert min(accuracies) < 0.9
-
-

@@ -31,31 +31,38 @@ DEFAULT_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m zoo.experiments", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m zoo.experiments",
+                                     description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
     grad = commands.add_parser("gradient_at_init", help="gradient norm per unit at initialisation")
     grad.add_argument("--out", type=Path, required=True)
     grad.add_argument("--depths", type=int, nargs="+", default=list(gradients.GRADIENT_DEPTHS),
                       help="6n+2 depths of plainN / resnetN")
-    grad.add_argument("--no-others", action="store_true", help="only plainN / resnetN (no pre-act, DenseNet)")
+    grad.add_argument("--no-others", action="store_true",
+                      help="only plainN / resnetN (no pre-act, DenseNet)")
     grad.add_argument("--seeds", type=int, default=3)
     grad.add_argument("--batch-size", type=int, default=8)
     grad.add_argument("--image-size", type=int, default=32)
-    grad.add_argument("--norms", nargs="+", choices=tuple(gradients.NORM_SUFFIX), default=["batch", "none"],
+    grad.add_argument("--norms", nargs="+", choices=tuple(gradients.NORM_SUFFIX),
+                      default=["batch", "none"],
                       help="plainN / resnetN with BatchNorm (batch) and/or without (none)")
 
-    les = commands.add_parser("lesion", help="delete blocks of trained nets: one at a time, k at random")
+    les = commands.add_parser("lesion",
+                              help="delete blocks of trained nets: one at a time, k at random")
     les.add_argument("checkpoints", type=Path, nargs="+", help="run directories or .ckpt files")
     les.add_argument("--out", type=Path, required=True)
     les.add_argument("--data-config", type=Path, default=None,
-                     help="a data config YAML (e.g. configs/data/fashion_mnist.yaml); default: the run's")
+                     help="data config YAML (configs/data/fashion_mnist.yaml); default: the run's")
     les.add_argument("--split", choices=("val", "test"), default="test")
-    les.add_argument("--max-images", type=int, default=0, help="evaluate on the first N images (0: all)")
-    les.add_argument("--max-deleted", type=int, default=10, help="largest k of the k-random curve (0: none)")
+    les.add_argument("--max-images", type=int, default=0,
+                     help="evaluate on the first N images (0: all)")
+    les.add_argument("--max-deleted", type=int, default=10,
+                     help="largest k of the k-random curve (0: none)")
     les.add_argument("--draws", type=int, default=10, help="random sets of blocks per k")
     les.add_argument("--seed", type=int, default=0, help="seed of the random draws")
-    les.add_argument("--bf16", action="store_true", help="evaluate under bf16 autocast (faster on CPUs)")
+    les.add_argument("--bf16", action="store_true",
+                     help="evaluate under bf16 autocast (faster on CPUs)")
     les.add_argument("--device", default=DEFAULT_DEVICE)
 
     mem = commands.add_parser("memory", help="training and inference peak memory")
@@ -68,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     mem.add_argument("--steps", type=int, default=3, help="timed steps (median)")
     mem.add_argument("--device", default=DEFAULT_DEVICE)
 
-    redraw = commands.add_parser("redraw", help="draw the figures again from an --out folder's files")
+    redraw = commands.add_parser("redraw",
+                                 help="draw the figures again from an --out folder's files")
     redraw.add_argument("folders", type=Path, nargs="+")
     return parser
 
@@ -161,7 +169,8 @@ EXPERIMENTS: dict[str, tuple[Callable[[argparse.Namespace], list[str]], Redraw]]
 
 
 def redraw(folders: Sequence[Path]) -> list[Path]:
-    """The figures of each ``--out`` folder, from its CSV files; ``meta.json`` names the experiment."""
+    """The figures of each ``--out`` folder, from its CSV files (``meta.json`` names the
+    experiment)."""
     drawn = []
     for folder in folders:
         experiment = read_meta(folder).get("experiment")

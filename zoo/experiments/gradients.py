@@ -151,23 +151,28 @@ SKIP_LABELS = {"plain": "plain (no skip)", "ResNet": "ResNet (identity skip)"}
 def _drift(rows: Sequence[dict[str, Any]]) -> tuple[dict[str, Any] | None, list[int]]:
     """The row whose ratio is furthest from 1 (in orders of magnitude) and the depths whose
     ratio overflowed float32."""
-    finite = [r for r in rows if math.isfinite(r["stem_over_head_mean"]) and r["stem_over_head_mean"] > 0]
+    finite = [r for r in rows
+              if math.isfinite(r["stem_over_head_mean"]) and r["stem_over_head_mean"] > 0]
     worst = max(finite, key=lambda r: abs(math.log10(r["stem_over_head_mean"])), default=None)
     return worst, sorted(r["depth"] for r in rows if r not in finite)
 
 
 def _finding(summary: Sequence[dict[str, Any]], norm: str) -> str:
-    """One panel's title: how far the plain and the residual ratios get from 1."""
-    parts = []
+    """One panel's title: how far the plain and the residual ratios get from 1, one line each."""
+    lines = ["with BatchNorm" if norm == "batch" else "without normalisation"]
     for skip in SKIPS:
-        worst, overflow = _drift([r for r in summary if r["family"].startswith(skip) and r["norm"] == norm])
+        worst, overflow = _drift([r for r in summary
+                                  if r["family"].startswith(skip) and r["norm"] == norm])
+        parts = []
         if worst is not None:
             ratio = worst["stem_over_head_mean"]
-            parts.append(f"plain {ratio:.2g} at depth {worst['depth']}" if skip == "plain"
-                         else f"ResNet within {max(ratio, 1 / ratio):.2g}x of 1")
+            parts.append(f"{ratio:.2g} at depth {worst['depth']}" if skip == "plain"
+                         else f"within {max(ratio, 1 / ratio):.2g}x of 1")
         if overflow:
-            parts.append(f"{skip} overflows at {', '.join(map(str, overflow))}")
-    return ("with BatchNorm" if norm == "batch" else "without normalisation") + "\n" + "; ".join(parts)
+            parts.append(f"overflow at {', '.join(map(str, overflow))}")
+        if parts:
+            lines.append(f"{skip}: {', '.join(parts)}")
+    return "\n".join(lines)
 
 
 def _headline(nets: Sequence[dict[str, Any]]) -> str:
@@ -205,7 +210,8 @@ def plot_gradient_ratio(summary: Sequence[dict[str, Any]], out_dir: Path) -> Pat
                           key=lambda r: r["depth"])
             shown = [r for r in mine if math.isfinite(r["stem_over_head_mean"])]
             means = [r["stem_over_head_mean"] for r in shown]
-            stds = [0.0 if math.isnan(r["stem_over_head_std"]) else r["stem_over_head_std"] for r in shown]
+            stds = [0.0 if math.isnan(r["stem_over_head_std"]) else r["stem_over_head_std"]
+                    for r in shown]
             lower = [min(s, 0.999 * m) for m, s in zip(means, stds)]  # a log axis has no 0
             axis.errorbar([r["depth"] for r in shown], means, yerr=[lower, stds], color="0.25",
                           linestyle=LINESTYLES[SKIPS[skip]], label=SKIP_LABELS[skip], zorder=1)
@@ -213,7 +219,8 @@ def plot_gradient_ratio(summary: Sequence[dict[str, Any]], out_dir: Path) -> Pat
                 axis.plot(row["depth"], row["stem_over_head_mean"], "o" if skip == "plain" else "s",
                           color=colour_for(row["model"].split()[0]), zorder=2)
             for row in (r for r in mine if r not in shown):
-                axis.plot(row["depth"], top, "x", markersize=9, color=colour_for(row["model"].split()[0]))
+                axis.plot(row["depth"], top, "x", markersize=9,
+                          color=colour_for(row["model"].split()[0]))
                 axis.annotate(f"{skip}{row['depth']}: overflow", (row["depth"], top), fontsize=7,
                               textcoords="offset points", xytext=(-6, -14), ha="right")
         axis.axhline(1.0, color="0.6", linewidth=1, linestyle=":")
@@ -232,7 +239,8 @@ def plot_gradient_profile(rows: Sequence[dict[str, Any]], out_dir: Path) -> Path
     from zoo.figures import legend, plt, save, style_for
 
     summary = summarise_gradients(rows)
-    panels = list(dict.fromkeys(r["family"] for r in summary if r["family"].startswith(("plain", "ResNet"))))
+    panels = list(dict.fromkeys(r["family"] for r in summary
+                                if r["family"].startswith(("plain", "ResNet"))))
     columns = max(1, min(2, len(panels)))
     grid_rows = max(1, math.ceil(len(panels) / columns))
     figure, axes = plt.subplots(grid_rows, columns, figsize=(5.5 * columns, 4.2 * grid_rows),
@@ -258,4 +266,5 @@ def plot_gradient_profile(rows: Sequence[dict[str, Any]], out_dir: Path) -> Path
 
 def plot_gradient_at_init(rows: Sequence[dict[str, Any]], out_dir: Path) -> list[Path]:
     """Both figures from the tidy per-unit rows: the ratio against depth and the profiles."""
-    return [plot_gradient_ratio(summarise_gradients(rows), out_dir), plot_gradient_profile(rows, out_dir)]
+    return [plot_gradient_ratio(summarise_gradients(rows), out_dir),
+            plot_gradient_profile(rows, out_dir)]

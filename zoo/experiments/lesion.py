@@ -23,6 +23,7 @@ import itertools
 import json
 import math
 import random
+import statistics
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -271,7 +272,8 @@ def lesion_runs(
         batches = cache[key]
         net, model_cfg = load_network(checkpoint)
         net = net.to(device)
-        run = checkpoint.parent.parent.name if checkpoint.parent.name == "checkpoints" else checkpoint.stem
+        in_run = checkpoint.parent.name == "checkpoints"
+        run = checkpoint.parent.parent.name if in_run else checkpoint.stem
         facts = {"run": run, "model": model_cfg["name"], "skip": family_of(model_cfg["name"]),
                  "checkpoint": str(checkpoint), "split": split,
                  "images": sum(len(b[1]) for b in batches),
@@ -283,8 +285,8 @@ def lesion_runs(
     return single, randomised
 
 
-def lesion_checkpoints(checkpoints: Sequence[Path], data_cfg: Any | None = None, split: str = "test",
-                       max_images: int | None = None) -> list[dict[str, Any]]:
+def lesion_checkpoints(checkpoints: Sequence[Path], data_cfg: Any | None = None,
+                       split: str = "test", max_images: int | None = None) -> list[dict[str, Any]]:
     """The single-block rows of :func:`lesion_runs` (each block deleted in turn)."""
     return lesion_runs(checkpoints, data_cfg, split, max_images)[0]
 
@@ -293,8 +295,10 @@ def lesion_checkpoints(checkpoints: Sequence[Path], data_cfg: Any | None = None,
 
 
 def _runs(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    """Rows per run in order; a run is labelled by its model, plus its name when two runs share one."""
-    by_run = {run: [r for r in rows if r["run"] == run] for run in dict.fromkeys(r["run"] for r in rows)}
+    """Rows per run in order; a run is labelled by its model, plus its name when two runs share
+    a model."""
+    by_run = {run: [r for r in rows if r["run"] == run]
+              for run in dict.fromkeys(r["run"] for r in rows)}
     models = [mine[0]["model"] for mine in by_run.values()]
     return {(m if models.count(m) == 1 else f"{m} ({run})"): mine
             for (run, mine), m in zip(by_run.items(), models)}
@@ -305,10 +309,10 @@ def lesion_finding(single_rows: Sequence[dict[str, Any]]) -> str:
     parts = []
     for label, mine in _runs(single_rows).items():
         intact = next(r["accuracy"] for r in mine if r["deleted"] == "intact")
-        one = sorted(r["accuracy"] for r in mine if r["deleted"] != "intact"
-                     and not r["downsampling"] and not math.isnan(r["accuracy"]))
+        one = [r["accuracy"] for r in mine if r["deleted"] != "intact"
+               and not r["downsampling"] and not math.isnan(r["accuracy"])]
         if one:
-            parts.append(f"{label} {intact:.0%} -> median {one[len(one) // 2]:.0%}")
+            parts.append(f"{label} {intact:.0%} -> median {statistics.median(one):.0%}")
     chance = single_rows[0]["chance"]
     return f"One block deleted: {', '.join(parts)} (chance {chance:.0%})"
 
@@ -321,15 +325,18 @@ def _draw_single(axis: Any, single_rows: Sequence[dict[str, Any]]) -> None:
         intact = next(r["accuracy"] for r in mine if r["deleted"] == "intact")
         deleted = [r for r in mine if r["deleted"] != "intact"]
         xs = list(range(1, len(deleted) + 1))
-        axis.plot(xs, [r["accuracy"] for r in deleted], marker=".", label=f"{label} (intact {intact:.2f})",
-                  **style)
+        axis.plot(xs, [r["accuracy"] for r in deleted], marker=".",
+                  label=f"{label} (intact {intact:.2f})", **style)
         axis.axhline(intact, color=style["color"], linestyle=":", linewidth=1)
-        down = [(x, r["accuracy"]) for x, r in zip(xs, deleted) if r["downsampling"] and not math.isnan(r["accuracy"])]
-        axis.plot([x for x, _ in down], [a for _, a in down], "o", fillstyle="none", color=style["color"])
+        down = [(x, r["accuracy"]) for x, r in zip(xs, deleted)
+                if r["downsampling"] and not math.isnan(r["accuracy"])]
+        axis.plot([x for x, _ in down], [a for _, a in down], "o", fillstyle="none",
+                  color=style["color"])
         refused = [x for x, r in zip(xs, deleted) if math.isnan(r["accuracy"])]
         axis.plot(refused, [0.0] * len(refused), "x", color=style["color"])
-    axis.set(xlabel="deleted block (1 = first block after the stem; o: downsampling, x: cannot be deleted)",
-             ylabel=f"{single_rows[0]['split']} accuracy", ylim=(0, 1.02), title=lesion_finding(single_rows))
+    axis.set(xlabel="deleted block (1 = first after the stem; o: downsampling, x: not deletable)",
+             ylabel=f"{single_rows[0]['split']} accuracy", ylim=(0, 1.02),
+             title=lesion_finding(single_rows))
 
 
 def _draw_random(axis: Any, random_rows: Sequence[dict[str, Any]]) -> None:
@@ -340,7 +347,8 @@ def _draw_random(axis: Any, random_rows: Sequence[dict[str, Any]]) -> None:
         ks = sorted({r["k"] for r in mine})
         draws = {k: [r["accuracy"] for r in mine if r["k"] == k] for k in ks}
         means = [sum(v) / len(v) for v in draws.values()]
-        stds = [math.sqrt(sum((a - m) ** 2 for a in v) / len(v)) for v, m in zip(draws.values(), means)]
+        stds = [math.sqrt(sum((a - m) ** 2 for a in v) / len(v))
+                for v, m in zip(draws.values(), means)]
         axis.errorbar(ks, means, yerr=stds, marker=".", label=label, **style_for(mine[0]["model"]))
         parts.append(f"{label} {means[-1]:.0%} at k={ks[-1]}")
     counts = [(r["run"], r["k"]) for r in random_rows]
@@ -363,7 +371,8 @@ def plot_lesion(single_rows: Sequence[dict[str, Any]], out_dir: Path,
     if random_rows:
         _draw_random(axes[0, 1], random_rows)
     for axis in axes[0]:
-        axis.axhline(single_rows[0]["chance"], color="0.5", linestyle="-.", linewidth=1, label="chance")
+        axis.axhline(single_rows[0]["chance"], color="0.5", linestyle="-.", linewidth=1,
+                     label="chance")
         legend(axis, fontsize=7)
     first = single_rows[0]
     figure.suptitle(f"Lesion (Veit et al. 2016): accuracy of trained nets with blocks deleted, "

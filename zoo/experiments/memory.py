@@ -52,7 +52,8 @@ def build_net(name: str, memory_efficient: bool, in_channels: int = 3) -> nn.Mod
     with n bottleneck layers per dense block instead of 16."""
     match = _DENSENET_BC.match(name)
     if match is None or name in zoo.list_models():
-        return zoo.create(name, num_classes=10, in_channels=in_channels, memory_efficient=memory_efficient)
+        return zoo.create(name, num_classes=10, in_channels=in_channels,
+                          memory_efficient=memory_efficient)
     from zoo.models import densenet
 
     depth = int(match.group(1))
@@ -60,7 +61,8 @@ def build_net(name: str, memory_efficient: bool, in_channels: int = 3) -> nn.Mod
         raise ValueError(f"{name}: DenseNet-BC depths are 6n+4 (10, 16, ..., 40, 64, 100, ...)")
     layers = (depth - 4) // 6
     variant = {**densenet.VARIANTS["densenet_bc_100_12"], "block_config": (layers,) * 3}
-    return densenet.build(variant, num_classes=10, in_channels=in_channels, memory_efficient=memory_efficient)
+    return densenet.build(variant, num_classes=10, in_channels=in_channels,
+                          memory_efficient=memory_efficient)
 
 
 def timed(step: Callable[[], None], repeats: int, device: torch.device) -> float:
@@ -114,7 +116,8 @@ def measure_memory(name: str, memory_efficient: bool, batch_size: int = 64, imag
     return {
         "model": name, "skip": family_of(name), "depth": depth_of(name),
         "memory_efficient": memory_efficient, "device": where.type, "batch_size": batch_size,
-        "image_size": image_size, "parameters": zoo.count_parameters(net), "weights_mb": weights / MiB,
+        "image_size": image_size, "parameters": zoo.count_parameters(net),
+        "weights_mb": weights / MiB,
         "train_peak_mb": math.nan if train_peak is None else train_peak,
         "inference_peak_mb": math.nan if inference_peak is None else inference_peak,
         "saved_for_backward_mb": saved / MiB, "step_time_ms": 1000 * step_seconds,
@@ -122,10 +125,11 @@ def measure_memory(name: str, memory_efficient: bool, batch_size: int = 64, imag
     }
 
 
-def memory_rows(models: Sequence[str], dense_depths: Sequence[int], report: Callable[[dict], None] = print,
-                **sizes: Any) -> list[dict[str, Any]]:
+def memory_rows(models: Sequence[str], dense_depths: Sequence[int],
+                report: Callable[[dict], None] = print, **sizes: Any) -> list[dict[str, Any]]:
     """Every net of ``models`` (group ``comparison``) and DenseNet-BC-{depth}-12 for each depth
-    (group ``densenet_depth``), each as built and memory-efficient; a net in both is measured once."""
+    (group ``densenet_depth``), each as built and memory-efficient; a net in both is measured
+    once."""
     plan = [(name, "comparison") for name in models]
     plan += [(f"densenet_bc_{d}_12", "densenet_depth") for d in dense_depths
              if f"densenet_bc_{d}_12" not in models]
@@ -157,8 +161,8 @@ def _draw_comparison(axis: Any, rows: Sequence[dict[str, Any]]) -> None:
     labels = [r["model"] + (" (mem-eff)" if r["memory_efficient"] else "") for r in compared]
     positions = range(len(compared))
     for offset, key, hatch in ((-0.2, "train_peak_mb", ""), (0.2, "inference_peak_mb", "//")):
-        axis.barh([p + offset for p in positions], [r[key] for r in compared], height=0.4, hatch=hatch,
-                  color=[colour_for(r["model"]) for r in compared], edgecolor="white",
+        axis.barh([p + offset for p in positions], [r[key] for r in compared], height=0.4,
+                  hatch=hatch, color=[colour_for(r["model"]) for r in compared], edgecolor="white",
                   alpha=0.55 if hatch else 1.0, label=key.replace("_mb", "").replace("_", " "))
     axis.set_yticks(list(positions), labels)
     axis.invert_yaxis()
@@ -170,8 +174,8 @@ def _draw_dense_depth(axis: Any, rows: Sequence[dict[str, Any]]) -> None:
     for efficient, style in ((False, "-"), (True, ":")):
         mine = [r for r in dense if r["memory_efficient"] == efficient]
         name = "memory-efficient" if efficient else "as built"
-        axis.plot([r["depth"] for r in mine], [r["saved_for_backward_mb"] for r in mine], marker="o",
-                  linestyle=style, color="#637939", label=f"activations kept, {name}")
+        axis.plot([r["depth"] for r in mine], [r["saved_for_backward_mb"] for r in mine],
+                  marker="o", linestyle=style, color="#637939", label=f"activations kept, {name}")
         axis.plot([r["depth"] for r in mine], [r["train_peak_mb"] for r in mine], marker="s",
                   linestyle=style, color="#843c39", label=f"training peak, {name}")
     title = "DenseNet-BC-k12 memory against depth"

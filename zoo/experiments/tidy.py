@@ -49,9 +49,11 @@ def _parse(value: str) -> Any:
 def read_csv(path: Path) -> list[dict[str, Any]]:
     """Rows written by :func:`write_csv`, with numbers and booleans parsed back."""
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: run the experiment with --out {path.parent} first")
+        raise FileNotFoundError(f"{path} is missing: run the experiment with --out {path.parent} "
+                                "first")
     with path.open(newline="") as handle:
-        return [{key: _parse(value) for key, value in row.items()} for row in csv.DictReader(handle)]
+        rows = csv.DictReader(handle)
+        return [{key: _parse(value) for key, value in row.items()} for row in rows]
 
 
 def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
@@ -104,8 +106,8 @@ def git_dirty(folder: Path | None = None) -> bool | None:
     """Whether the working tree had uncommitted changes (None outside a repository)."""
     folder = folder or Path(__file__).resolve().parent
     try:
-        result = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=folder,
-                                capture_output=True, text=True, timeout=10, check=False)
+        result = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                                cwd=folder, capture_output=True, text=True, timeout=10, check=False)
     except (OSError, subprocess.SubprocessError):
         return None
     return bool(result.stdout.strip()) if result.returncode == 0 else None

@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Every experiment of docs/RESULTS.md at CPU size, exactly as it was run for that page (2-core
+# CPU, bf16 autocast through trainer.precision=auto). Each writes its runs under multirun/ and
+# its tidy results under docs/results/<experiment>/; `python -m zoo.results redraw` then draws
+# every figure and table from docs/results/ alone.
+#
+#   bash scripts/cpu_experiments.sh degradation      # one experiment (~40 min)
+#   bash scripts/cpu_experiments.sh all              # all of them, one after the other
+#
+# GPU-size versions: scripts/gpu_experiments.sh.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export WANDB_MODE=offline WANDB_SILENT=true PYTHONUNBUFFERED=1
+runs="${RUNS:-multirun}"
+results="${RESULTS:-docs/results}"
+
+degradation() {  # plain/residual x depth 8..110 x 3 seeds, Fashion-MNIST 8k x 5 epochs
+  python train.py -m experiment=degradation_cpu hydra.sweep.dir="$runs/degradation_cpu"
+  python -m zoo.results collect "$runs/degradation_cpu" --out "$results/degradation"
+}
+
+lr_sweep() {  # plain-56's failure is not a learning-rate artefact: 4 rates x 3 seeds
+  python train.py -m experiment=degradation_cpu model=plain56,resnet56 optim.lr=0.025,0.05,0.2 \
+    seed=0,1,2 hydra.sweep.dir="$runs/degradation_lr"
+  python -m zoo.results collect "$runs/degradation_lr" "$runs/degradation_cpu"/*-plain56-* \
+    "$runs/degradation_cpu"/*-resnet56-* --out "$results/degradation_lr"
+}
+
+lesion() {  # on the trained nets of the degradation sweep, full test split
+  python -m zoo.experiments lesion "$runs/degradation_cpu"/*-resnet56-* \
+    "$runs/degradation_cpu"/*-plain20-* "$runs/degradation_cpu"/*-plain56-* \
+    --split test --max-images 0 --max-deleted 8 --draws 3 --bf16 --out "$results/lesion"
+}
+
+gradient_at_init() {
+  python -m zoo.experiments gradient_at_init --out "$results/gradient_at_init" \
+    --depths 8 20 32 44 56 110 218 1202 --seeds 3 --norms batch none
+}
+
+memory() {
+  python -m zoo.experiments memory --out "$results/memory"
+}
+
+explosion() {  # default guard bounds; the first bad step is recorded in each run.json
+  local common=(experiment=explosion_cpu seed=0,1,2)
+  python train.py -m "${common[@]}" model=plain56 model.norm=none model.init_gain=1.0,1.2 \
+    hydra.sweep.dir="$runs/explosion_cpu/plain" || true   # exit 3: some runs diverge, as expected
+  python train.py -m "${common[@]}" model=resnet56 model.norm=none \
+    model.zero_init_residual=false,true hydra.sweep.dir="$runs/explosion_cpu/resnet_nonorm" || true
+  python train.py -m "${common[@]}" model=resnet56 hydra.sweep.dir="$runs/explosion_cpu/resnet_bn"
+  python -m zoo.results collect "$runs/explosion_cpu" --out "$results/explosion"
+}
+
+add_vs_concat() {  # addition against concatenation at equal parameters and equal seconds
+  python train.py -m experiment=add_vs_concat_cpu hydra.sweep.dir="$runs/add_vs_concat_cpu"
+  python -m zoo.results collect "$runs/add_vs_concat_cpu" --out "$results/add_vs_concat"
+}
+
+depth_1000() {  # narrow 1202/1001-layer nets against shallow nets of the same width and budget
+  python train.py -m experiment=depth_1000_cpu hydra.sweep.dir="$runs/depth_1000_cpu" || true
+  python -m zoo.results collect "$runs/depth_1000_cpu" --out "$results/depth_1000"
+}
+
+precision_parity() {  # bf16 against fp32 on the CPU: accuracy (docs/BENCHMARKS.md)
+  python train.py -m model=resnet20 data=fashion_mnist data.train_subset=20000 \
+    trainer.max_epochs=2 trainer.precision=32-true,bf16-mixed seed=0,1,2 logger=csv \
+    callbacks.progress_bar=none hydra.sweep.dir="$runs/precision_parity"
+  python -m zoo.results collect "$runs/precision_parity" --out "$results/precision_parity"
+}
+
+all() {
+  gradient_at_init; memory; degradation; lr_sweep; lesion; explosion; add_vs_concat; depth_1000
+  precision_parity
+  python -m zoo.results redraw "$results"
+}
+
+"${1:-all}"

@@ -14,8 +14,10 @@ import pytest
 
 import zoo
 from zoo import bench
+from zoo.precision import cpu_flags
 
-ENVIRONMENT_FIELDS = ("device", "device_name", "cpu_cores", "torch", "size")
+ENVIRONMENT_FIELDS = ("device", "device_name", "cpu_model", "cpu_cores", "cpu_avx512_bf16",
+                      "cpu_amx_bf16", "torch", "pytorch_lightning", "size")
 COMPARISON_FIELDS = ("benchmark", "case", "zoo", "baseline", "zoo_img_per_s", "baseline_img_per_s",
                      "ratio", "ratio_paired_median", "repeats")
 TINY = ["--device", "cpu", "--size", "small", "--repeats", "1", "--threads", "1"]
@@ -30,6 +32,9 @@ def check_records(records: list[dict], out_file, benchmark: str) -> None:
             assert field in record, f"{record['case']}: no {field!r}"
         assert record["device"] == "cpu" and record["cpu_cores"] >= 1
         assert record["torch"] == __import__("torch").__version__
+        flags = cpu_flags()
+        assert (record["cpu_avx512_bf16"], record["cpu_amx_bf16"]) == (
+            "avx512_bf16" in flags, "amx_bf16" in flags)
         assert record["zoo_img_per_s"] > 0 and record["baseline_img_per_s"] > 0
         assert math.isclose(record["ratio"], record["zoo_img_per_s"] / record["baseline_img_per_s"])
         assert record["ratio_paired_median"] > 0
@@ -38,7 +43,7 @@ def check_records(records: list[dict], out_file, benchmark: str) -> None:
 def test_loop_compares_every_variant_with_the_hand_written_loop(tmp_path, capsys):
     out = tmp_path / "bench.jsonl"
     records = bench.main(["loop", *TINY, "--steps", "4", "--warmup-steps", "1", "--batch-size", "4",
-                          "--out", str(out)])
+                          "--precision", "32-true", "--out", str(out)])
     check_records(records, out, "loop")
     assert [r["case"] for r in records] == list(bench.LOOP_VARIANTS)
     for record in records:
@@ -47,8 +52,54 @@ def test_loop_compares_every_variant_with_the_hand_written_loop(tmp_path, capsys
         assert record["target"] == (0.97 if record["case"] == "zoo" else 0.95)
     # the same baseline figure in every record: one baseline, measured in the same run
     assert len({r["baseline_img_per_s"] for r in records}) == 1
-    printed = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    stdout = capsys.readouterr().out
+    printed = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
     assert printed == records
+    # and a table for a person at the end: one row per record
+    table = stdout.split("\nbenchmark ")[1].splitlines()
+    assert len(table) == 2 + len(records) and "zoo_gradient_flow" in table[3]
+
+
+def test_loop_at_both_precisions_reports_bf16_over_fp32_from_the_same_run(tmp_path):
+    out = tmp_path / "bench.jsonl"
+    records = bench.main(["loop", *TINY, "--steps", "3", "--warmup-steps", "1", "--batch-size", "2",
+                          "--model", "resnet8", "--input", "1x28x28", "--variants", "zoo",
+                          "--precision", "32-true", "bf16-mixed", "--channels-last", "off",
+                          "--out", str(out)])
+    check_records(records, out, "loop")
+    by_case = {(r["case"], r["precision"]): r for r in records}
+    assert sorted(by_case) == [
+        ("hand_loop_bf16_over_fp32", "bf16-mixed / 32-true"), ("zoo", "32-true"),
+        ("zoo", "bf16-mixed"), ("zoo_bf16_over_fp32", "bf16-mixed / 32-true")]
+    fp32, bf16 = by_case[("zoo", "32-true")], by_case[("zoo", "bf16-mixed")]
+    for record in records:
+        assert record["input_shape"] == [1, 28, 28] and record["model"] == "resnet8"
+    assert fp32["channels_last"] is False and bf16["channels_last"] is False
+    # each ratio is of figures measured in this run: the zoo's and the hand loop's rates
+    zoo_speedup = by_case[("zoo_bf16_over_fp32", "bf16-mixed / 32-true")]
+    assert zoo_speedup["zoo_img_per_s"] == bf16["zoo_img_per_s"]
+    assert zoo_speedup["baseline_img_per_s"] == fp32["zoo_img_per_s"]
+    hand_speedup = by_case[("hand_loop_bf16_over_fp32", "bf16-mixed / 32-true")]
+    assert hand_speedup["zoo_img_per_s"] == bf16["baseline_img_per_s"]
+    assert hand_speedup["baseline_img_per_s"] == fp32["baseline_img_per_s"]
+    assert hand_speedup["target"] == (1.6 if records[0]["cpu_avx512_bf16"] or
+                                      records[0]["cpu_amx_bf16"] else None)
+
+
+def test_precision_auto_is_what_train_py_picks():
+    from zoo.precision import choose_precision
+
+    args = bench.parse_args(["loop", "--device", "cpu"])
+    bench.cli.resolve_numerics(args, __import__("torch").device("cpu"))
+    assert args.precisions == [choose_precision("auto", "cpu", 32)[0]]
+    assert args.channels_last_of == {args.precisions[0]: True}  # channels_last=auto on the CPU
+
+
+def test_a_bad_input_shape_gets_one_line(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        bench.parse_args(["loop", "--input", "28x28"])
+    assert exit_.value.code == 2
+    assert "'28x28': give CxHxW, e.g. 1x28x28" in capsys.readouterr().err
 
 
 def test_loop_refuses_a_run_with_no_timed_step():
@@ -58,7 +109,8 @@ def test_loop_refuses_a_run_with_no_timed_step():
 
 def test_data_compares_the_device_loader_with_the_best_dataloader(tmp_path):
     out = tmp_path / "bench.jsonl"
-    records = bench.main(["data", *TINY, "--workers", "0,1", "--images", "256", "--batch-size", "64", "--out", str(out)])
+    records = bench.main(["data", *TINY, "--workers", "0,1", "--images", "256", "--batch-size", "64",
+                          "--precision", "32-true", "--out", str(out)])
     check_records(records, out, "data")
     assert [r["case"] for r in records] == [
         "cifar_shape_iterate", "fashion_mnist_shape_iterate", "cifar_shape_resnet20"]
@@ -77,7 +129,8 @@ def test_data_compares_the_device_loader_with_the_best_dataloader(tmp_path):
 def test_models_measures_speed_and_memory_with_and_without_memory_efficient_mode(tmp_path):
     out = tmp_path / "bench.jsonl"
     records = bench.main(["models", *TINY, "--models", "resnet20,densenet40_12", "--batch-size", "2",
-                          "--steps", "1", "--warmup-steps", "1", "--no-compile", "--out", str(out)])
+                          "--steps", "1", "--warmup-steps", "1", "--no-compile", "--precision", "32-true",
+                          "--out", str(out)])
     check_records(records, out, "models")
     assert [(r["model"], r["memory_efficient"], r["compiled"]) for r in records] == [
         ("resnet20", False, False), ("resnet20", True, False),
@@ -98,6 +151,23 @@ def test_models_measures_speed_and_memory_with_and_without_memory_efficient_mode
     dense, dense_checkpointed = records[2], records[3]
     # checkpointing the bottlenecks must save memory (issue target: <= 0.55x at full size)
     assert dense_checkpointed["peak_memory_mb"] < dense["peak_memory_mb"]
+
+
+def test_models_at_both_precisions(tmp_path):
+    out = tmp_path / "bench.jsonl"
+    records = bench.main(["models", *TINY, "--models", "resnet20", "--batch-size", "2", "--steps", "1",
+                          "--warmup-steps", "1", "--no-compile", "--precision", "32-true", "bf16-mixed",
+                          "--out", str(out)])
+    check_records(records, out, "models")
+    assert [(r["case"], r["precision"]) for r in records] == [
+        ("resnet20_eager", "32-true"), ("resnet20_eager_memory_efficient", "32-true"),
+        ("resnet20_eager", "bf16-mixed"), ("resnet20_eager_memory_efficient", "bf16-mixed"),
+        ("resnet20_bf16_over_fp32", "bf16-mixed / 32-true")]
+    fp32, bf16, speedup = records[0], records[2], records[4]
+    assert speedup["zoo_img_per_s"] == bf16["zoo_img_per_s"]
+    assert speedup["baseline_img_per_s"] == fp32["zoo_img_per_s"]
+    if not bf16["memory_method"].startswith("unavailable"):
+        assert bf16["peak_memory_mb"] > 0 and bf16["baseline_peak_memory_mb"] == bf16["peak_memory_mb"]
 
 
 def test_native_resolution_per_family():
@@ -129,7 +199,8 @@ def test_fmnist_speed_experiment_composes(compose):
     assert cfg.model.name == "resnet18" and cfg.model.stem == "cifar"
     assert cfg.data.name == "fashion_mnist" and cfg.data.loader == "device"
     assert cfg.data.batch_size == 512
-    assert cfg.trainer.accelerator == "gpu" and cfg.trainer.precision == "bf16-mixed"
+    # precision=auto: bf16-mixed on a bf16 GPU (zoo.precision)
+    assert cfg.trainer.accelerator == "gpu" and cfg.trainer.precision == "auto"
     # keys at the top level of train.yaml: the overlay must win over train.yaml's defaults
     assert cfg.group == "fmnist_speed"
     assert cfg.channels_last is True and cfg.label_smoothing == 0.1

@@ -1,0 +1,5 @@
+"""``python -m zoo.bench``: see :mod:`zoo.bench`."""
+
+from zoo.bench.cli import main
+
+main()

@@ -19,8 +19,8 @@ degradation() {  # plain/residual x depth 8..110 x 3 seeds, Fashion-MNIST 8k x 5
   python -m zoo.results collect "$runs/degradation_cpu" --out "$results/degradation"
 }
 
-lr_sweep() {  # plain-56's failure is not a learning-rate artefact: 4 rates x 3 seeds
-  python train.py -m experiment=degradation_cpu model=plain56,resnet56 optim.lr=0.025,0.05,0.2 \
+lr_sweep() {  # plain-56's failure is not a learning-rate artefact: 3 more rates x 3 seeds
+  python train.py -m experiment=degradation_cpu model=plain56 optim.lr=0.025,0.05,0.2 \
     seed=0,1,2 hydra.sweep.dir="$runs/degradation_lr"
   python -m zoo.results collect "$runs/degradation_lr" "$runs/degradation_cpu"/*-plain56-* \
     "$runs/degradation_cpu"/*-resnet56-* --out "$results/degradation_lr"

@@ -25,10 +25,7 @@ from zoo.callbacks.gradient_flow import (
 )
 from zoo.callbacks.publish import TidyCsvFile
 from zoo.callbacks.residual_gain import RESIDUAL_GAIN_COLUMNS, ResidualGainCallback
-from zoo.measure.gradients import GradientNormMeter, SharedGradientNorms  # noqa: F401
-
-# GradientNormMeter lives in zoo.measure.gradients; re-exported only until zoo.experiments imports
-# it from there (issue 12 moves it; remove this line then).
+from zoo.measure.gradients import SharedGradientNorms
 
 MEASUREMENT_CALLBACKS: dict[str, type[pl.Callback]] = {
     "gradient_flow": GradientFlowCallback,

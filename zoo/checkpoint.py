@@ -58,7 +58,10 @@ def safe_load(path: str | Path) -> Any:
     """``torch.load`` for files from strangers: data only, with errors that name the file."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"{path} {what_is_there(path)}; give the path of a checkpoint file")
+        what = what_is_there(path)  # checked before opening: reading a FIFO would block
+        if what == "does not exist":
+            raise CheckpointError(f"checkpoint file not found: {path}")
+        raise CheckpointError(f"{path} {what}; give the path of a checkpoint file")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:

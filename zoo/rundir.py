@@ -1,9 +1,12 @@
 """Run directories: unique per launch, and checked before Hydra writes into them.
 
-* ``${launch_id:}`` (in ``configs/train.yaml``'s ``hydra.run.dir`` and ``hydra.sweep.dir``): four
-  random hex digits drawn once per process. With the microseconds of ``${now:}``, two runs
-  launched at once (a SLURM array, a parallel launcher) never share a directory, where the old
-  ``HH-MM-SS-name`` made them overwrite each other's checkpoints.
+* ``${launch_id:}`` (in ``configs/train.yaml``'s ``hydra.run.dir`` and ``hydra.sweep.dir``): six
+  hex digits, drawn at random once per process, so that two runs launched in the same second
+  (a SLURM array, a parallel launcher) never share a directory, where the old ``HH-MM-SS-name``
+  made them overwrite each other's checkpoints. The processes of one multi-process launch
+  (``srun`` with several tasks, ``torchrun``) derive it from their launcher's ids instead, so
+  that they agree on one directory as before (Lightning's own DDP launcher passes the directory
+  to its workers). A finer timestamp would break that agreement, so the time stays in seconds.
 * :class:`RunDirectoryCheck`, a Hydra callback: a run directory that cannot be written (a
   read-only disk, ``/proc``, a full disk) gets one line and exit code 2 (74 when the disk is
   full) instead of Hydra's traceback from its own ``mkdir``.
@@ -12,6 +15,7 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import secrets
 import sys
@@ -21,7 +25,19 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-LAUNCH_ID = secrets.token_hex(2)  # one per process: DDP workers get the directory by override
+
+def _launch_id() -> str:
+    slurm_tasks = int(os.environ.get("SLURM_NTASKS", "1") or 1)
+    if slurm_tasks > 1 and os.environ.get("SLURM_JOB_ID"):
+        shared = f"slurm:{os.environ['SLURM_JOB_ID']}.{os.environ.get('SLURM_STEP_ID', '')}"
+    elif os.environ.get("TORCHELASTIC_RUN_ID"):  # torchrun's workers are its children
+        shared = f"torchrun:{os.environ['TORCHELASTIC_RUN_ID']}:{os.getppid()}:{os.environ.get('MASTER_PORT')}"
+    else:
+        return secrets.token_hex(3)
+    return hashlib.sha256(shared.encode()).hexdigest()[:6]
+
+
+LAUNCH_ID = _launch_id()
 DISK_FULL_EXIT_CODE = 74  # sysexits.h EX_IOERR; used for "no space left on device" only
 BAD_INPUT_EXIT_CODE = 2
 

@@ -258,7 +258,7 @@ def whole_number_labels(path: Path, labels: object) -> np.ndarray:
         raise CorruptDataError(f"{path}: the labels are not a list of numbers ({error}); {REFETCH}") from None
     if array.ndim != 1:
         raise CorruptDataError(f"{path}: the labels must be a flat list, found shape {array.shape}; {REFETCH}")
-    if array.dtype.kind not in "iu":
+    if array.dtype.kind not in "iu" and array.size > 0:  # [] reads as float64: no labels is not bad
         values = array.tolist()
         bad = next((v for v in values if isinstance(v, float) and not v.is_integer()), None) or next(
             (v for v in values if isinstance(v, bool) or not isinstance(v, int) or not -2**63 <= v < 2**63),

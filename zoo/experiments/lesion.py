@@ -292,27 +292,46 @@ def lesion_checkpoints(checkpoints: Sequence[Path], data_cfg: Any | None = None,
 
 
 # ---------------------------------------------------------------- figure (from tidy rows)
+# Runs of one model (its seeds) are pooled: each point is the mean over runs (and draws), the
+# bar their std, so that a sweep with seeds gives one curve per model.
 
 
-def _runs(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    """Rows per run in order; a run is labelled by its model, plus its name when two runs share
-    a model."""
-    by_run = {run: [r for r in rows if r["run"] == run]
-              for run in dict.fromkeys(r["run"] for r in rows)}
-    models = [mine[0]["model"] for mine in by_run.values()]
-    return {(m if models.count(m) == 1 else f"{m} ({run})"): mine
-            for (run, mine), m in zip(by_run.items(), models)}
+def _by_model(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    return {model: [r for r in rows if r["model"] == model]
+            for model in dict.fromkeys(r["model"] for r in rows)}
+
+
+def _label(model: str, rows: Sequence[dict[str, Any]]) -> str:
+    runs = len({r["run"] for r in rows})
+    return model if runs == 1 else f"{model} ({runs} runs)"
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    if any(math.isnan(v) for v in values):  # a block that cannot be deleted
+        return math.nan, math.nan
+    return statistics.fmean(values), statistics.pstdev(values) if len(values) > 1 else 0.0
+
+
+def _per_block(mine: Sequence[dict[str, Any]]) -> tuple[float, list[dict[str, Any]]]:
+    """Mean intact accuracy and, per deleted block in depth order, the mean ± std over runs."""
+    intact = statistics.fmean(r["accuracy"] for r in mine if r["deleted"] == "intact")
+    blocks = list(dict.fromkeys(r["unit_name"] for r in mine if r["deleted"] != "intact"))
+    points = []
+    for name in blocks:
+        rows = [r for r in mine if r["unit_name"] == name]
+        mean, std = _mean_std([r["accuracy"] for r in rows])
+        points.append({"mean": mean, "std": std, "downsampling": rows[0]["downsampling"]})
+    return intact, points
 
 
 def lesion_finding(single_rows: Sequence[dict[str, Any]]) -> str:
-    """Per run: the median accuracy with one non-downsampling block deleted, against intact."""
+    """Per model: the median accuracy with one non-downsampling block deleted, against intact."""
     parts = []
-    for label, mine in _runs(single_rows).items():
-        intact = next(r["accuracy"] for r in mine if r["deleted"] == "intact")
-        one = [r["accuracy"] for r in mine if r["deleted"] != "intact"
-               and not r["downsampling"] and not math.isnan(r["accuracy"])]
+    for model, mine in _by_model(single_rows).items():
+        intact, points = _per_block(mine)
+        one = [p["mean"] for p in points if not p["downsampling"] and not math.isnan(p["mean"])]
         if one:
-            parts.append(f"{label} {intact:.0%} -> median {statistics.median(one):.0%}")
+            parts.append(f"{model} {intact:.0%} -> median {statistics.median(one):.0%}")
     chance = single_rows[0]["chance"]
     return f"One block deleted: {', '.join(parts)} (chance {chance:.0%})"
 
@@ -320,19 +339,18 @@ def lesion_finding(single_rows: Sequence[dict[str, Any]]) -> str:
 def _draw_single(axis: Any, single_rows: Sequence[dict[str, Any]]) -> None:
     from zoo.figures import style_for
 
-    for label, mine in _runs(single_rows).items():
-        style = style_for(mine[0]["model"])
-        intact = next(r["accuracy"] for r in mine if r["deleted"] == "intact")
-        deleted = [r for r in mine if r["deleted"] != "intact"]
-        xs = list(range(1, len(deleted) + 1))
-        axis.plot(xs, [r["accuracy"] for r in deleted], marker=".",
-                  label=f"{label} (intact {intact:.2f})", **style)
+    for model, mine in _by_model(single_rows).items():
+        style = style_for(model)
+        intact, points = _per_block(mine)
+        xs = list(range(1, len(points) + 1))
+        axis.errorbar(xs, [p["mean"] for p in points], yerr=[p["std"] for p in points],
+                      marker=".", label=f"{_label(model, mine)} (intact {intact:.2f})", **style)
         axis.axhline(intact, color=style["color"], linestyle=":", linewidth=1)
-        down = [(x, r["accuracy"]) for x, r in zip(xs, deleted)
-                if r["downsampling"] and not math.isnan(r["accuracy"])]
+        down = [(x, p["mean"]) for x, p in zip(xs, points)
+                if p["downsampling"] and not math.isnan(p["mean"])]
         axis.plot([x for x, _ in down], [a for _, a in down], "o", fillstyle="none",
                   color=style["color"])
-        refused = [x for x, r in zip(xs, deleted) if math.isnan(r["accuracy"])]
+        refused = [x for x, p in zip(xs, points) if math.isnan(p["mean"])]
         axis.plot(refused, [0.0] * len(refused), "x", color=style["color"])
     axis.set(xlabel="deleted block (1 = first after the stem; o: downsampling, x: not deletable)",
              ylabel=f"{single_rows[0]['split']} accuracy", ylim=(0, 1.02),
@@ -343,18 +361,16 @@ def _draw_random(axis: Any, random_rows: Sequence[dict[str, Any]]) -> None:
     from zoo.figures import style_for
 
     parts = []
-    for label, mine in _runs(random_rows).items():
+    for model, mine in _by_model(random_rows).items():
         ks = sorted({r["k"] for r in mine})
-        draws = {k: [r["accuracy"] for r in mine if r["k"] == k] for k in ks}
-        means = [sum(v) / len(v) for v in draws.values()]
-        stds = [math.sqrt(sum((a - m) ** 2 for a in v) / len(v))
-                for v, m in zip(draws.values(), means)]
-        axis.errorbar(ks, means, yerr=stds, marker=".", label=label, **style_for(mine[0]["model"]))
-        parts.append(f"{label} {means[-1]:.0%} at k={ks[-1]}")
-    counts = [(r["run"], r["k"]) for r in random_rows]
+        points = [_mean_std([r["accuracy"] for r in mine if r["k"] == k]) for k in ks]
+        axis.errorbar(ks, [m for m, _ in points], yerr=[s for _, s in points], marker=".",
+                      label=_label(model, mine), **style_for(model))
+        parts.append(f"{model} {points[-1][0]:.0%} at k={ks[-1]}")
+    counts = [(r["model"], r["k"]) for r in random_rows]
     most = max(counts.count(key) for key in set(counts))
     axis.set(xlabel="k: non-downsampling blocks deleted at random", ylim=(0, 1.02),
-             ylabel=f"accuracy (mean ± std over up to {most} draws)",
+             ylabel=f"accuracy (mean ± std over up to {most} runs x draws)",
              title="k random blocks deleted: " + ", ".join(parts))
 
 
@@ -371,6 +387,7 @@ def plot_lesion(single_rows: Sequence[dict[str, Any]], out_dir: Path,
     if random_rows:
         _draw_random(axes[0, 1], random_rows)
     for axis in axes[0]:
+        axis.xaxis.get_major_locator().set_params(integer=True)  # blocks and k are counts
         axis.axhline(single_rows[0]["chance"], color="0.5", linestyle="-.", linewidth=1,
                      label="chance")
         legend(axis, fontsize=7)

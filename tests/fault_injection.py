@@ -106,7 +106,7 @@ def start_train(tmp_path: Path, run_dir: Path, *overrides: str, faults: dict | N
 
 
 def run_with_faults(tmp_path: Path, run_dir: Path, *overrides: str, faults: dict,
-                    timeout: float = 300) -> subprocess.CompletedProcess:
+                    timeout: float = 540) -> subprocess.CompletedProcess:
     process, _ = start_train(tmp_path, run_dir, *overrides, faults=faults)
     stdout, stderr = process.communicate(timeout=timeout)
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)

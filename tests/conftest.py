@@ -23,6 +23,10 @@ def compose():
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
+    from zoo.config import register_configs
+
+    register_configs()  # model=<any valid depth>, as train.py composes
+
     def _compose(*overrides: str):
         with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
             return hydra_compose(config_name="train", overrides=list(overrides))

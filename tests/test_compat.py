@@ -69,3 +69,41 @@ def test_wandb_run_is_offline_reads_the_run_settings():
 
     assert wandb_run_is_offline(Run("offline"))
     assert not wandb_run_is_offline(Run("online"))
+
+
+def test_quiet_library_noise_drops_the_tips_and_hardware_lines_and_keeps_the_rest(tmp_path,
+                                                                                   caplog):
+    import logging
+    import warnings
+
+    from zoo.compat import quiet_library_noise
+
+    quiet_library_noise()
+    with caplog.at_level(logging.INFO):
+        pl.Trainer(default_root_dir=tmp_path, accelerator="cpu", logger=False,
+                   enable_progress_bar=False)
+        from pytorch_lightning.utilities.rank_zero import rank_zero_info
+
+        rank_zero_info("a line the user needs")
+    text = caplog.text
+    assert "GPU available" not in text and "TPU available" not in text and "Tip" not in text
+    assert "a line the user needs" in text
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        quiet_library_noise()  # the filter goes in front of "default"
+        from torch.utils._pytree import LeafSpec, TreeSpec
+
+        isinstance(TreeSpec(None, None, []), LeafSpec)
+        warnings.warn("a real warning", UserWarning, stacklevel=1)
+    assert [str(w.message) for w in caught] == ["a real warning"]
+
+
+def test_drop_wandb_anonymous_removes_the_argument_lightning_always_passes(tmp_path):
+    from pytorch_lightning.loggers import WandbLogger
+
+    from zoo.compat import drop_wandb_anonymous
+
+    logger = WandbLogger(save_dir=str(tmp_path), offline=True)
+    assert "anonymous" in logger._wandb_init
+    drop_wandb_anonymous(logger)
+    assert "anonymous" not in logger._wandb_init

@@ -137,7 +137,7 @@ def test_every_config_builds_and_states_its_facts(name):
     dm = datamodule(name, None)
     assert dm.name == name
     assert len(dm.mean) == len(dm.std) == dm.in_channels
-    assert dm.num_classes in (10, 100, 1000) and dm.image_size in (8, 28, 32, 224)
+    assert dm.num_classes in (10, 100, None) and dm.image_size in (8, 28, 32, 224)  # None: folders
     assert "stem" in OmegaConf.load(CONFIGS / f"{name}.yaml")  # for the model config only
 
 
@@ -545,5 +545,8 @@ def test_imagenet_bad_trees_give_clear_errors(tmp_path):
     with pytest.raises(MissingDataError, match="imagenet: .*train"):
         datamodule("imagenet", tmp_path / "b", num_classes=1, image_size=16).setup()
     write_image_folder(tmp_path / "c", {"train": ["n1", "n2"], "val": ["n1", "n2"]})
-    with pytest.raises(ValueError, match="2 class folders but data.num_classes=1000"):
-        datamodule("imagenet", tmp_path / "c", image_size=16, batch_size=2).setup()
+    with pytest.raises(ValueError, match="2 class folders but data.num_classes=1000; set data.nu"):
+        datamodule("imagenet", tmp_path / "c", num_classes=1000, image_size=16, batch_size=2).setup()
+    counted = datamodule("imagenet", tmp_path / "c", image_size=16, batch_size=2)
+    counted.setup()  # the config's default: the folders say how many classes
+    assert counted.num_classes == 2

@@ -9,12 +9,12 @@ import pytest
 import torch
 import torchvision
 from torch import nn
+from torchvision.ops import StochasticDepth
 
 import zoo
 from zoo.models import describe, family_of
 from zoo.models.common import SkipBlock, count_parameters
 from zoo.models.densenet import DenseLayer, Transition
-from zoo.models.resnet import DropPath
 
 NAMES = zoo.list_models()
 CIFAR_DENSENETS = (
@@ -377,11 +377,11 @@ def test_cifar_zero_init_residual_starts_every_block_as_the_identity(norm: str) 
 
 def test_drop_path_rates_rise_linearly_and_drop_whole_samples() -> None:
     net = zoo.create("resnet34", drop_path=0.3)
-    rates = [m.rate for m in net.modules() if isinstance(m, DropPath)]
+    rates = [m.p for m in net.modules() if isinstance(m, StochasticDepth)]
     assert len(rates) == 16
     assert rates[0] == pytest.approx(0.3 / 16) and rates[-1] == pytest.approx(0.3)
     assert rates == sorted(rates)
-    drop = DropPath(0.5).train()
+    drop = StochasticDepth(0.5, mode="row").train()
     torch.manual_seed(0)
     out = drop(torch.ones(2000, 3, 2, 2))
     per_sample = out.flatten(1)

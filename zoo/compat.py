@@ -9,6 +9,8 @@ Supported: pytorch-lightning 2.4 to 2.6.
 
 from __future__ import annotations
 
+import logging
+import warnings
 from typing import Any
 
 import pytorch_lightning as pl
@@ -50,3 +52,40 @@ def wandb_run_is_offline(run: Any) -> bool:
     """Whether a W&B run writes only to disk (``settings._offline`` in older wandb, ``mode``)."""
     settings = run.settings
     return bool(getattr(settings, "_offline", False)) or getattr(settings, "mode", "") == "offline"
+
+
+def drop_wandb_anonymous(logger: Any) -> None:
+    """Stop W&B's "anonymous setting has no effect" warning on every run.
+
+    Lightning's WandbLogger always passes ``anonymous=None`` to ``wandb.init`` (its private
+    ``_wandb_init`` arguments), and recent wandb warns whenever the argument is passed at all.
+    """
+    init_arguments = getattr(logger, "_wandb_init", None)
+    if isinstance(init_arguments, dict) and init_arguments.get("anonymous") is None:
+        init_arguments.pop("anonymous", None)
+
+
+# Lightning's start-up lines that a user cannot act on: hardware it did not find, advertisements.
+_LIGHTNING_NOISE = ("💡 Tip:", "GPU available: False", "TPU available:", "HPU available:")
+
+
+class _DropLightningNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(_LIGHTNING_NOISE)
+
+
+def quiet_library_noise() -> None:
+    """Silence messages of the libraries that a user of the zoo cannot act on; keep the rest.
+
+    * Lightning's litlogger/litmodels tips and "GPU available: False / TPU available" lines (a
+      GPU run still prints "GPU available: True ... used: True");
+    * the FutureWarning of torch's pytree about ``LeafSpec``, raised inside Lightning's code.
+    """
+    noise = _DropLightningNoise()
+    for name in ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero",
+                 "lightning.pytorch.utilities.rank_zero"):
+        target = logging.getLogger(name)
+        if not any(isinstance(f, _DropLightningNoise) for f in target.filters):
+            target.addFilter(noise)
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+                            category=FutureWarning)

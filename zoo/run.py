@@ -39,6 +39,7 @@ from zoo.checkpoint import (
     safe_load,
     stop_signals,
 )
+from zoo.compat import drop_wandb_anonymous, wandb_run_is_offline
 from zoo.module import ZooModule
 from zoo.precision import choose_channels_last, choose_precision
 from zoo.runs import DIVERGED_EXIT_CODE, RunRecorder, wandb_summary
@@ -97,6 +98,7 @@ def build_wandb_logger(options: dict[str, Any], run_dir: Path, config: dict[str,
         return None
     return logger
 
+    drop_wandb_anonymous(logger)
 
 def build_loggers(cfg: DictConfig, run_dir: Path, tags: list[str]) -> list[Logger]:
     chosen = dict(cfg.get("logger") or {})
@@ -350,6 +352,8 @@ def train(cfg: DictConfig, run_dir: Path | str) -> dict[str, float]:
 
     loggers = build_loggers(cfg, run_dir, tags)
     callbacks, checkpoint = build_callbacks(cfg, run_dir)
+    if cfg.data.num_classes is None:  # folder datasets count their classes; the model reads it
+        cfg.data.num_classes = datamodule.num_classes
     trainer_options = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if v is not None}
     trainer = pl.Trainer(
         **trainer_options,
@@ -383,7 +387,7 @@ def report_paths(
     for logger in loggers:
         if isinstance(logger, WandbLogger):
             run = logger.experiment
-            if getattr(run.settings, "_offline", False) or getattr(run.settings, "mode", "") == "offline":
+            if wandb_run_is_offline(run):
                 lines.append(f"W&B offline run: {run.dir.rsplit('/files', 1)[0]}")
                 lines.append(f"  upload it later with: wandb sync {run.dir.rsplit('/files', 1)[0]}")
             else:

@@ -43,7 +43,7 @@ class ZooDataModule(pl.LightningDataModule):
     def __init__(
         self,
         name: str,
-        num_classes: int,
+        num_classes: int | None,  # None: ImageNet-format folders say it (one class per folder)
         in_channels: int,
         image_size: int,
         mean: Sequence[float],
@@ -68,6 +68,8 @@ class ZooDataModule(pl.LightningDataModule):
             raise ValueError(f"{name} is too large for the device loader; use data.loader=torch")
         if name == "imagenet" and val_size is not None:
             raise ValueError("imagenet validates on its val folder; set data.val_size=null")
+        if name != "imagenet" and num_classes is None:
+            raise ValueError(f"{name} needs data.num_classes; only folder datasets count theirs")
         if name != "imagenet" and val_size is None:
             raise ValueError(f"{name} needs data.val_size (images held out for validation)")
         if len(mean) != in_channels or len(std) != in_channels:
@@ -167,9 +169,12 @@ class ZooDataModule(pl.LightningDataModule):
             raise ValueError(f"imagenet: train and val class folders differ under {root} "
                              f"(only in train: {only_train[:5]}, only in val: {only_val[:5]}); "
                              "labels would not match. Use the same <wnid> folders in both.")
-        if len(folders["train"].classes) != self.num_classes:
+        if self.num_classes is None:  # not set by the user: a subset (Imagenette) has fewer
+            self.num_classes = len(folders["train"].classes)
+        elif len(folders["train"].classes) != self.num_classes:
             raise ValueError(f"imagenet: {root / 'train'} has {len(folders['train'].classes)} "
-                             f"class folders but data.num_classes={self.num_classes}")
+                             f"class folders but data.num_classes={self.num_classes}; "
+                             "set data.num_classes=null to count the folders")
         keep = sources.subset_indices(len(folders["train"]), self.train_subset)
         if keep is not None:
             folders["train"] = Subset(folders["train"], keep.tolist())

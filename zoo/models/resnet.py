@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torchvision.ops import StochasticDepth
 
 from zoo.models.common import DepthUnit, Network, SkipBlock, run_blocks, staged_depth_units
 
@@ -40,28 +41,6 @@ DEFAULT_NUM_CLASSES = 1000
 STEMS = ("imagenet", "cifar")
 
 # ---------------------------------------------------------------- helpers
-
-
-class DropPath(nn.Module):
-    """Stochastic depth: zero a whole sample's residual branch with probability ``rate``.
-
-    Survivors are scaled by ``1 / (1 - rate)`` so the expected output equals the eval-mode one
-    (the paper scales at test time instead; the two are equivalent in expectation).
-    """
-
-    def __init__(self, rate: float) -> None:
-        super().__init__()
-        self.rate = rate
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.rate == 0.0:
-            return x
-        keep = 1.0 - self.rate
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
-        return x * mask / keep
-
-    def extra_repr(self) -> str:
-        return f"rate={self.rate:.3f}"
 
 
 def make_downsample(in_planes: int, planes: int, stride: int, skip: bool) -> nn.Module | None:
@@ -91,7 +70,9 @@ class BasicBlock(SkipBlock):
         self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
         self.downsample = make_downsample(in_planes, planes, stride, skip)
-        self.drop_path = DropPath(drop_path)
+        # torchvision's stochastic depth, per sample ("row"); survivors scaled by 1 / (1 - p), so
+        # eval mode needs no rescaling (the paper scales at test time: equal in expectation)
+        self.drop_path = StochasticDepth(drop_path, mode="row")
 
     def zero_init_last(self) -> None:
         nn.init.zeros_(self.bn2.weight)
@@ -129,7 +110,9 @@ class Bottleneck(SkipBlock):
         self.bn3 = nn.BatchNorm2d(out_planes)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = make_downsample(in_planes, out_planes, stride, skip)
-        self.drop_path = DropPath(drop_path)
+        # torchvision's stochastic depth, per sample ("row"); survivors scaled by 1 / (1 - p), so
+        # eval mode needs no rescaling (the paper scales at test time: equal in expectation)
+        self.drop_path = StochasticDepth(drop_path, mode="row")
 
     def zero_init_last(self) -> None:
         nn.init.zeros_(self.bn3.weight)

@@ -181,9 +181,19 @@ class CifarResNet(Network):
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
         if zero_init_residual:
-            for block in self.modules():
-                if isinstance(block, BasicBlock):
-                    block.zero_init_last()
+            blocks = [block for block in self.modules() if isinstance(block, BasicBlock)]
+            for block in blocks:
+                block.zero_init_last()
+            if norm == "none":
+                # Fixup (Zhang et al. 2019, section 3): without normalisation, zeroing the last
+                # layer is not enough -- every branch starts to grow at the same step. Fixup
+                # also scales the branch's other layers by L^(-1/(2m-2)) (L blocks of m = 2
+                # layers: L^-1/2) and starts the classifier at zero.
+                with torch.no_grad():
+                    for block in blocks:
+                        block.conv1.weight.mul_(len(blocks) ** -0.5)
+                nn.init.zeros_(self.linear.weight)
+                nn.init.zeros_(self.linear.bias)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.relu(self.bn1(self.conv1(x)))

@@ -134,6 +134,7 @@ def test_evaluate_only_with_pretrained_checkpoint_reproduces_the_test_metrics(tr
                           f"model.pretrained={best}", "logger=none")
     metrics_line = lambda text: next(line for line in text.splitlines() if line.startswith("test metrics:"))  # noqa: E731
     assert metrics_line(evaluated.stdout) == metrics_line(result.stdout)
+    assert f"evaluating the weights of resnet20: {best}" in evaluated.stdout + evaluated.stderr
 
 
 def test_the_run_prints_where_its_last_and_best_checkpoints_are(trained_runs):

@@ -373,6 +373,9 @@ def train(cfg: DictConfig, run_dir: Path | str) -> dict[str, float]:
         report_paths(run_dir, saved, loggers, metrics, fit_seconds)
     close_wandb(loggers, trainer, 0, wandb_summary(record))
     return metrics
+        evaluate_only = cfg.trainer.get("max_epochs") == 0
+        log.info("%s weights of %s: %s", "evaluating the" if evaluate_only else "starting from the",
+                 model_cfg["name"], model_cfg["pretrained"])
 
 
 def report_paths(

@@ -191,7 +191,8 @@ def load_pretrained(net: nn.Module, name: str, source: str | os.PathLike[str]) -
     if not isinstance(source, (str, os.PathLike)) or not str(source):
         raise CheckpointError(f"pretrained must be a checkpoint path or 'imagenet', got {source!r}")
     path = fetch_imagenet_weights(name) if source == "imagenet" else Path(source)
-    state_dict = remap_legacy_keys(read_checkpoint(path))
+    content = safe_load(path)
+    state_dict = remap_legacy_keys(_state_dict_of(content, path))
 
     own = net.state_dict()
     # Checkpoints written before BN counted its batches lack num_batches_tracked; BN fills it.
@@ -229,7 +230,42 @@ def load_pretrained(net: nn.Module, name: str, source: str | os.PathLike[str]) -
             + "; ".join(p for p in problems if p)
         )
     net.load_state_dict(state_dict, strict=True)
+    num_classes = own[f"{classifier}.weight"].shape[0] if classifier else 0
+    preprocess = known_preprocessing(name, content, num_classes)
+    if preprocess is not None:
+        net.preprocess = preprocess  # what zoo.predict.predict(net, images) normalises with
     return net
+
+
+def known_preprocessing(name: str, content: Any, num_classes: int) -> Any:
+    """The preprocessing the loaded weights were trained with, where it is known.
+
+    A checkpoint of this project stores its data facts; akamaster's CIFAR-10 ResNets (a dict
+    with ``best_prec1``) normalised with ImageNet's mean and std (its README and trainer.py);
+    torchvision's ImageNet weights come with ``weights.transforms()`` and category names.
+    """
+    from zoo.predict import IMAGENET_MEAN, IMAGENET_STD, KNOWN_CLASS_NAMES, Preprocess
+
+    if not isinstance(content, dict):
+        return None
+    facts = (content.get("hyper_parameters") or {}).get("dataset")
+    if isinstance(facts, dict):
+        return Preprocess.from_facts(facts)
+    if "best_prec1" in content and num_classes == 10:
+        return Preprocess(IMAGENET_MEAN, IMAGENET_STD, image_size=32, in_channels=3,
+                          class_names=KNOWN_CLASS_NAMES["cifar10"], name="cifar10")
+    if "state_dict" not in content and num_classes == 1000:  # a bare torchvision state dict
+        import torchvision
+
+        try:
+            weights = torchvision.models.get_model_weights(name)["IMAGENET1K_V1"]
+        except (ValueError, KeyError):  # not a torchvision name (plain18, ...)
+            return None
+        tv = weights.transforms()
+        return Preprocess(tv.mean, tv.std, image_size=tv.crop_size[0], in_channels=3,
+                          resize_size=tv.resize_size[0], class_names=weights.meta["categories"],
+                          name="imagenet")
+    return None
 
 
 __all__ = [

@@ -1,0 +1,113 @@
+"""zoo.predict's preprocessing: every accepted input form gives the loaders' exact batch; the
+progress bar shows the current epoch's train/acc; pretrained weights carry their preprocessing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import SHARED
+
+import zoo
+from zoo.predict import KNOWN_CLASS_NAMES, Preprocess
+
+GREY = Preprocess([0.3], [0.4], image_size=8, in_channels=1, class_names=list("0123456789"))
+
+
+def loader_batch(images: torch.Tensor) -> torch.Tensor:
+    """What the device loader feeds the network: x / 255, minus mean, over std (float32)."""
+    return images.float().div_(255).sub_(0.3).div_(0.4)
+
+
+def test_every_input_form_gives_the_loaders_batch():
+    from PIL import Image
+
+    images = torch.randint(0, 256, (5, 1, 8, 8), dtype=torch.uint8)
+    expected = loader_batch(images)
+    assert torch.equal(GREY(images), expected)                      # (N, C, H, W)
+    assert torch.equal(GREY(images[:, 0]), expected)                # (N, H, W)
+    assert torch.equal(GREY(images[0, 0]), expected[:1])            # (H, W)
+    assert torch.equal(GREY(images.numpy()), expected)              # numpy
+    assert torch.equal(GREY([Image.fromarray(i[0].numpy()) for i in images]), expected)  # PIL
+    assert torch.allclose(GREY(images.float() / 255), expected, atol=1e-6)  # [0, 1] floats
+
+
+def test_other_sizes_and_channels_are_converted():
+    rgb = torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8)
+    assert GREY(rgb).shape == (2, 1, 8, 8)
+    colour = Preprocess([0.5] * 3, [0.25] * 3, image_size=224, in_channels=3, resize_size=256)
+    assert colour(torch.zeros(300, 400, dtype=torch.uint8)[None].expand(3, -1, -1)).shape == (1, 3, 224, 224)
+
+
+def test_float_images_outside_unit_range_and_odd_dtypes_get_one_clear_error():
+    with pytest.raises(ValueError, match=r"\[0, 1\].*uint8"):
+        GREY(torch.full((2, 8, 8), 200.0))
+    with pytest.raises(TypeError, match="uint8"):
+        GREY(torch.zeros(2, 8, 8, dtype=torch.int64))
+    with pytest.raises(ValueError, match="no data facts"):
+        Preprocess.from_facts(None)
+
+
+def test_predict_restores_train_mode_and_names_classes():
+    from zoo.predict import predict
+
+    net = zoo.create("resnet8", num_classes=10, in_channels=1).train()
+    result = predict(net, torch.zeros(3, 8, 8, dtype=torch.uint8), preprocess=GREY)
+    assert net.training and len(result) == 3
+    assert result.names == [str(i) for i in result.indices.tolist()]
+    with pytest.raises(ValueError, match="carries no preprocessing"):
+        predict(net, torch.zeros(3, 8, 8, dtype=torch.uint8))
+
+
+def test_progress_bar_shows_this_epochs_train_acc():
+    import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import TQDMProgressBar
+
+    from zoo.data import build_datamodule
+    from zoo.module import ZooModule
+
+    datamodule = build_datamodule({
+        "name": "digits", "num_classes": 10, "in_channels": 1, "image_size": 8, "mean": [0.3052],
+        "std": [0.3755], "batch_size": 32, "num_workers": 0, "loader": "device", "val_size": 300,
+        "seed": 0})
+    module = ZooModule({"name": "resnet8", "num_classes": 10, "in_channels": 1}, batch_size=32)
+    shown, logged = [], []
+
+    class Spy(pl.Callback):  # after the bar: sees what it drew as the epoch's last line
+        def on_train_epoch_end(self, trainer, pl_module):
+            shown.append(trainer.progress_bar_callback.get_metrics(trainer, pl_module).get("train/acc"))
+
+        def on_validation_epoch_start(self, trainer, pl_module):  # next epoch: the logged value
+            if "train/acc" in trainer.callback_metrics:
+                logged.append(float(trainer.callback_metrics["train/acc"]))
+
+        def on_train_end(self, trainer, pl_module):
+            logged.append(float(trainer.callback_metrics["train/acc"]))
+
+    trainer = pl.Trainer(max_epochs=3, limit_train_batches=6, limit_val_batches=1,
+                         accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_model_summary=False, callbacks=[TQDMProgressBar(), Spy()])
+    trainer.fit(module, datamodule=datamodule)
+    assert len(set(logged)) == 3, logged  # the accuracy changes from epoch to epoch
+    assert shown == pytest.approx(logged)
+
+
+@pytest.mark.skipif(not (SHARED / "checkpoints").is_dir(), reason="community checkpoints absent")
+def test_community_cifar_weights_carry_their_preprocessing():
+    path = SHARED / "checkpoints" / "cifar10-resnet-akamaster" / "resnet20-12fca82f.th"
+    net = zoo.create("resnet20", num_classes=10, in_channels=3, pretrained=str(path))
+    assert net.preprocess.class_names == KNOWN_CLASS_NAMES["cifar10"]
+    assert net.preprocess.mean == (0.485, 0.456, 0.406) and net.preprocess.image_size == 32
+
+
+def test_torchvision_state_dict_carries_imagenet_transforms(tmp_path: Path):
+    import torchvision
+
+    path = tmp_path / "resnet18-f37072fd.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), path)
+    net = zoo.create("resnet18", pretrained=str(path))
+    assert (net.preprocess.resize_size, net.preprocess.image_size) == (256, 224)
+    assert net.preprocess.class_names[0] == "tench" and len(net.preprocess.class_names) == 1000
+    assert np.allclose(net.preprocess.std, (0.229, 0.224, 0.225))

@@ -32,9 +32,15 @@ def _registry() -> dict[str, tuple[ModuleType, dict[str, Any]]]:
     return table
 
 
-def list_models() -> list[str]:
-    """Sorted names of every registered network."""
-    return sorted(_registry())
+def list_models(detail: bool = False) -> list[str] | list[dict[str, Any]]:
+    """Sorted names of every registered network; ``detail=True``: the catalogue's facts of each
+    (family, skip, depth, parameters, FLOPs at its native input, paper) as dicts."""
+    if not detail:
+        return sorted(_registry())
+    # zoo.models.catalogue builds networks through this module: it is imported when asked for
+    from zoo.models.catalogue import as_dicts, catalogue
+
+    return as_dicts(catalogue())
 
 
 def _resolve(name: str) -> tuple[ModuleType, dict[str, Any]]:

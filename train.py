@@ -21,6 +21,9 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
+from zoo.compat import quiet_library_noise
+from zoo.config import one_line_config_errors, register_configs
+from zoo.resume import register_resume_resolver
 from zoo.rundir import DISK_FULL_EXIT_CODE, disk_full_line, register_resolvers
 from zoo.runs import DIVERGED_EXIT_CODE  # the run itself failed, not its input
 
@@ -32,10 +35,15 @@ USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, NotADirectoryErro
 diverged_runs: list[str] = []
 
 register_resolvers()  # ${launch_id:} in hydra.run.dir, resolved when Hydra composes
+register_resume_resolver()  # ${resume_dir:...}: a resumed run writes into its checkpoint's run
+register_configs()  # model=<any valid depth>, and the config schemas (zoo/config.py)
+quiet_library_noise()  # library start-up lines a user cannot act on (zoo/compat.py)
 
 
 def stop(line: str, exit_code: int) -> None:
-    print(line, file=sys.stderr, flush=True)
+    from zoo.runlog import print_and_log
+
+    print_and_log(line, error=True)  # the terminal and the run's train.log
     sys.exit(exit_code)
 
 
@@ -99,7 +107,8 @@ def user_error(error: BaseException) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with one_line_config_errors():  # a config that does not compose: one line, exit 2
+        main()
     if diverged_runs:
         stop(f"error: {len(diverged_runs)} run(s) of the sweep diverged: {', '.join(diverged_runs)}",
              DIVERGED_EXIT_CODE)

@@ -25,32 +25,38 @@ layers, the same initialisation, one line different (`zoo/models/cifar_resnet.py
 measures four consequences with the zoo's own API, small enough for a laptop CPU:
 
 1. the gradient that reaches the first layer at initialisation,
-2. the degradation problem: a deeper plain net trains *worse* (He et al. 2015),
+2. the degradation problem: a deeper plain net trains *worse* (He et al. 2015, Figures 1 and 6),
 3. lesions: a trained ResNet survives losing a block, a plain net does not (Veit et al. 2016),
-4. the memory cost of skips: addition is free, concatenation (DenseNet) is not.
+4. the memory skips cost: addition is free, concatenation (DenseNet) is not.
 
-The full-size versions are `python -m zoo.experiments ...` and `python train.py -m
-experiment=degradation`; their numbers are in `docs/RESULTS.md`."""),
+Every training run uses the zoo's default recipe, nothing set by hand: `optim.lr` 0.1 per 128
+images, scaled with the batch (0.025 at batch 32), 5% linear warm-up then cosine, precision
+chosen by `trainer.precision=auto`. This is the one-minute version on scikit-learn's 8x8 digits
+with one seed; the 3-seed Fashion-MNIST experiments and their numbers are in `docs/RESULTS.md`
+(`python train.py -m experiment=degradation_cpu`, `python -m zoo.experiments ...`)."""),
     ("code", """# Parameters: ZOO_NOTEBOOK_FAST=1 (the test suite) runs a smaller version of every step.
 import os
+
 FAST = os.environ.get("ZOO_NOTEBOOK_FAST") == "1"
 GRADIENT_DEPTHS = [8, 20] if FAST else [8, 20, 56, 110]
-TRAIN_MODELS = ["plain8", "resnet8"] if FAST else ["plain8", "plain20", "resnet20"]
-EPOCHS = 1 if FAST else 3
+TRAIN_MODELS = ["plain8", "resnet8"] if FAST else ["plain8", "plain20", "plain56", "resnet20", "resnet56"]
+EPOCHS = 1 if FAST else 6
 LIMIT_TRAIN_BATCHES = 3 if FAST else None
-MEMORY_IMAGE_SIZE = 8 if FAST else 16"""),
+LESION_MAX_DELETED, LESION_DRAWS = (2, 2) if FAST else (6, 4)
+MEMORY_MODELS = ["plain8", "resnet8", "densenet40_12"] if FAST else ["plain56", "resnet56", "densenet_bc_100_12"]
+MEMORY_BATCH, MEMORY_IMAGE_SIZE = (4, 8) if FAST else (16, 16)"""),
     ("code", """import tempfile
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import torch
 from IPython.display import Image, Markdown, display
 
 import zoo
-from zoo import experiments, report
+from zoo import experiments, results
+from zoo.experiments.lesion import lesion_finding
+from zoo.experiments.memory import memory_rows
 
-WORK = Path(tempfile.mkdtemp(prefix="skip_connections_"))
-torch.set_num_threads(max(1, torch.get_num_threads()))
+WORK = Path(tempfile.mkdtemp(prefix="skip_connections_"))  # removed by the last cell
 print("models in the zoo:", len(zoo.list_models()), "- working in", WORK)"""),
     ("md", """## 1. The gradient at initialisation
 
@@ -65,7 +71,8 @@ gradient *vanishes* toward the input; with BatchNorm it *explodes* instead (Yang
 -- either way, without the skip the first layers receive a gradient that has lost touch with
 the loss. In the BatchNorm ResNet the stem's gradient stays within a small factor of the head's
 at every depth; the norm-free ResNet keeps that ratio too, but its whole signal grows with depth
-(every residual branch adds its variance), which is the exploding-gradient experiment's subject."""),
+(every residual branch adds its variance), which is the exploding-gradient experiment's subject.
+This is one seed at initialisation only; it says nothing yet about training."""),
     ("code", """nets = experiments.gradient_nets(GRADIENT_DEPTHS, others=False, norms=["batch", "none"])
 rows = experiments.gradient_at_init(nets, seeds=(0,), batch_size=8, image_size=16)
 summary = experiments.summarise_gradients(rows)
@@ -73,23 +80,26 @@ display(Markdown(experiments.markdown_table(
     summary, ["model", "depth", "first_unit_grad_norm", "head_grad_norm", "first_over_head"])))
 for path in experiments.plot_gradient_at_init(rows, WORK / "gradients"):
     display(Image(filename=str(path)))"""),
-    ("md", """## 2. Degradation: train plain and residual nets with the same schedule
+    ("md", """## 2. Degradation: plain and residual nets with the same recipe
 
 `zoo.run.train` is what `python train.py` runs; here it gets a config composed from the real
-`configs/`, on scikit-learn's 8x8 digits (1,137 training images, always available offline).
-`zoo.report` then draws training error (dashed) and validation error (bold) per epoch, as in
-He et al. 2015, Figure 6."""),
+`configs/` -- only the model, the data (digits, batch 32), the number of epochs and quiet
+logging are chosen. At the end of fit every run measures its **training error as He et al.
+mean it**: the trained net in eval mode over all 1,137 training images, no augmentation
+(`train_eval/err`, also in the run's `run.json`). `zoo.results` turns the run directories into
+tidy rows and draws that error against depth (plain dashed, residual solid) and the curves."""),
     ("code", """from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
+
 from zoo.run import train
 
 CONFIGS = str(Path(zoo.__file__).resolve().parents[1] / "configs")
-test_acc = {}
-for name in TRAIN_MODELS:
-    # configs/model/ has the named depths; any other 6n+2 depth reuses the plain20 file's settings
-    # (identical for plain and ResNet nets) under its own name.
-    overrides = ["model=plain20", f"model.name={name}", "data=digits", "data.batch_size=32", "data.num_workers=0",
-                 f"trainer.max_epochs={EPOCHS}", "trainer.accelerator=cpu", "trainer.enable_model_summary=false",
+
+
+def train_on_digits(name: str, seed: int = 0) -> Path:
+    \"\"\"One run of ``python train.py model=NAME data=digits ...``, in WORK/runs/NAME.\"\"\"
+    overrides = [f"model={name}", "data=digits", "data.batch_size=32", f"seed={seed}",
+                 f"trainer.max_epochs={EPOCHS}", "trainer.enable_model_summary=false",
                  "trainer.log_every_n_steps=10", "logger=csv", "callbacks.progress_bar=none"]
     if LIMIT_TRAIN_BATCHES:
         overrides.append(f"trainer.limit_train_batches={LIMIT_TRAIN_BATCHES}")
@@ -97,25 +107,47 @@ for name in TRAIN_MODELS:
         cfg = compose(config_name="train", overrides=overrides)
     run_dir = WORK / "runs" / name
     (run_dir / ".hydra").mkdir(parents=True)
-    OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")  # what train.py's Hydra would save
-    test_acc[name] = train(cfg, run_dir=run_dir)["test/acc"]
-written = report.write_report([WORK / "runs"], WORK / "report")
-display(Markdown(written["summary"].read_text().split("![")[0]))
-display(Image(filename=str(written["figure"])))"""),
-    ("md", """## 3. Lesion: delete one block of a trained net
+    # What train.py's Hydra would save: the run record reads its settings from these files.
+    OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
+    OmegaConf.save(OmegaConf.create(overrides), run_dir / ".hydra" / "overrides.yaml")
+    train(cfg, run_dir=run_dir)
+    return run_dir
 
-`experiments.lesioned(net, name)` swaps a block for what is left without it -- the shortcut
-alone for a residual block (`relu(shortcut(x))`), the identity for a plain block whose input
-and output shapes match -- and puts the block back when the `with` ends. A plain block that
-changes the shape (stride 2) cannot be removed at all."""),
-    ("code", """checkpoints = [WORK / "runs" / name / "checkpoints" / "last.ckpt" for name in TRAIN_MODELS]
-lesion_rows = experiments.lesion_checkpoints(checkpoints, split="val", max_images=300)
-display(Markdown(experiments.markdown_table(
-    lesion_rows, ["model", "unit_name", "deleted", "accuracy"])))
-display(Image(filename=str(experiments.plot_lesion(lesion_rows, WORK / "lesion"))))
+
+run_dirs = [train_on_digits(name) for name in TRAIN_MODELS]
+run_rows, curves, _ = results.run_rows([WORK / "runs"])
+display(Markdown(results.summary_table(run_rows)))"""),
+    ("code", """figures = WORK / "figures"
+display(Image(filename=str(results.plot_against_depth(
+    run_rows, "train_eval_err", "training error", figures / "train_error_vs_depth.png"))))
+display(Image(filename=str(results.plot_curves(run_rows, curves, figures / "curves.png"))))
+for (family, _), points in results.depth_series(run_rows, "train_eval_err").items():
+    print(f"{family:>8}: " + ", ".join(f"{depth} layers {error:.1f}%" for depth, error, *_ in points))"""),
+    ("md", """**What these runs can show, and what they cannot.** The printed line per family is the
+final eval-mode training error of one seed after a few epochs on 1,137 images. Read the plain
+line across depths: if it rises from 20 to 56 layers while the residual line does not, that is
+the degradation problem in miniature -- the deeper plain net is worse *on its own training
+data*, so it is an optimisation failure, not overfitting. One seed gives no error bar: a
+difference of a point or two between two nets here may be noise, and a few epochs are not the
+paper's 64k iterations. The claim with error bars (3 seeds, depths 8-110, Fashion-MNIST) and the
+learning-rate sweep that rules out a badly chosen rate are in `docs/RESULTS.md`, section 2."""),
+    ("md", """## 3. Lesion: delete blocks of the trained nets
+
+`experiments.lesioned(net, *names)` swaps blocks for what is left without them -- the shortcut
+alone for a residual block (`relu(shortcut(x))`), the identity for a plain block whose input and
+output shapes match -- and puts them back when the `with` ends. A plain block that changes the
+shape (stride 2) cannot be removed at all (a gap in the left panel). `experiments.lesion_runs`
+deletes every block in turn, and k random non-downsampling blocks (a few draws per k, Veit et
+al.'s curve), and measures accuracy on the whole digits test split (360 images)."""),
+    ("code", """single, randomised = experiments.lesion_runs(run_dirs, split="test", max_deleted=LESION_MAX_DELETED,
+                                            draws=LESION_DRAWS)
+intact = [row for row in single if row["deleted"] == "intact"]
+display(Markdown(experiments.markdown_table(intact, ["model", "images", "accuracy"])))
+display(Image(filename=str(experiments.plot_lesion(single, WORK / "lesion", randomised))))
+print(lesion_finding(single))
 
 # The lesion leaves nothing behind: the network is the one we loaded.
-net, _ = experiments.load_network(checkpoints[-1])
+net, _ = experiments.load_network(run_dirs[-1] / "checkpoints" / "last.ckpt")
 x = torch.randn(4, 1, 8, 8)
 before = {k: v.clone() for k, v in net.state_dict().items()}
 with torch.no_grad():
@@ -125,20 +157,31 @@ with torch.no_grad():
     assert torch.equal(net(x), out)
 assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
 print("network restored: same state dict, same outputs")"""),
+    ("md", """Read the printed line: the median accuracy with one non-downsampling block deleted, per
+net, against its intact accuracy. A residual net that keeps most of its accuracy while its plain
+twin falls towards chance (10%) is Veit et al.'s observation: the residual net behaves like an
+ensemble of paths of many lengths, the plain net like one chain. Compare nets whose *intact*
+accuracies are similar -- a plain net that never learned has nothing to lose. One seed, 360
+images: a single block's bar is a few images wide."""),
     ("md", """## 4. The memory skips cost
 
-For one training step at a fixed batch: the bytes of activations kept from the forward pass
-for the backward pass (on CPU PyTorch has no peak-memory counter; on a GPU
-`python -m zoo.experiments memory` also reports `torch.cuda.max_memory_allocated`). An identity
-addition saves nothing extra, so ResNet-56 keeps exactly what plain-56 keeps; DenseNet's
-concatenations keep every earlier feature map. `memory_efficient=True` (activation
-checkpointing) trades that memory for recomputation."""),
-    ("code", """memory_rows = [
-    experiments.measure_memory(name, efficient, batch_size=4, image_size=MEMORY_IMAGE_SIZE, steps=1)
-    for name in ("plain56", "resnet56", "densenet_bc_100_12") for efficient in (False, True)
-]
-display(Markdown(experiments.markdown_table(
-    memory_rows, ["model", "skip", "memory_efficient", "parameters", "saved_for_backward_mb"])))"""),
+One training step (forward, backward, optimizer step) and one inference forward pass at a small
+batch (`measure_memory`): the peak of each, and the bytes of activations kept from the forward
+pass for the backward pass. An identity addition keeps nothing extra, so the ResNet's training
+peak is its plain twin's; DenseNet's concatenations keep every earlier feature map.
+`memory_efficient=True` (activation checkpointing) trades that memory for recomputation.
+`python -m zoo.experiments memory` is the full size (batch 64 at 32 px, and DenseNet against
+depth)."""),
+    ("code", """memory = memory_rows(MEMORY_MODELS, dense_depths=[], report=lambda row: None,
+                     batch_size=MEMORY_BATCH, image_size=MEMORY_IMAGE_SIZE, steps=1)
+display(Markdown(experiments.markdown_table(memory, [
+    "model", "memory_efficient", "parameters", "train_peak_mb", "inference_peak_mb",
+    "saved_for_backward_mb", "measured_by"])))
+display(Image(filename=str(experiments.plot_memory(memory, WORK / "memory"))))"""),
+    ("code", """import shutil
+
+shutil.rmtree(WORK)  # every figure is in the notebook already
+print("removed", WORK)"""),
 ]
 
 

@@ -9,4 +9,5 @@ if [ ! -d /usr/share/datasets/fashion-mnist ] && [ "$(id -u)" = 0 ] && command -
   (apt-get install -y -q dataset-fashion-mnist || { apt-get update -q && apt-get install -y -q dataset-fashion-mnist; }) >/dev/null 2>&1 || true
 fi
 export WANDB_MODE=offline WANDB_SILENT=true
+python3 -m ruff check zoo tests train.py notebooks   # lint first: seconds, and one clear failure
 exec python3 -m pytest "$@"

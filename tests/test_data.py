@@ -495,8 +495,13 @@ def test_missing_files_fail_fast_naming_path_and_fix(tmp_path, name, fix):
 
 
 def test_download_attempt_is_bounded(monkeypatch):
+    import threading
+
+    released = threading.Event()
+
     def never_answers(*args, **kwargs):
-        time.sleep(30)  # a DNS lookup or proxy that hangs
+        released.wait(30)  # a DNS lookup or proxy that hangs, until this test ends
+        raise OSError("abandoned")  # the probe thread ends quietly, not inside a later test
 
     monkeypatch.setattr(sources, "CONNECT_TIMEOUT_S", 0.5)
     monkeypatch.setattr(sources.urllib.request, "urlopen", never_answers)
@@ -504,6 +509,7 @@ def test_download_attempt_is_bounded(monkeypatch):
     with pytest.raises(MissingDataError, match="cannot reach example.org .*no answer"):
         sources._check_reachable("https://example.org/cifar.tar.gz")
     assert time.monotonic() - start < 3
+    released.set()
 
 
 def test_download_offline_fails_within_seconds(tmp_path, monkeypatch):

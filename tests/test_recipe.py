@@ -10,8 +10,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-
 from conftest import run_train
+
 from zoo.module import ZooModule, lr_factor
 from zoo.precision import choose_channels_last, choose_precision, cpu_bf16_flags
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import FAST_OVERRIDES, REPO, run_train
+
 from zoo.checkpoint import AtomicCheckpointIO, CheckpointError, safe_load
 
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import run_train
 from wandb_records import read_run, run_file
+
 
 def epoch_losses(run_dir: Path) -> list[float]:
     with open(run_dir / "csv" / "metrics.csv") as file:

@@ -41,7 +41,10 @@ class ZooModule(pl.LightningModule):
         label_smoothing: float = 0.0,
         channels_last: bool = False,
         batch_size: int | None = None,
+        dataset: dict[str, Any] | None = None,
     ) -> None:
+        """``dataset``: the data facts that preprocess raw images for :meth:`predict` (name,
+        mean, std, image size, channels, class names; ``zoo.predict.data_facts``)."""
         super().__init__()
         model = dict(model)
         optim = dict(optim or {"name": "sgd", "lr": 0.1})
@@ -57,7 +60,7 @@ class ZooModule(pl.LightningModule):
         self.save_hyperparameters({
             "model": model, "optim": optim, "scheduler": scheduler,
             "label_smoothing": label_smoothing, "channels_last": channels_last,
-            "batch_size": batch_size,
+            "batch_size": batch_size, "dataset": dataset,
         })
         self.net = zoo.create(model["name"], **create_arguments(model))
         if channels_last:
@@ -77,6 +80,9 @@ class ZooModule(pl.LightningModule):
         self.test_acc = MulticlassAccuracy(num_classes, **accuracy)
         self.test_acc5 = MulticlassAccuracy(num_classes, top_k=top_k, **accuracy)
         self.num_parameters = count_parameters(self.net)
+        if dataset and dataset.get("image_size"):  # the summary then shows shapes and FLOPs
+            size, channels = int(dataset["image_size"]), int(dataset.get("in_channels") or 3)
+            self.example_input_array = torch.zeros(1, channels, size, size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.hparams.channels_last:
@@ -96,11 +102,11 @@ class ZooModule(pl.LightningModule):
         # Tensors are handed to the loggers every log_every_n_steps; nothing here waits for the
         # device (no .item(), not on the progress bar every step).
         self.log("train/loss", loss.detach(), on_step=True, on_epoch=True, batch_size=x.shape[0])
+        # The metric object, epoch only: Lightning computes it (synced across devices) as the
+        # epoch ends, before the progress bar draws the epoch's last line, so the bar shows this
+        # epoch's accuracy beside this epoch's val/acc; and resets it for the next epoch.
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
         return loss
-
-    def on_train_epoch_end(self) -> None:
-        self.log("train/acc", self.train_acc.compute(), prog_bar=True, sync_dist=True)
-        self.train_acc.reset()
 
     def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> None:
         x, y = batch
@@ -118,6 +124,21 @@ class ZooModule(pl.LightningModule):
 
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self._evaluate(batch, "test")
+
+    # ------------------------------------------------------------------ prediction
+
+    def transforms(self) -> Any:
+        """The preprocessing this network was trained with (``zoo.predict.Preprocess``)."""
+        from zoo.predict import Preprocess
+
+        return Preprocess.from_facts(self.hparams.get("dataset"))
+
+    def predict(self, images: Any, batch_size: int = 256) -> Any:
+        """Class indices, probabilities and names for raw images (uint8 or [0, 1] tensors, PIL
+        images, lists of them): ``zoo.predict.predict`` with this checkpoint's preprocessing."""
+        from zoo.predict import predict
+
+        return predict(self, images, batch_size=batch_size)
 
     # ------------------------------------------------------------------ optimisation
 

@@ -10,7 +10,7 @@ import logging
 import math
 import netrc
 import os
-import sys
+import re
 import time
 import warnings
 from pathlib import Path
@@ -42,6 +42,9 @@ from zoo.checkpoint import (
 from zoo.compat import drop_wandb_anonymous, wandb_run_is_offline
 from zoo.module import ZooModule
 from zoo.precision import choose_channels_last, choose_precision
+from zoo.predict import data_facts
+from zoo.resume import ContinuingCSVLogger, Resumed, WandbRunIdInCheckpoint, resumed_from
+from zoo.runlog import StepLogInterval, print_and_log
 from zoo.runs import DIVERGED_EXIT_CODE, RunRecorder, wandb_summary
 from zoo.train_eval import TrainEvalPass
 
@@ -64,7 +67,9 @@ def wandb_has_credentials() -> bool:
         return False
 
 
-def build_wandb_logger(options: dict[str, Any], run_dir: Path, config: dict[str, Any]) -> WandbLogger | None:
+def build_wandb_logger(options: dict[str, Any], run_dir: Path, config: dict[str, Any],
+                       run_id: str | None = None) -> WandbLogger | None:
+    """``run_id``: continue that W&B run (a resumed training), else start a new one."""
     import wandb
 
     mode = options.get("mode", "auto")
@@ -85,22 +90,25 @@ def build_wandb_logger(options: dict[str, Any], run_dir: Path, config: dict[str,
         save_dir=str(run_dir),
         offline=mode == "offline",
         config=config,
+        id=run_id,
+        resume="allow" if run_id else None,
         settings=wandb.Settings(
             init_timeout=float(options.get("init_timeout_s", 30)),
             silent=True,
             console="off",  # the run log already goes to the terminal and the Hydra log
         ),
     )
+    drop_wandb_anonymous(logger)
     try:
-        logger.experiment  # start the run now: a W&B failure must not surface mid-training
+        logger.experiment  # noqa: B018 - start the run now: a W&B failure must not surface mid-training
     except Exception as error:  # noqa: BLE001 - any W&B failure: go on without it
-        warnings.warn(f"W&B could not start ({error}); training goes on with the other loggers.")
+        warnings.warn(f"W&B could not start ({error}); training goes on with the other loggers.", stacklevel=2)
         return None
     return logger
 
-    drop_wandb_anonymous(logger)
 
-def build_loggers(cfg: DictConfig, run_dir: Path, tags: list[str]) -> list[Logger]:
+def build_loggers(cfg: DictConfig, run_dir: Path, tags: list[str],
+                  resumed: Resumed | None = None) -> list[Logger]:
     chosen = dict(cfg.get("logger") or {})
     unknown = sorted(set(chosen) - set(LOGGERS))
     if unknown:
@@ -110,11 +118,13 @@ def build_loggers(cfg: DictConfig, run_dir: Path, tags: list[str]) -> list[Logge
     if "wandb" in chosen:
         options = dict(chosen["wandb"])
         options["tags"] = sorted(set(options.get("tags") or []) | set(tags))
-        wandb_logger = build_wandb_logger(options, run_dir, resolved)
+        wandb_logger = build_wandb_logger(options, run_dir, resolved,
+                                          resumed.wandb_run_id if resumed else None)
         if wandb_logger is not None:
             loggers.append(wandb_logger)
     if "csv" in chosen:
-        loggers.append(CSVLogger(save_dir=str(run_dir), name=chosen["csv"].get("name", "csv"), version=""))
+        csv_logger = ContinuingCSVLogger if resumed else CSVLogger  # resumed: append its rows
+        loggers.append(csv_logger(save_dir=str(run_dir), name=chosen["csv"].get("name", "csv"), version=""))
     if "tensorboard" in chosen:
         loggers.append(
             TensorBoardLogger(save_dir=str(run_dir), name=chosen["tensorboard"].get("name", "tensorboard"), version="")
@@ -196,10 +206,16 @@ def run_group(cfg: DictConfig) -> str | None:
 
         hydra_cfg = HydraConfig.get()
         if hydra_cfg.mode == RunMode.MULTIRUN:
-            return "sweep-" + Path(hydra_cfg.sweep.dir).name
+            return sweep_group(Path(hydra_cfg.sweep.dir))
     except ValueError:  # not running under Hydra
         pass
     return None
+
+
+def sweep_group(sweep_dir: Path) -> str:
+    """``sweep-<date>-<time>`` from ``multirun/<date>/<time>-<id>``; else ``sweep-<folder>``."""
+    dated = re.fullmatch(r"\d{4}-\d{2}-\d{2}", sweep_dir.parent.name)
+    return f"sweep-{sweep_dir.parent.name}-{sweep_dir.name}" if dated else f"sweep-{sweep_dir.name}"
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -234,8 +250,10 @@ def check_optim_numbers(optim: Any) -> None:
             raise ValueError(f"optim.{key} must be a finite number {smallest}, got {value!r}")
 
 
-def check_resume_compatible(ckpt_path: str, model_cfg: dict[str, Any], optim_cfg: dict[str, Any] | None = None) -> None:
-    """A checkpoint of another network, class count or optimizer gets a clear error before training starts."""
+def check_resume_compatible(ckpt_path: str, model_cfg: dict[str, Any], optim_cfg: dict[str, Any] | None = None) -> dict:
+    """A checkpoint of another network, class count or optimizer gets a clear error before training starts.
+
+    Returns the checkpoint (read once: it also names the W&B run to continue)."""
     checkpoint = safe_load(ckpt_path)
     saved = (checkpoint.get("hyper_parameters") or {}).get("model") if isinstance(checkpoint, dict) else None
     if not isinstance(saved, dict) or "state_dict" not in checkpoint:
@@ -251,6 +269,7 @@ def check_resume_compatible(ckpt_path: str, model_cfg: dict[str, Any], optim_cfg
             )
     if optim_cfg is not None:
         check_resume_optimizer(checkpoint, optim_cfg, ckpt_path)
+    return checkpoint
 
 
 def fit_and_test(
@@ -311,7 +330,7 @@ def close_wandb(loggers: list[Logger], trainer: pl.Trainer, exit_code: int, summ
             logger.experiment.finish(exit_code=exit_code)
         except Exception as error:  # noqa: BLE001 - any W&B failure: the other records stand
             warnings.warn(f"W&B could not record the end of the run ({type(error).__name__}: "
-                          f"{str(error)[:200]}); the CSV log and run.json have it.")
+                          f"{str(error)[:200]}); the CSV log and run.json have it.", stacklevel=2)
 
 
 def train(cfg: DictConfig, run_dir: Path | str) -> dict[str, float]:
@@ -333,6 +352,8 @@ def train(cfg: DictConfig, run_dir: Path | str) -> dict[str, float]:
     tags = [f"family:{facts['family']}", f"skip:{facts['skip']}", f"data:{cfg.data.name}"]
     datamodule = build_datamodule(cfg.data)
     datamodule.setup("fit")  # missing or corrupt data: fail now, in seconds, before any logger starts
+    if cfg.data.num_classes is None:  # folder datasets count their classes; the model reads it
+        cfg.data.num_classes = datamodule.num_classes
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     module = ZooModule(
         model=model_cfg,
@@ -341,19 +362,24 @@ def train(cfg: DictConfig, run_dir: Path | str) -> dict[str, float]:
         label_smoothing=float(cfg.label_smoothing),
         channels_last=bool(cfg.channels_last),
         batch_size=int(cfg.data.batch_size),
+        dataset=data_facts(datamodule),  # the checkpoint preprocesses raw images as trained
     )
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), run_name=str(cfg.run_name))
+    resumed = None
     if ckpt_path is not None:
-        check_resume_compatible(ckpt_path, model_cfg, OmegaConf.to_container(cfg.optim, resolve=True))
+        resumed = resumed_from(check_resume_compatible(
+            ckpt_path, model_cfg, OmegaConf.to_container(cfg.optim, resolve=True)), ckpt_path, run_dir)
     if model_cfg.get("pretrained") and ckpt_path is None:
         from zoo.pretrained import load_pretrained
 
         load_pretrained(module.net, model_cfg["name"], str(model_cfg["pretrained"]))
+        evaluate_only = cfg.trainer.get("max_epochs") == 0
+        log.info("%s weights of %s: %s", "evaluating the" if evaluate_only else "starting from the",
+                 model_cfg["name"], model_cfg["pretrained"])
 
-    loggers = build_loggers(cfg, run_dir, tags)
+    loggers = build_loggers(cfg, run_dir, tags, resumed)
     callbacks, checkpoint = build_callbacks(cfg, run_dir)
-    if cfg.data.num_classes is None:  # folder datasets count their classes; the model reads it
-        cfg.data.num_classes = datamodule.num_classes
+    callbacks += [StepLogInterval(), WandbRunIdInCheckpoint()]
     trainer_options = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if v is not None}
     trainer = pl.Trainer(
         **trainer_options,
@@ -373,9 +399,6 @@ def train(cfg: DictConfig, run_dir: Path | str) -> dict[str, float]:
         report_paths(run_dir, saved, loggers, metrics, fit_seconds)
     close_wandb(loggers, trainer, 0, wandb_summary(record))
     return metrics
-        evaluate_only = cfg.trainer.get("max_epochs") == 0
-        log.info("%s weights of %s: %s", "evaluating the" if evaluate_only else "starting from the",
-                 model_cfg["name"], model_cfg["pretrained"])
 
 
 def report_paths(
@@ -395,4 +418,4 @@ def report_paths(
                 lines.append(f"  upload it later with: wandb sync {run.dir.rsplit('/files', 1)[0]}")
             else:
                 lines.append(f"W&B run: {run.url}")
-    print("\n".join(lines), file=sys.stdout, flush=True)
+    print_and_log("\n".join(lines))  # the terminal and the run's train.log

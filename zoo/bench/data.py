@@ -100,7 +100,7 @@ def bench_data(args: argparse.Namespace, device: torch.device, report: Reporter)
         consume = Consumer(kind, channels, device, precision, args.channels_last_of[precision])
         seconds: dict[str, list[float]] = {name: [] for name in loaders}
         images = {}
-        for name, loader in loaders.items():  # warm-up: worker start-up, cudnn autotuning
+        for loader in loaders.values():  # warm-up: worker start-up, cudnn autotuning
             time_epoch(loader, consume, device)
         for repeat in range(args.repeats):
             order = list(loaders) if repeat % 2 == 0 else list(reversed(loaders))

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
 import zoo
+from zoo.compat import reset_train_dataloader
 from zoo.models import count_parameters
 
 log = logging.getLogger("zoo")
@@ -187,8 +188,7 @@ class ZooModule(pl.LightningModule):
         # estimated_stepping_batches builds the train loader before a resumed run's loop state
         # is restored, so the loader's saved position (mid-epoch resume) would never reach it.
         # Dropping it makes the fit loop build it again after the restore.
-        if getattr(self.trainer.fit_loop, "_combined_loader", None) is not None:
-            self.trainer.fit_loop._combined_loader = None
+        reset_train_dataloader(self.trainer)
         if schedule["name"] == "onecycle":
             scheduler: Any = torch.optim.lr_scheduler.OneCycleLR(
                 optimizer, max_lr=lr, total_steps=total_steps,

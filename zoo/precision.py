@@ -21,6 +21,7 @@ statistics, the loss and the optimizer state stay fp32 under autocast either way
 
 from __future__ import annotations
 
+import platform
 from functools import lru_cache
 
 import torch
@@ -42,6 +43,18 @@ def cpu_flags() -> frozenset[str]:
     except OSError:
         pass
     return frozenset()
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux ``/proc/cpuinfo``), else what ``platform`` knows."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def cpu_bf16_flags(flags: frozenset[str] | set[str] | None = None) -> list[str]:

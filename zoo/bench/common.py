@@ -7,7 +7,6 @@ import contextlib
 import json
 import logging
 import os
-import platform
 import statistics
 import sys
 import warnings
@@ -19,23 +18,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoo.precision import BF16_CPU_FLAGS, cpu_flags
+from zoo.precision import BF16_CPU_FLAGS, cpu_flags, cpu_model
 
 PRECISIONS = ("32-true", "bf16-mixed")
 
 # Hand-written baseline and zoo share these (SGD as configs/train.yaml; no schedule, so that the
 # comparison is the loop and nothing else).
 OPTIM = {"name": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4}
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def environment(device: torch.device, size: str) -> dict[str, Any]:

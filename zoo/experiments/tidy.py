@@ -12,7 +12,6 @@ import csv
 import json
 import math
 import os
-import platform
 import shlex
 import subprocess
 import sys
@@ -20,6 +19,8 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from zoo.precision import cpu_model
 
 META_FILE = "meta.json"
 
@@ -67,16 +68,6 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> st
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cell(row[c]) for c in columns) + " |" for row in rows]
     return "\n".join(lines)
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def machine() -> dict[str, Any]:

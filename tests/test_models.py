@@ -431,3 +431,17 @@ def test_bad_names() -> None:
 def test_cifar_densenets_default_to_10_classes() -> None:
     assert zoo.create("densenet_bc_100_12")(torch.randn(1, 3, 32, 32)).shape == (1, 10)
     assert zoo.create("densenet121")(torch.randn(1, 3, 64, 64)).shape == (1, 1000)
+
+
+def test_models_md_is_the_catalogue() -> None:
+    """docs/MODELS.md holds exactly what `python -m zoo.models --markdown` prints today."""
+    from pathlib import Path
+
+    from zoo.models.catalogue import catalogue, markdown_table
+
+    marker = "<!-- generated: python -m zoo.models --markdown -->\n"
+    page = (Path(__file__).parents[1] / "docs" / "MODELS.md").read_text()
+    assert marker in page, "docs/MODELS.md lost its generated-table marker"
+    assert page.split(marker, 1)[1].strip() == markdown_table(catalogue()).strip(), (
+        "docs/MODELS.md is stale: regenerate its table with `python -m zoo.models --markdown`"
+    )

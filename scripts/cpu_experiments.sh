@@ -56,6 +56,13 @@ add_vs_concat() {  # addition against concatenation at equal parameters and equa
   python -m zoo.results collect "$runs/add_vs_concat_cpu" --out "$results/add_vs_concat"
 }
 
+add_vs_concat_lr() {  # ResNet-56's spread above is not a learning-rate artefact: 2 more rates
+  python train.py -m experiment=add_vs_concat_cpu model=resnet56 optim.lr=0.05,0.2 seed=0,1,2 \
+    hydra.sweep.dir="$runs/add_vs_concat_lr"
+  python -m zoo.results collect "$runs/add_vs_concat_lr" "$runs/add_vs_concat_cpu"/*-resnet56-* \
+    --out "$results/add_vs_concat_lr"
+}
+
 depth_1000() {  # narrow 1202/1001-layer nets against shallow nets of the same width and budget
   python train.py -m experiment=depth_1000_cpu hydra.sweep.dir="$runs/depth_1000_cpu" || true
   python -m zoo.results collect "$runs/depth_1000_cpu" --out "$results/depth_1000"
@@ -69,7 +76,7 @@ precision_parity() {  # bf16 against fp32 on the CPU: accuracy (docs/BENCHMARKS.
 }
 
 all() {
-  gradient_at_init; memory; degradation; lr_sweep; lesion; explosion; add_vs_concat; depth_1000
+  gradient_at_init; memory; degradation; lr_sweep; lesion; explosion; add_vs_concat; add_vs_concat_lr; depth_1000
   precision_parity
   python -m zoo.results redraw "$results"
 }

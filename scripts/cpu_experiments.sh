@@ -63,6 +63,13 @@ add_vs_concat_lr() {  # ResNet-56's spread above is not a learning-rate artefact
     --out "$results/add_vs_concat_lr"
 }
 
+add_vs_concat_time() {  # at equal seconds: ResNet-20/32 given the DenseNets' training time (24 epochs)
+  python train.py -m experiment=add_vs_concat_cpu model=resnet20,resnet32 trainer.max_epochs=24 \
+    hydra.sweep.dir="$runs/add_vs_concat_time"
+  python -m zoo.results collect "$runs/add_vs_concat_time" "$runs/add_vs_concat_cpu"/*-densenet* \
+    --out "$results/add_vs_concat_time"
+}
+
 depth_1000() {  # narrow 1202/1001-layer nets against shallow nets of the same width and budget
   python train.py -m experiment=depth_1000_cpu hydra.sweep.dir="$runs/depth_1000_cpu" || true
   python -m zoo.results collect "$runs/depth_1000_cpu" --out "$results/depth_1000"
@@ -76,7 +83,7 @@ precision_parity() {  # bf16 against fp32 on the CPU: accuracy (docs/BENCHMARKS.
 }
 
 all() {
-  gradient_at_init; memory; degradation; lr_sweep; lesion; explosion; add_vs_concat; add_vs_concat_lr; depth_1000
+  gradient_at_init; memory; degradation; lr_sweep; lesion; explosion; add_vs_concat; add_vs_concat_lr; add_vs_concat_time; depth_1000
   precision_parity
   python -m zoo.results redraw "$results"
 }

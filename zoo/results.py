@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import statistics
 import sys
 import time
 from collections import defaultdict
@@ -36,11 +35,23 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from zoo.figures import FAMILY_NAMES, band, depth_of, family_of, legend, plt, save, style_for
+from zoo.figures import depth_of, family_of
+
+# The figures of a sweep (re-exported: zoo.results.plot_against_depth as before).
+from zoo.sweep_figures import (  # noqa: F401
+    _setting_groups,
+    depth_finding,
+    depth_series,
+    mean_std,
+    plot_against_cost,
+    plot_against_depth,
+    plot_curves,
+    plot_lr_control,
+)
 
 RUNS_FILE, CURVES_FILE, META_FILE, TABLE_FILE = "runs.csv", "curves.csv", "meta.json", "summary.md"
 RUN_COLUMNS = ["run", "model", "depth", "family", "data", "seed", "setting", "status", "steps",
-               "train_eval_err", "test_acc", "best_val_acc", "fit_seconds", "parameters"]
+               "train_eval_err", "test_acc", "best_val_acc", "fit_seconds", "parameters", "lr"]
 CURVE_COLUMNS = ["run", "setting", "model", "seed", "metric", "step", "epoch", "value"]
 # metric in curves.csv -> (the logged key, whether the value is 1 - the logged one, and what to
 # add to the CSV's step to count steps done: Lightning logs a step's metrics at its index, the
@@ -53,7 +64,10 @@ DEFAULT_RESULTS, DEFAULT_FIGURES = Path("docs/results"), Path("docs/figures")
 # ---------------------------------------------------------------------------- collect
 
 
-def run_rows(paths: Sequence[Path | str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[Any]]:
+Row = dict[str, Any]
+
+
+def run_rows(paths: Sequence[Path | str]) -> tuple[list[Row], list[Row], list[Any]]:
     """The rows of runs.csv and curves.csv for the runs at or below ``paths``, and the runs."""
     from zoo.report import parameters, steps_trained
     from zoo.runs import read_runs, setting_labels
@@ -63,7 +77,7 @@ def run_rows(paths: Sequence[Path | str]) -> tuple[list[dict[str, Any]], list[di
         raise FileNotFoundError(f"no runs under {', '.join(map(str, paths))}: pass run directories "
                                 "or the sweep folder above them")
     rows, curves = [], []
-    for run, setting in zip(runs, setting_labels(runs, ignore=("seed",))):
+    for run, setting in zip(runs, setting_labels(runs, ignore=("seed",)), strict=True):
         val = run.series("val/acc")
         best_val = run.record.get("best_val_acc")
         rows.append({
@@ -71,17 +85,31 @@ def run_rows(paths: Sequence[Path | str]) -> tuple[list[dict[str, Any]], list[di
             "family": family_of(run.model), "data": run.data, "seed": run.seed, "setting": setting,
             "status": run.status, "steps": steps_trained(run),
             "train_eval_err": run.last("train_eval/err"), "test_acc": run.last("test/acc"),
-            "best_val_acc": best_val if best_val is not None else (max(val.values()) if val else None),
+            "best_val_acc": best_val if best_val is not None
+            else (max(val.values()) if val else None),
             "fit_seconds": run.record.get("fit_seconds"), "parameters": parameters(run),
+            "lr": _reference_lr(run.path),
         })
         for metric, (key, complement, offset) in CURVE_METRICS.items():
             for row in run.metrics():
                 if key in row and "step" in row:
                     curves.append({"run": run.name, "setting": setting, "model": run.model,
-                                   "seed": run.seed, "metric": metric, "step": int(row["step"]) + offset,
+                                   "seed": run.seed, "metric": metric,
+                                   "step": int(row["step"]) + offset,
                                    "epoch": int(row["epoch"]) if "epoch" in row else None,
                                    "value": 1.0 - row[key] if complement else row[key]})
     return rows, curves, runs
+
+
+def _reference_lr(run_dir: Path) -> float | None:
+    """``optim.lr`` as the run's config holds it (the rate per 128 images, before scaling)."""
+    from omegaconf import OmegaConf
+
+    from zoo.runs import HYDRA_CONFIG_FILE
+
+    path = run_dir / HYDRA_CONFIG_FILE
+    lr = OmegaConf.select(OmegaConf.load(path), "optim.lr") if path.is_file() else None
+    return None if lr is None else float(lr)
 
 
 def wall_seconds(runs: Sequence[Any]) -> float | None:
@@ -91,7 +119,8 @@ def wall_seconds(runs: Sequence[Any]) -> float | None:
     return round((max(ends) - min(starts)).total_seconds(), 1) if starts and ends else None
 
 
-def collect(paths: Sequence[Path | str], out_dir: Path | str, argv: Sequence[str] | None = None) -> list[Path]:
+def collect(paths: Sequence[Path | str], out_dir: Path | str,
+            argv: Sequence[str] | None = None) -> list[Path]:
     """Write runs.csv, curves.csv and meta.json for the runs at or below ``paths``."""
     import torch
 
@@ -109,7 +138,8 @@ def collect(paths: Sequence[Path | str], out_dir: Path | str, argv: Sequence[str
         "runs": len(rows),
         "run_hosts": sorted({str(r.record["hostname"]) for r in runs if r.record.get("hostname")}),
         "machine": machine(),
-        "torch": sorted({str(r.record["torch"]) for r in runs if r.record.get("torch")}) or [torch.__version__],
+        "torch": sorted({str(r.record["torch"]) for r in runs if r.record.get("torch")})
+        or [torch.__version__],
         "wall_seconds": wall_seconds(runs),  # of the sweep, first start to last end
         "fit_seconds_total": round(sum(row["fit_seconds"] or 0.0 for row in rows), 1),
         "git_commit": git_commit(),
@@ -123,27 +153,10 @@ def collect(paths: Sequence[Path | str], out_dir: Path | str, argv: Sequence[str
 # ---------------------------------------------------------------------------- summaries
 
 
-def mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None, int]:
-    """Mean, sample standard deviation (0 for one value) and count of the values present."""
-    present = [float(v) for v in values if v not in (None, "")]
-    if not present:
-        return None, None, 0
-    return statistics.fmean(present), statistics.stdev(present) if len(present) > 1 else 0.0, len(present)
-
-
 def _percent(values: Sequence[Any], complement: bool = False) -> str:
-    mean, std, _ = mean_std([None if v in (None, "") else (1 - v if complement else v) for v in values])
+    present = [None if v in (None, "") else (1 - v if complement else v) for v in values]
+    mean, std, _ = mean_std(present)
     return "-" if mean is None else f"{100 * mean:.1f} ± {100 * std:.1f}"
-
-
-def _setting_groups(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    """Rows per setting, ordered plain, residual, dense, then by depth."""
-    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for row in rows:
-        groups[row["setting"]].append(row)
-    families = list(FAMILY_NAMES)
-    return dict(sorted(groups.items(), key=lambda item: (
-        families.index(item[1][0]["family"]), item[1][0]["depth"] or 0, item[0])))
 
 
 def summary_table(rows: Sequence[dict[str, Any]]) -> str:
@@ -159,119 +172,14 @@ def summary_table(rows: Sequence[dict[str, Any]]) -> str:
         cells = [setting, str(len(mine)), _percent([r["train_eval_err"] for r in mine]),
                  _percent([r["test_acc"] for r in mine], complement=True),
                  _percent([r["best_val_acc"] for r in mine], complement=True),
-                 str(max((int(r["steps"]) for r in mine if r["steps"] not in (None, "")), default="-")),
-                 "-" if seconds is None else f"{seconds:.0f}" if seconds >= 100 else f"{seconds:.1f}",
-                 f"{int(mine[0]['parameters']):,}" if mine[0]["parameters"] not in (None, "") else "-",
+                 str(max((int(r["steps"]) for r in mine if r["steps"] not in (None, "")),
+                         default="-")),
+                 "-" if seconds is None else f"{seconds:.0f}" if seconds >= 100
+                 else f"{seconds:.1f}",
+                 "-" if mine[0]["parameters"] in (None, "") else f"{int(mine[0]['parameters']):,}",
                  ", ".join(f"{count} {status}" for status, count in ended.items())]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-# ---------------------------------------------------------------------------- figures
-
-
-def _suffix(row: dict[str, Any]) -> str:
-    """The setting without its model (``optim.lr=0.01``): series of one family share it."""
-    return str(row["setting"])[len(str(row["model"])):].strip()
-
-
-def depth_series(rows: Sequence[dict[str, Any]], key: str, complement: bool = False
-                 ) -> dict[tuple[str, str], list[tuple[int, float, float, int, str]]]:
-    """{(family, setting suffix): [(depth, mean, std, seeds, model)]} of a runs.csv column, in
-    percent."""
-    values: dict[tuple[str, str], dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
-    models: dict[int, str] = {}
-    for row in rows:
-        if row[key] not in (None, "") and row["depth"] not in (None, ""):
-            value = 1.0 - float(row[key]) if complement else float(row[key])
-            values[(row["family"], _suffix(row))][int(row["depth"])].append(100 * value)
-            models[(row["family"], int(row["depth"]))] = str(row["model"])
-    return {series: [(depth, *mean_std(by_depth[depth]), models[(series[0], depth)])
-                     for depth in sorted(by_depth)] for series, by_depth in values.items()}
-
-
-def depth_finding(series: dict[tuple[str, str], list[tuple[Any, ...]]], what: str) -> str:
-    """A title that states what the data show: does the error rise from the shallowest to the
-    deepest net, by more than the seed std, in each family (default settings only)?"""
-    parts, rises = [], {}
-    for family in ("plain", "residual", "dense"):
-        points = series.get((family, ""))
-        if not points or len(points) < 2:
-            continue
-        (d0, e0, s0, *_), (d1, e1, s1, *_) = points[0], points[-1]
-        rises[family] = e1 - e0 > max(s0, s1, 0.0)
-        parts.append(f"{family} {e0:.1f}% at {d0} → {e1:.1f}% at {d1} layers")
-    if not parts:
-        return f"{what} against depth"
-    worse = [family for family, rose in rises.items() if rose]
-    if worse == ["plain"]:
-        head = f"Deeper plain nets have a higher {what}; residual nets do not"
-    elif worse:
-        head = f"Deeper {' and '.join(worse)} nets have a higher {what}"
-    else:
-        head = f"No family's {what} rises with depth"
-    return f"{head}\n({'; '.join(parts)})"
-
-
-def plot_against_depth(rows: Sequence[dict[str, Any]], key: str, what: str, path: Path,
-                       complement: bool = False) -> Path:
-    """Mean ± std over seeds of ``key`` against depth: a line per family (plain dashed,
-    residual solid), each depth's point in its colour."""
-    series = depth_series(rows, key, complement)
-    figure, axis = plt.subplots(figsize=(7.5, 4.8))
-    for (family, suffix), points in sorted(series.items()):
-        depths, means, stds, _, models = zip(*points)
-        # The line says the family (plain dashed, residual solid); each point's colour its depth.
-        axis.errorbar(depths, means, yerr=stds, color="0.3" if family == "plain" else "black",
-                      linestyle=style_for(models[0])["linestyle"], linewidth=1.4, zorder=1,
-                      label=" ".join([FAMILY_NAMES[family], suffix]).strip())
-        axis.scatter(depths, means, zorder=2, s=42, marker="s" if family == "plain" else "o",
-                     color=[style_for(model)["color"] for model in models])
-    all_depths = sorted({depth for points in series.values() for depth, *_ in points})
-    if all_depths and all_depths[-1] / max(1, all_depths[0]) > 8:
-        axis.set_xscale("log")
-    axis.set_xticks(all_depths, [str(d) for d in all_depths])
-    axis.minorticks_off()
-    axis.set_xlabel("depth (layers)")
-    seeds = max((point[3] for points in series.values() for point in points), default=0)
-    axis.set_ylabel(f"{what} (%), mean ± std over {seeds} seed{'s' * (seeds != 1)}")
-    axis.set_ylim(bottom=0)
-    axis.set_title(depth_finding(series, what))
-    legend(axis)
-    return save(figure, path)
-
-
-def _mean_curve(points: dict[int, list[float]]) -> tuple[list[int], list[float], list[float]]:
-    steps = sorted(points)
-    return steps, [mean_std(points[s])[0] for s in steps], [mean_std(points[s])[1] for s in steps]
-
-
-def plot_curves(rows: Sequence[dict[str, Any]], curves: Sequence[dict[str, Any]], path: Path) -> Path:
-    """Training loss and validation error against optimizer steps, a line per setting with a
-    band of ± std over its seeds; stars: the eval-mode training error at its step."""
-    by_setting: dict[tuple[str, str], dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for point in curves:
-        by_setting[(point["setting"], point["metric"])][int(point["step"])].append(float(point["value"]))
-    figure, (loss_axis, error_axis) = plt.subplots(1, 2, figsize=(12.5, 4.6))
-    seeds = 0
-    for setting, mine in _setting_groups(rows).items():
-        model, seeds = mine[0]["model"], max(seeds, len(mine))
-        for axis, metric, scale in ((loss_axis, "train_loss", 1.0), (error_axis, "val_err", 100.0)):
-            steps, mean, std = _mean_curve(by_setting.get((setting, metric), {}))
-            if steps:
-                band(axis, steps, [scale * m for m in mean], [scale * s for s in std], model, label=setting)
-        steps, mean, std = _mean_curve(by_setting.get((setting, "train_eval_err"), {}))
-        if steps:
-            error_axis.errorbar(steps, [100 * m for m in mean], yerr=[100 * s for s in std], fmt="*",
-                                markersize=10, color=style_for(model)["color"])
-    loss_axis.set(yscale="log", xlabel="optimizer step", ylabel="training loss (logged steps)",
-                  title="Training loss")
-    error_axis.set(xlabel="optimizer step", ylabel="error (%)",
-                   title="Validation error (lines), eval-mode training error (stars)")
-    legend(loss_axis)
-    figure.suptitle(f"Mean ± std over {seeds} seed{'s' * (seeds != 1)} per setting "
-                    "(dashed: plain, solid: residual)")
-    return save(figure, path)
 
 
 # ---------------------------------------------------------------------------- redraw
@@ -295,7 +203,11 @@ def redraw_sweep(results_dir: Path, figures_dir: Path) -> list[Path]:
     rows = read_csv(results_dir / RUNS_FILE)
     curves = read_csv(results_dir / CURVES_FILE) if (results_dir / CURVES_FILE).is_file() else []
     written = []
-    if "degradation" in results_dir.name:
+    if results_dir.name.endswith("_lr"):  # a learning-rate control: error against the rate
+        written.append(plot_lr_control(rows, figures_dir / "error_vs_lr.png"))
+    elif "add_vs_concat" in results_dir.name:
+        written.append(plot_against_cost(rows, figures_dir / "error_vs_cost.png"))
+    elif "degradation" in results_dir.name or "depth_1000" in results_dir.name:
         written.append(plot_against_depth(rows, "train_eval_err", "training error",
                                           figures_dir / "train_error_vs_depth.png"))
         written.append(plot_against_depth(rows, "test_acc", "test error",
@@ -331,7 +243,8 @@ def redraw_measurement(results_dir: Path, figures_dir: Path) -> list[Path]:
     return [Path(shutil.copy2(path, figures_dir / Path(path).name)) for path in drawn]
 
 
-def redraw(results_root: Path | str = DEFAULT_RESULTS, figures_root: Path | str = DEFAULT_FIGURES) -> list[Path]:
+def redraw(results_root: Path | str = DEFAULT_RESULTS,
+           figures_root: Path | str = DEFAULT_FIGURES) -> list[Path]:
     """Every experiment folder of ``results_root`` (or that folder itself) into
     ``figures_root/<experiment>/``."""
     results_root, figures_root = Path(results_root), Path(figures_root)
@@ -343,16 +256,19 @@ def redraw(results_root: Path | str = DEFAULT_RESULTS, figures_root: Path | str 
     written = []
     for folder in folders:
         out = figures_root / folder.name
-        written += redraw_sweep(folder, out) if (folder / RUNS_FILE).is_file() else redraw_measurement(folder, out)
+        is_sweep = (folder / RUNS_FILE).is_file()
+        written += redraw_sweep(folder, out) if is_sweep else redraw_measurement(folder, out)
     return written
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(prog="python -m zoo.results", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m zoo.results",
+                                     description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     collect_parser = commands.add_parser("collect", help="tidy files from run directories")
-    collect_parser.add_argument("runs", nargs="+", type=Path, help="run directories or sweep folders")
+    collect_parser.add_argument("runs", nargs="+", type=Path,
+                                help="run directories or sweep folders")
     collect_parser.add_argument("--out", type=Path, required=True, help="docs/results/<experiment>")
     redraw_parser = commands.add_parser("redraw", help="figures and tables from the tidy files")
     redraw_parser.add_argument("results", nargs="?", type=Path, default=DEFAULT_RESULTS)

@@ -1,0 +1,64 @@
+"""zoo.sweep_figures: the addition-vs-concatenation and learning-rate figures state what their
+rows show, and zoo.results routes each experiment folder to them."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+
+from zoo import results, sweep_figures
+
+
+def _row(model: str, seed: int, test_acc: float, seconds: float, parameters: int,
+         lr: float | None = None, train_err: float = 0.1, setting: str | None = None) -> dict:
+    family = "dense" if model.startswith("densenet") else "residual"
+    return {"run": f"{model}-s{seed}", "model": model, "depth": None, "family": family,
+            "data": "fashion_mnist", "seed": seed, "setting": setting or model, "status": "done",
+            "steps": 100, "train_eval_err": train_err, "test_acc": test_acc, "best_val_acc": None,
+            "fit_seconds": seconds, "parameters": parameters, "lr": lr}
+
+
+def _sweep(dense_acc: float, residual_acc: float) -> list[dict]:
+    return ([_row("resnet20", s, residual_acc + 0.001 * s, 10.0 + s, 270_000) for s in range(3)]
+            + [_row("densenet40_12", s, dense_acc - 0.001 * s, 100.0, 1_020_000)
+               for s in range(3)])
+
+
+def test_the_cost_title_compares_the_best_of_each_family_from_the_rows():
+    points = sweep_figures._per_model(_sweep(dense_acc=0.80, residual_acc=0.77))
+    title = sweep_figures.cost_finding(points)
+    assert title.startswith("Concatenation beats addition: densenet40_12 20.1% vs resnet20 22.9%")
+    assert "3.8x the parameters and 9.1x the training seconds" in title
+    reversed_title = sweep_figures.cost_finding(
+        sweep_figures._per_model(_sweep(dense_acc=0.70, residual_acc=0.77)))
+    assert reversed_title.startswith("Addition beats concatenation")
+    level = sweep_figures.cost_finding(
+        sweep_figures._per_model(_sweep(dense_acc=0.7715, residual_acc=0.7695)))
+    assert level.startswith("Addition and concatenation are level")
+
+
+def test_only_the_default_setting_of_a_model_is_a_cost_point():
+    rows = _sweep(0.8, 0.77) + [_row("resnet20", 0, 0.10, 5.0, 270_000, setting="resnet20 x=1")]
+    assert sweep_figures._per_model(rows)["resnet20"]["test_err"][0] == pytest.approx(22.9)
+
+
+def _write_runs(folder, rows):
+    folder.mkdir(parents=True)
+    with (folder / results.RUNS_FILE).open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, results.RUN_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def test_redraw_routes_add_vs_concat_and_lr_folders_to_their_figures(tmp_path):
+    _write_runs(tmp_path / "res" / "add_vs_concat", _sweep(0.8, 0.77))
+    lr_rows = [_row("plain56", s, 0.6, 30.0, 850_000, lr=lr, train_err=err,
+                    setting=f"plain56 optim.lr={lr}")
+               for lr, err in ((0.05, 0.40), (0.1, 0.30), (0.2, 0.50)) for s in range(3)]
+    _write_runs(tmp_path / "res" / "degradation_lr", lr_rows)
+    written = {p.relative_to(tmp_path / "fig").as_posix()
+               for p in results.redraw(tmp_path / "res", tmp_path / "fig")}
+    assert {"add_vs_concat/error_vs_cost.png", "degradation_lr/error_vs_lr.png"} <= written
+    assert "degradation_lr/train_error_vs_depth.png" not in written  # one depth: no depth plot
+    assert (tmp_path / "fig" / "add_vs_concat" / "error_vs_cost.png").stat().st_size > 10_000

@@ -1,0 +1,250 @@
+"""Every figure of a training sweep, drawn from the rows of its ``runs.csv`` and ``curves.csv``
+(``zoo.results`` writes and reads those files). Seeds of one setting are averaged: mean ± std
+(sample std); every number in a title is computed from the rows.
+
+* :func:`plot_against_depth`: a metric against depth, plain nets dashed, residual nets solid
+  (the degradation problem, section 2 of docs/RESULTS.md; over 1000 layers, section 7).
+* :func:`plot_curves`: training loss and validation error against optimizer steps.
+* :func:`plot_against_cost`: test error against parameters and against training seconds, one
+  point per model with error bars over seeds on both axes (addition against concatenation,
+  section 6). The title compares the best net of each family.
+* :func:`plot_lr_control`: training and test error against the learning rate, a line per model
+  (the control that a result is not an artefact of the rate, sections 2 and 6).
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+from zoo.figures import FAMILY_NAMES, band, family_of, legend, plt, save, style_for
+
+Row = dict[str, Any]
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None, int]:
+    """Mean, sample standard deviation (0 for one value) and count of the values present."""
+    present = [float(v) for v in values if v not in (None, "")]
+    if not present:
+        return None, None, 0
+    std = statistics.stdev(present) if len(present) > 1 else 0.0
+    return statistics.fmean(present), std, len(present)
+
+
+def _setting_groups(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Rows per setting, ordered plain, residual, dense, then by depth."""
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        groups[row["setting"]].append(row)
+    families = list(FAMILY_NAMES)
+    return dict(sorted(groups.items(), key=lambda item: (
+        families.index(item[1][0]["family"]), item[1][0]["depth"] or 0, item[0])))
+
+
+def _suffix(row: dict[str, Any]) -> str:
+    """The setting without its model (``optim.lr=0.01``): series of one family share it."""
+    return str(row["setting"])[len(str(row["model"])):].strip()
+
+
+def depth_series(rows: Sequence[dict[str, Any]], key: str, complement: bool = False
+                 ) -> dict[tuple[str, str], list[tuple[int, float, float, int, str]]]:
+    """{(family, setting suffix): [(depth, mean, std, seeds, model)]} of a runs.csv column, in
+    percent."""
+    values: dict[tuple[str, str], dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    models: dict[int, str] = {}
+    for row in rows:
+        if row[key] not in (None, "") and row["depth"] not in (None, ""):
+            value = 1.0 - float(row[key]) if complement else float(row[key])
+            values[(row["family"], _suffix(row))][int(row["depth"])].append(100 * value)
+            models[(row["family"], int(row["depth"]))] = str(row["model"])
+    return {series: [(depth, *mean_std(by_depth[depth]), models[(series[0], depth)])
+                     for depth in sorted(by_depth)] for series, by_depth in values.items()}
+
+
+def depth_finding(series: dict[tuple[str, str], list[tuple[Any, ...]]], what: str) -> str:
+    """A title that states what the data show: does the error rise from the shallowest to the
+    deepest net, by more than the seed std, in each family (default settings only)?"""
+    parts, rises = [], {}
+    for family in ("plain", "residual", "dense"):
+        points = series.get((family, ""))
+        if not points or len(points) < 2:
+            continue
+        (d0, e0, s0, *_), (d1, e1, s1, *_) = points[0], points[-1]
+        rises[family] = e1 - e0 > max(s0, s1, 0.0)
+        parts.append(f"{family} {e0:.1f}% at {d0} → {e1:.1f}% at {d1} layers")
+    if not parts:
+        return f"{what} against depth"
+    worse = [family for family, rose in rises.items() if rose]
+    if worse == ["plain"]:
+        head = f"Deeper plain nets have a higher {what}; residual nets do not"
+    elif worse:
+        head = f"Deeper {' and '.join(worse)} nets have a higher {what}"
+    else:
+        head = f"No family's {what} rises with depth"
+    return f"{head}\n({'; '.join(parts)})"
+
+
+def plot_against_depth(rows: Sequence[dict[str, Any]], key: str, what: str, path: Path,
+                       complement: bool = False) -> Path:
+    """Mean ± std over seeds of ``key`` against depth: a line per family (plain dashed,
+    residual solid), each depth's point in its colour."""
+    series = depth_series(rows, key, complement)
+    figure, axis = plt.subplots(figsize=(7.5, 4.8))
+    for (family, suffix), points in sorted(series.items()):
+        depths, means, stds, _, models = zip(*points, strict=True)
+        # The line says the family (plain dashed, residual solid); each point's colour its depth.
+        axis.errorbar(depths, means, yerr=stds, color="0.3" if family == "plain" else "black",
+                      linestyle=style_for(models[0])["linestyle"], linewidth=1.4, zorder=1,
+                      label=" ".join([FAMILY_NAMES[family], suffix]).strip())
+        axis.scatter(depths, means, zorder=2, s=42, marker="s" if family == "plain" else "o",
+                     color=[style_for(model)["color"] for model in models])
+    all_depths = sorted({depth for points in series.values() for depth, *_ in points})
+    if all_depths and all_depths[-1] / max(1, all_depths[0]) > 8:
+        axis.set_xscale("log")
+    axis.set_xticks(all_depths, [str(d) for d in all_depths])
+    axis.minorticks_off()
+    axis.set_xlabel("depth (layers)")
+    seeds = max((point[3] for points in series.values() for point in points), default=0)
+    axis.set_ylabel(f"{what} (%), mean ± std over {seeds} seed{'s' * (seeds != 1)}")
+    axis.set_ylim(bottom=0)
+    axis.set_title(depth_finding(series, what))
+    legend(axis)
+    return save(figure, path)
+
+
+def _mean_curve(points: dict[int, list[float]]) -> tuple[list[int], list[float], list[float]]:
+    steps = sorted(points)
+    return steps, [mean_std(points[s])[0] for s in steps], [mean_std(points[s])[1] for s in steps]
+
+
+def plot_curves(rows: Sequence[Row], curves: Sequence[Row], path: Path) -> Path:
+    """Training loss and validation error against optimizer steps, a line per setting with a
+    band of ± std over its seeds; stars: the eval-mode training error at its step."""
+    by_setting: dict[tuple[str, str], dict[int, list[float]]] = defaultdict(
+        lambda: defaultdict(list))
+    for point in curves:
+        by_step = by_setting[(point["setting"], point["metric"])]
+        by_step[int(point["step"])].append(float(point["value"]))
+    figure, (loss_axis, error_axis) = plt.subplots(1, 2, figsize=(12.5, 4.6))
+    seeds = 0
+    for setting, mine in _setting_groups(rows).items():
+        model, seeds = mine[0]["model"], max(seeds, len(mine))
+        for axis, metric, scale in ((loss_axis, "train_loss", 1.0), (error_axis, "val_err", 100.0)):
+            steps, mean, std = _mean_curve(by_setting.get((setting, metric), {}))
+            if steps:
+                band(axis, steps, [scale * m for m in mean], [scale * s for s in std], model,
+                     label=setting)
+        steps, mean, std = _mean_curve(by_setting.get((setting, "train_eval_err"), {}))
+        if steps:
+            error_axis.errorbar(steps, [100 * m for m in mean], yerr=[100 * s for s in std],
+                                fmt="*",
+                                markersize=10, color=style_for(model)["color"])
+    loss_axis.set(yscale="log", xlabel="optimizer step", ylabel="training loss (logged steps)",
+                  title="Training loss")
+    error_axis.set(xlabel="optimizer step", ylabel="error (%)",
+                   title="Validation error (lines), eval-mode training error (stars)")
+    legend(loss_axis)
+    figure.suptitle(f"Mean ± std over {seeds} seed{'s' * (seeds != 1)} per setting "
+                    "(dashed: plain, solid: residual)")
+    return save(figure, path)
+
+
+def _present(rows: Sequence[Row], key: str) -> list[float]:
+    return [float(row[key]) for row in rows if row.get(key) not in (None, "")]
+
+
+def _per_model(rows: Sequence[Row]) -> dict[str, dict[str, tuple[float, float]]]:
+    """{model: {test_err, params, seconds: (mean, std)}} over the seeds of the default setting
+    (the rows whose setting is the model's name alone)."""
+    groups: dict[str, list[Row]] = defaultdict(list)
+    for row in rows:
+        if row["setting"] == row["model"] and row.get("test_acc") not in (None, ""):
+            groups[row["model"]].append(row)
+    return {model: {
+        "test_err": _mean_std([100 * (1 - v) for v in _present(mine, "test_acc")]),
+        "params": _mean_std([v / 1e6 for v in _present(mine, "parameters")]),
+        "seconds": _mean_std(_present(mine, "fit_seconds")),
+        "seeds": (len(mine), 0.0),
+    } for model, mine in groups.items()}
+
+
+def cost_finding(points: dict[str, dict[str, tuple[float, float]]]) -> str:
+    """The title: the best dense net against the best residual net, error and costs."""
+    best = {}
+    for family in ("residual", "dense"):
+        mine = {m: p for m, p in points.items() if family_of(m) == family}
+        if mine:
+            best[family] = min(mine.items(), key=lambda item: item[1]["test_err"][0])
+    if len(best) < 2:
+        return "Test error against parameters and training time"
+    (dense, d), (residual, r) = best["dense"], best["residual"]
+    gap = r["test_err"][0] - d["test_err"][0]
+    spread = max(d["test_err"][1], r["test_err"][1])
+    verdict = ("Concatenation beats addition" if gap > spread else
+               "Addition beats concatenation" if -gap > spread else
+               "Addition and concatenation are level")
+    return (f"{verdict}: {dense} {d['test_err'][0]:.1f}% vs {residual} {r['test_err'][0]:.1f}% "
+            f"test error,\nat {d['params'][0] / r['params'][0]:.1f}x the parameters and "
+            f"{d['seconds'][0] / r['seconds'][0]:.1f}x the training seconds")
+
+
+def plot_against_cost(rows: Sequence[Row], path: Path) -> Path:
+    """Test error (mean ± std over seeds) against parameters and against fit seconds."""
+    points = _per_model(rows)
+    figure, axes = plt.subplots(1, 2, figsize=(12.5, 4.8), sharey=True)
+    for axis, cost, label in ((axes[0], "params", "parameters (millions)"),
+                              (axes[1], "seconds", "training seconds (fit, this machine)")):
+        for model, point in sorted(points.items()):
+            (x, x_std), (y, y_std) = point[cost], point["test_err"]
+            marker = "o" if family_of(model) == "dense" else "s"
+            axis.errorbar(x, y, xerr=x_std, yerr=y_std, fmt=marker, markersize=8, capsize=3,
+                          color=style_for(model)["color"],
+                          label=f"{model} ({FAMILY_NAMES[family_of(model)].split()[0]})")
+            axis.annotate(model, (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
+        axis.set_xlabel(label)
+        if cost == "seconds":  # from seconds to minutes: a log axis, labelled in plain numbers
+            axis.set_xscale("log")
+            axis.xaxis.set_major_formatter(ScalarFormatter())
+            axis.xaxis.set_minor_formatter(NullFormatter())
+    seeds = max((int(p["seeds"][0]) for p in points.values()), default=0)
+    axes[0].set_ylabel(f"test error (%), mean ± std over {seeds} seeds")
+    legend(axes[1], fontsize=8)
+    figure.suptitle(cost_finding(points))
+    return save(figure, path)
+
+
+def plot_lr_control(rows: Sequence[Row], path: Path) -> Path:
+    """Training error (eval mode) and test error against the reference learning rate, a line
+    per model, mean ± std over seeds: is the model's result the same at every rate tried?"""
+    by_model: dict[str, dict[float, list[Row]]] = defaultdict(lambda: defaultdict(list))
+    for row in rows:
+        if row.get("lr") not in (None, ""):
+            by_model[row["model"]][float(row["lr"])].append(row)
+    figure, axes = plt.subplots(1, 2, figsize=(12.5, 4.6), sharey=True)
+    best = {}
+    for axis, key, what in ((axes[0], "train_eval_err", "training error"),
+                            (axes[1], "test_acc", "test error")):
+        for model, by_lr in sorted(by_model.items()):
+            rates = sorted(by_lr)
+            stats = [_mean_std([100 * (1 - v if key == "test_acc" else v)
+                                for v in _present(by_lr[lr], key)]) for lr in rates]
+            axis.errorbar(rates, [m for m, _ in stats], yerr=[s for _, s in stats], capsize=3,
+                          marker="o", label=model, **style_for(model))
+            if key == "train_eval_err":
+                best[model] = min(m for m, _ in stats)
+        axis.set(xscale="log", xlabel="optim.lr (per 128 images; scaled by the batch)",
+                 ylabel=f"{what} (%), mean ± std over seeds", title=what)
+        axis.set_ylim(bottom=0)
+    legend(axes[0])
+    figure.suptitle("Best training error over the rates tried: " + ", ".join(
+        f"{model} {error:.1f}%" for model, error in sorted(best.items())))
+    return save(figure, path)

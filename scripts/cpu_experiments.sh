@@ -75,6 +75,15 @@ depth_1000() {  # narrow 1202/1001-layer nets against shallow nets of the same w
   python -m zoo.results collect "$runs/depth_1000_cpu" --out "$results/depth_1000"
 }
 
+depth_1000_zero_init() {  # the recipe control: every residual branch's last BN starts at zero
+  # (Goyal et al. 2017), so a 1202-layer net starts as a shallow one; its logits at init are not
+  # inflated by 600 added branches (ResNet-1202's first loss above: ~10, against ln 10 = 2.3).
+  python train.py -m experiment=depth_1000_cpu model=resnet20,resnet110,resnet1202 \
+    model.zero_init_residual=true hydra.sweep.dir="$runs/depth_1000_zero_init"
+  python -m zoo.results collect "$runs/depth_1000_cpu" "$runs/depth_1000_zero_init" \
+    --out "$results/depth_1000"
+}
+
 precision_parity() {  # bf16 against fp32 on the CPU: accuracy (docs/BENCHMARKS.md)
   python train.py -m model=resnet20 data=fashion_mnist data.train_subset=20000 \
     trainer.max_epochs=2 trainer.precision=32-true,bf16-mixed seed=0,1,2 logger=csv \
@@ -83,7 +92,7 @@ precision_parity() {  # bf16 against fp32 on the CPU: accuracy (docs/BENCHMARKS.
 }
 
 all() {
-  gradient_at_init; memory; degradation; lr_sweep; lesion; explosion; add_vs_concat; add_vs_concat_lr; add_vs_concat_time; depth_1000
+  gradient_at_init; memory; degradation; lr_sweep; lesion; explosion; add_vs_concat; add_vs_concat_lr; add_vs_concat_time; depth_1000; depth_1000_zero_init
   precision_parity
   python -m zoo.results redraw "$results"
 }

@@ -3,7 +3,7 @@
 #   bash scripts/quickstart.sh [extra train.py overrides]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python3 -m pip install --quiet -e .
+python3 -m pip install --quiet --root-user-action=ignore -e .
 
 # Fashion-MNIST comes as a Debian package; without root or apt, use scikit-learn's digits.
 if [ ! -d /usr/share/datasets/fashion-mnist ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

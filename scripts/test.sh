@@ -3,7 +3,7 @@
 #   bash scripts/test.sh [pytest arguments]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python3 -m pip install --quiet -e ".[dev]"
+python3 -m pip install --quiet --root-user-action=ignore -e ".[dev]"
 # The real Fashion-MNIST tests use Debian's package where the machine allows it (else they skip).
 if [ ! -d /usr/share/datasets/fashion-mnist ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   (apt-get install -y -q dataset-fashion-mnist || { apt-get update -q && apt-get install -y -q dataset-fashion-mnist; }) >/dev/null 2>&1 || true

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.demos.boring_classes import BoringModel
+from torch import nn
 
 from zoo.compat import (
     attached_trainer,
@@ -85,7 +86,9 @@ def test_quiet_library_noise_drops_the_tips_and_hardware_lines_and_keeps_the_res
         from pytorch_lightning.utilities.rank_zero import rank_zero_info
 
         rank_zero_info("a line the user needs")
+        rank_zero_info("Loading `train_dataloader` to estimate number of stepping batches.")
     text = caplog.text
+    assert "stepping batches" not in text
     assert "GPU available" not in text and "TPU available" not in text and "Tip" not in text
     assert "a line the user needs" in text
     with warnings.catch_warnings(record=True) as caught:
@@ -94,6 +97,14 @@ def test_quiet_library_noise_drops_the_tips_and_hardware_lines_and_keeps_the_res
         from torch.utils._pytree import LeafSpec, TreeSpec
 
         isinstance(TreeSpec(None, None, []), LeafSpec)
+        from pytorch_lightning.utilities.model_summary import ModelSummary
+
+        # The summary of a bf16-mixed module warns that it counts fp32 bytes: they are fp32.
+        module = pl.LightningModule()
+        module.layer = nn.Linear(2, 2)
+        module.trainer = pl.Trainer(default_root_dir=tmp_path, accelerator="cpu", logger=False,
+                                    precision="bf16-mixed", enable_progress_bar=False)
+        ModelSummary(module)
         warnings.warn("a real warning", UserWarning, stacklevel=1)
     assert [str(w.message) for w in caught] == ["a real warning"]
 

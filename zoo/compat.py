@@ -66,7 +66,8 @@ def drop_wandb_anonymous(logger: Any) -> None:
 
 
 # Lightning's start-up lines that a user cannot act on: hardware it did not find, advertisements.
-_LIGHTNING_NOISE = ("💡 Tip:", "GPU available: False", "TPU available:", "HPU available:")
+_LIGHTNING_NOISE = ("💡 Tip:", "GPU available: False", "TPU available:", "HPU available:",
+                    "Loading `train_dataloader` to estimate number of stepping batches")
 
 
 class _DropLightningNoise(logging.Filter):
@@ -79,7 +80,9 @@ def quiet_library_noise() -> None:
 
     * Lightning's litlogger/litmodels tips and "GPU available: False / TPU available" lines (a
       GPU run still prints "GPU available: True ... used: True");
-    * the FutureWarning of torch's pytree about ``LeafSpec``, raised inside Lightning's code.
+    * the FutureWarning of torch's pytree about ``LeafSpec``, raised inside Lightning's code;
+    * Lightning's "Loading `train_dataloader` to estimate ..." line and the model summary's
+      warning that it sizes bf16-mixed weights as fp32 (they are fp32).
     """
     noise = _DropLightningNoise()
     for name in ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero",
@@ -89,3 +92,5 @@ def quiet_library_noise() -> None:
             target.addFilter(noise)
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
                             category=FutureWarning)
+    # Under bf16-mixed the weights stay fp32, so the summary's "using 32 bits instead" is right.
+    warnings.filterwarnings("ignore", message=r"Precision bf16-mixed is not supported by the model")

@@ -13,7 +13,12 @@ import torch
 from conftest import run_train
 
 from zoo.module import ZooModule, lr_factor
-from zoo.precision import choose_channels_last, choose_precision, cpu_bf16_flags
+from zoo.precision import (
+    check_accelerator,
+    choose_channels_last,
+    choose_precision,
+    cpu_bf16_flags,
+)
 
 AVX512_BF16 = frozenset({"fpu", "avx512f", "avx512_bf16"})
 AMX = frozenset({"fpu", "amx_bf16", "amx_tile"})
@@ -165,3 +170,12 @@ def test_a_bf16_cpu_run_lowers_the_loss_and_writes_the_same_files_as_fp32(tmp_pa
         files[precision] = sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*")
                                   if p.is_file() and "checkpoints" not in p.parts)
     assert files["32-true"] == files["bf16-mixed"]
+
+
+def test_a_gpu_asked_for_without_one_is_one_line_naming_the_cpu_settings():
+    with pytest.raises(ValueError, match=r"trainer.accelerator=gpu but this machine has no CUDA GPU"
+                       r".*trainer=cpu trainer.strategy=ddp trainer.devices=N"):
+        check_accelerator("gpu", cuda_available=False)
+    check_accelerator("gpu", cuda_available=True)  # a GPU machine: nothing to say
+    check_accelerator("cpu", cuda_available=False)
+    check_accelerator("auto", cuda_available=False)

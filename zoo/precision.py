@@ -76,6 +76,20 @@ def resolve_accelerator(accelerator: str | None) -> str:
     return accelerator
 
 
+def check_accelerator(accelerator: str | None, cuda_available: bool | None = None) -> None:
+    """A GPU asked for on a machine without one: one line that says what to use instead
+    (Lightning's own words, "No supported gpu backend found!", do not)."""
+    if str(accelerator or "auto").lower() not in ("gpu", "cuda"):
+        return
+    if cuda_available is None:
+        cuda_available = torch.cuda.is_available()
+    if not cuda_available:
+        raise ValueError(
+            f"trainer.accelerator={accelerator} but this machine has no CUDA GPU: train on the "
+            "CPU with trainer=cpu (several CPU processes: trainer=cpu trainer.strategy=ddp "
+            "trainer.devices=N)")
+
+
 def choose_precision(
     requested: str | int | None,
     accelerator: str,

@@ -19,10 +19,18 @@ degradation() {  # plain/residual x depth 8..110 x 3 seeds, Fashion-MNIST 8k x 5
   python -m zoo.results collect "$runs/degradation_cpu" --out "$results/degradation"
 }
 
-lr_sweep() {  # plain-56's failure is not a learning-rate artefact: 3 more rates x 3 seeds
+lr_sweep() {  # plain-56's failure is not a learning-rate artefact: 4 more rates x 3 seeds,
+  # and plain-20 at the two highest, so that each plain net is compared at its best rate
   python train.py -m experiment=degradation_cpu model=plain56 optim.lr=0.025,0.05,0.2 \
     seed=0,1,2 hydra.sweep.dir="$runs/degradation_lr"
-  python -m zoo.results collect "$runs/degradation_lr" "$runs/degradation_cpu"/*-plain56-* \
+  lr_sweep_high
+}
+
+lr_sweep_high() {  # run after lr_sweep showed plain-56 improving up to the highest rate tried
+  python train.py -m experiment=degradation_cpu model=plain20,plain56 optim.lr=0.2,0.4 \
+    seed=0,1,2 hydra.sweep.dir="$runs/degradation_lr_high"
+  python -m zoo.results collect "$runs/degradation_lr" "$runs/degradation_lr_high" \
+    "$runs/degradation_cpu"/*-plain20-* "$runs/degradation_cpu"/*-plain56-* \
     "$runs/degradation_cpu"/*-resnet56-* --out "$results/degradation_lr"
 }
 

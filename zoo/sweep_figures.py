@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from matplotlib.ticker import NullFormatter, ScalarFormatter
+from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
 from zoo.figures import FAMILY_NAMES, band, family_of, legend, plt, save, style_for
 
@@ -213,6 +213,7 @@ def plot_against_cost(rows: Sequence[Row], path: Path) -> Path:
         axis.set_xlabel(label)
         if cost == "seconds":  # from seconds to minutes: a log axis, labelled in plain numbers
             axis.set_xscale("log")
+            axis.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
             axis.xaxis.set_major_formatter(ScalarFormatter())
             axis.xaxis.set_minor_formatter(NullFormatter())
     seeds = max((int(p["seeds"][0]) for p in points.values()), default=0)
@@ -240,11 +241,15 @@ def plot_lr_control(rows: Sequence[Row], path: Path) -> Path:
             axis.errorbar(rates, [m for m, _ in stats], yerr=[s for _, s in stats], capsize=3,
                           marker="o", label=model, **style_for(model))
             if key == "train_eval_err":
-                best[model] = min(m for m, _ in stats)
+                best[model] = min((m, lr) for (m, _), lr in zip(stats, rates, strict=True))
+        rates = sorted({lr for by_lr in by_model.values() for lr in by_lr})
         axis.set(xscale="log", xlabel="optim.lr (per 128 images; scaled by the batch)",
                  ylabel=f"{what} (%), mean ± std over seeds", title=what)
+        axis.set_xticks(rates, [f"{lr:g}" for lr in rates])
+        axis.xaxis.set_minor_formatter(NullFormatter())
+        axis.tick_params(labelleft=True)
         axis.set_ylim(bottom=0)
     legend(axes[0])
-    figure.suptitle("Best training error over the rates tried: " + ", ".join(
-        f"{model} {error:.1f}%" for model, error in sorted(best.items())))
+    figure.suptitle("Lowest training error over the rates tried: " + "; ".join(
+        f"{model} {error:.1f}% at lr {lr:g}" for model, (error, lr) in sorted(best.items())))
     return save(figure, path)

@@ -41,7 +41,7 @@ from zoo.checkpoint import (
 )
 from zoo.compat import drop_wandb_anonymous, wandb_run_is_offline
 from zoo.module import ZooModule
-from zoo.precision import choose_channels_last, choose_precision
+from zoo.precision import check_accelerator, choose_channels_last, choose_precision
 from zoo.predict import data_facts
 from zoo.resume import ContinuingCSVLogger, Resumed, WandbRunIdInCheckpoint, resumed_from
 from zoo.runlog import StepLogInterval, print_and_log
@@ -182,6 +182,7 @@ def choose_numerics(cfg: DictConfig) -> None:
     The resolved values are what the config records (W&B, run record), not ``auto``.
     """
     accelerator = str(cfg.trainer.get("accelerator") or "auto")
+    check_accelerator(accelerator)
     precision, why = choose_precision(cfg.trainer.get("precision"), accelerator,
                                       int(cfg.data.get("image_size") or 0))
     channels_last = choose_channels_last(cfg.get("channels_last"), accelerator, precision)

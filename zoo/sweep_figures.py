@@ -72,15 +72,21 @@ def depth_series(rows: Sequence[dict[str, Any]], key: str, complement: bool = Fa
 
 def depth_finding(series: dict[tuple[str, str], list[tuple[Any, ...]]], what: str) -> str:
     """A title that states what the data show: does the error rise from the shallowest to the
-    deepest net, by more than the seed std, in each family (default settings only)?"""
+    deepest net, by more than the seed std, in each family? Default settings only, unless a
+    family has none (a sweep over an option): then each of its settings, the option named."""
     parts, rises = [], {}
     for family in ("plain", "residual", "dense"):
-        points = series.get((family, ""))
-        if not points or len(points) < 2:
-            continue
-        (d0, e0, s0, *_), (d1, e1, s1, *_) = points[0], points[-1]
-        rises[family] = e1 - e0 > max(s0, s1, 0.0)
-        parts.append(f"{family} {e0:.1f}% at {d0} → {e1:.1f}% at {d1} layers")
+        suffixes = [""] if (family, "") in series else sorted(
+            suffix for fam, suffix in series if fam == family)
+        for suffix in suffixes:
+            points = series.get((family, suffix))
+            if not points or len(points) < 2:
+                continue
+            (d0, e0, s0, *_), (d1, e1, s1, *_) = points[0], points[-1]
+            rose = e1 - e0 > max(s0, s1, 0.0)
+            rises[family] = rises.get(family, False) or rose
+            label = " ".join([family, suffix.split(".")[-1]]).strip()
+            parts.append(f"{label} {e0:.1f}% at {d0} → {e1:.1f}% at {d1} layers")
     if not parts:
         return f"{what} against depth"
     worse = [family for family, rose in rises.items() if rose]
@@ -90,7 +96,10 @@ def depth_finding(series: dict[tuple[str, str], list[tuple[Any, ...]]], what: st
         head = f"Deeper {' and '.join(worse)} nets have a higher {what}"
     else:
         head = f"No family's {what} rises with depth"
-    return f"{head}\n({'; '.join(parts)})"
+    details = "; ".join(parts)
+    if len(details) > 90:  # one setting per line rather than a title wider than the figure
+        details = ";\n".join(parts)
+    return f"{head}\n({details})"
 
 
 def plot_against_depth(rows: Sequence[dict[str, Any]], key: str, what: str, path: Path,
@@ -102,8 +111,12 @@ def plot_against_depth(rows: Sequence[dict[str, Any]], key: str, what: str, path
     for (family, suffix), points in sorted(series.items()):
         depths, means, stds, _, models = zip(*points, strict=True)
         # The line says the family (plain dashed, residual solid); each point's colour its depth.
+        # Settings of one family after the first: dotted, so that the lines stay apart.
+        first = not any(f == family and k < (family, suffix) for f, k in
+                        ((f, (f, x)) for f, x in series))
+        linestyle = style_for(models[0])["linestyle"] if first else ":"
         axis.errorbar(depths, means, yerr=stds, color="0.3" if family == "plain" else "black",
-                      linestyle=style_for(models[0])["linestyle"], linewidth=1.4, zorder=1,
+                      linestyle=linestyle, linewidth=1.4, zorder=1,
                       label=" ".join([FAMILY_NAMES[family], suffix]).strip())
         axis.scatter(depths, means, zorder=2, s=42, marker="s" if family == "plain" else "o",
                      color=[style_for(model)["color"] for model in models])
@@ -116,7 +129,12 @@ def plot_against_depth(rows: Sequence[dict[str, Any]], key: str, what: str, path
     seeds = max((point[3] for points in series.values() for point in points), default=0)
     axis.set_ylabel(f"{what} (%), mean ± std over {seeds} seed{'s' * (seeds != 1)}")
     axis.set_ylim(bottom=0)
-    axis.set_title(depth_finding(series, what))
+    diverged = defaultdict(int)
+    for row in rows:
+        diverged[row["model"]] += row.get("status") == "diverged"
+    stopped = [f"{model}: diverged in {n} of {sum(r['model'] == model for r in rows)} runs"
+               for model, n in sorted(diverged.items()) if n]
+    axis.set_title(depth_finding(series, what) + (f"\n({'; '.join(stopped)})" if stopped else ""))
     legend(axis)
     return save(figure, path)
 

@@ -298,6 +298,8 @@ def test_degradation_sweep_tiny_then_report_and_lesion(tmp_path):
     sweep_dir = tmp_path / "sweep"
     command = [
         sys.executable, str(REPO / "train.py"), "-m", "experiment=degradation", "data=digits",
+        # four of the overlay's ten nets and one of its three seeds (command line over sweeper)
+        "model=plain20,plain56,resnet20,resnet56", "seed=0",
         "trainer.max_epochs=1", "trainer.limit_train_batches=3",
         "trainer.limit_val_batches=2", "trainer.limit_test_batches=2", "trainer.accelerator=cpu",
         "data.batch_size=32", "data.num_workers=0", "logger=csv", "callbacks.progress_bar=none",

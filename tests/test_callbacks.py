@@ -526,6 +526,7 @@ def test_explosion_guard_stops_before_a_diverged_checkpoint(tmp_path: Path) -> N
     bad_step = int(message.split("training diverged at step ")[1].split(":")[0])
     assert bad_step >= 1  # step 0 is sane: there is a good checkpoint to name
     assert "largest gradient norm in unit 'layers." in message
+    assert caught.value.step == bad_step
     last = tmp_path / "ckpt" / "last.ckpt"
     assert f"Last good checkpoint: {last}" in message
 
@@ -551,6 +552,28 @@ def test_explosion_guard_names_the_first_bad_step_when_it_checks_late(tmp_path: 
         run.fit(Classifier(zoo.create("resnet8", num_classes=10)), train)
 
 
+@pytest.mark.parametrize(("max_loss", "max_grad_norm", "went_bad"), [
+    (None, 1.0e-3, "unit"),  # the gradient norm breaks its bound: the unit the message names
+    (1.0e-3, None, "loss"),  # only the loss does
+])
+def test_explosion_guard_says_what_went_bad(
+    tmp_path: Path, max_loss: float | None, max_grad_norm: float | None, went_bad: str
+) -> None:
+    torch.manual_seed(0)
+    train = DataLoader(random_images(64, seed=0), batch_size=BATCH_SIZE)
+    guard = ExplosionGuard(max_loss=max_loss, max_grad_norm=max_grad_norm, check_every_n_steps=1)
+    run = trainer(tmp_path, [guard], False, max_epochs=1, limit_train_batches=2)
+    with pytest.raises(TrainingDivergedError) as caught:
+        run.fit(Classifier(PlainMLP()), train)
+    error = caught.value
+    assert error.step == 0
+    if went_bad == "loss":
+        assert error.unit == "loss"
+    else:  # run.json's diverged.unit: a depth unit of the network, as the message names it
+        assert error.unit in [unit.name for unit in PlainMLP().depth_units()]
+        assert f"largest gradient norm in unit '{error.unit}'" in str(error)
+
+
 def test_explosion_guard_says_when_every_gradient_is_nan(tmp_path: Path) -> None:
     torch.manual_seed(0)
     train = DataLoader(random_images(64, seed=0), batch_size=BATCH_SIZE)
@@ -564,6 +587,7 @@ def test_explosion_guard_says_when_every_gradient_is_nan(tmp_path: Path) -> None
     message = str(caught.value)
     assert "diverged at step 0: loss nan" in message
     assert "every unit's gradient is NaN" in message
+    assert caught.value.unit == "loss"  # no unit stands out: the loss went bad first
     assert "no gradient norms measured" not in message
     assert "checked every step and before every checkpoint save" in message
 

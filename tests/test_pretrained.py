@@ -3,6 +3,7 @@ torchvision's published weights through the hub cache, and every way a file can 
 
 from __future__ import annotations
 
+import ast
 import logging
 import os
 from pathlib import Path
@@ -262,3 +263,60 @@ def test_imagenet_from_the_hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyP
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(net(x), reference(x), atol=1e-5, rtol=1e-5)
+
+
+def _serve(directory: Path):
+    """An HTTP server on 127.0.0.1 for the files in ``directory``; returns it and its base URL."""
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=directory))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
+def test_download_checks_the_hash_in_the_file_name(tmp_path: Path) -> None:
+    import hashlib
+
+    served = tmp_path / "served"
+    served.mkdir()
+    weights = served / "weights.pth"
+    torch.save(zoo.create("resnet8").state_dict(), weights)
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    server, base = _serve(served)
+    try:
+        good = tmp_path / "hub" / f"resnet8-{digest[:8]}.pth"
+        pretrained._download(f"{base}/weights.pth", good)
+        assert good.read_bytes() == weights.read_bytes()
+        corrupt = tmp_path / "hub" / "resnet8-00000000.pth"
+        with pytest.raises(CheckpointError, match="is corrupt"):
+            pretrained._download(f"{base}/weights.pth", corrupt)
+        assert not corrupt.exists() and not list(corrupt.parent.glob("*.partial"))
+    finally:
+        server.shutdown()
+
+
+def test_importing_the_zoo_loads_no_lightning() -> None:
+    # zoo.create loads weights through zoo.pretrained, which needs no Lightning; the models
+    # layer imports nothing above it.
+    import subprocess
+    import sys
+
+    code = ("import sys, zoo, zoo.models; "
+            "print(sorted(m for m in sys.modules if 'lightning' in m))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True, cwd=Path(__file__).resolve().parents[1])
+    assert result.stdout.strip() == "[]"
+    for path in (Path(zoo.__file__).parent / "models").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            for name in names:
+                assert name.startswith("zoo.models") or name.split(".")[0] != "zoo", (
+                    f"{path.name} imports {name}: the models layer imports nothing above it")

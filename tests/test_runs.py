@@ -54,6 +54,8 @@ def test_a_diverged_run_records_its_step_and_unit_and_no_text_file(finished_runs
     record = json.loads((finished_runs["diverged"] / runs.RUN_RECORD_FILE).read_text())
     assert record["status"] == "diverged"
     assert record["diverged"]["step"] == 0
+    # max_loss=1e-6 stops it: the loss went bad, not a unit's gradient norm (below its bound)
+    assert record["diverged"]["unit"] == "loss"
     assert "diverged at step 0" in record["message"]
     assert record["test"] == {}
     assert not (finished_runs["diverged"] / "diverged.txt").exists()
@@ -94,6 +96,7 @@ def test_wandb_summary_holds_the_records_facts(finished_runs):
         assert summary["global_step"] == record["global_step"]
         assert summary["fit_seconds"] == record["fit_seconds"]
     assert summary["diverged_at_step"] == 0 and summary["diverged_message"] == record["message"]
+    assert summary["diverged_unit"] == record["diverged"]["unit"] == "loss"
     done = json.loads((finished_runs["done"] / runs.RUN_RECORD_FILE).read_text())
     summary = read_run(run_file(finished_runs["done"]))["summary"]
     assert summary["test_acc"] == done["test"]["test/acc"] and "diverged" not in summary

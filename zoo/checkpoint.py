@@ -3,7 +3,9 @@
 * Writes go to a temporary file in the same directory and are moved into place with
   ``os.replace``: a kill during a save leaves the previous ``last.ckpt`` whole.
 * Reads use ``torch.load(weights_only=True)``: a checkpoint is data. A file whose pickle asks for
-  code (a ``__reduce__`` that calls ``os.system``, say) is refused, not run.
+  code (a ``__reduce__`` that calls ``os.system``, say) is refused, not run. The reader,
+  :func:`safe_load`, and its errors live in :mod:`zoo.pretrained`, which needs no Lightning (so
+  ``import zoo`` does not import it); they are importable from here as well.
 """
 
 from __future__ import annotations
@@ -11,11 +13,8 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import pickle
-import re
 import secrets
 import signal
-import stat
 import sys
 import threading
 from pathlib import Path
@@ -27,58 +26,10 @@ from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from zoo.pretrained import CheckpointError, safe_load, what_is_there
+from zoo.pretrained import UnsafeCheckpointError as UnsafeCheckpointError  # for importers
+
 log = logging.getLogger(__name__)
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used: missing, truncated, not a checkpoint, or unsafe."""
-
-
-class UnsafeCheckpointError(CheckpointError):
-    """The file asks the unpickler to import or call code: refused, never run."""
-
-
-def what_is_there(path: Path) -> str:
-    """Why ``path`` is not a readable file, in a few words ("is a directory", ...)."""
-    try:
-        mode = path.stat().st_mode
-    except FileNotFoundError:
-        return "does not exist"
-    except OSError as error:  # a parent that is a file, a path too long, no permission
-        return f"cannot be reached ({error.strerror})"
-    for test, kind in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
-                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device")):
-        if test(mode):
-            return f"is {kind}, not a file"
-    return "is not a regular file"
-
-
-def safe_load(path: str | Path) -> Any:
-    """``torch.load`` for files from strangers: data only, with errors that name the file."""
-    path = Path(path)
-    if not path.is_file():
-        what = what_is_there(path)  # checked before opening: reading a FIFO would block
-        if what == "does not exist":
-            raise CheckpointError(f"checkpoint file not found: {path}")
-        raise CheckpointError(f"{path} {what}; give the path of a checkpoint file")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        found = re.search(r"GLOBAL ([\w.]+)", str(error))
-        if found or "global" in str(error).lower():
-            what = f" ({found.group(1)})" if found else ""
-            raise UnsafeCheckpointError(
-                f"refusing to load {path}: it needs pickled code{what}, and loading only "
-                "accepts tensors and plain containers (weights_only=True). If you trust the "
-                "file, re-save just its weights: torch.save(state_dict, 'weights.pth')."
-            ) from None
-        raise CheckpointError(f"cannot read {path}: not a PyTorch checkpoint ({error})") from None
-    except Exception as error:  # noqa: BLE001 - garbage fails anywhere in the unpickler
-        raise CheckpointError(
-            f"cannot read {path}: truncated or not a PyTorch checkpoint "
-            f"({type(error).__name__}: {str(error)[:200]})"
-        ) from None
 
 
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
@@ -91,8 +42,8 @@ class DiskFullError(OSError):
         where = "free some space (or set hydra.run.dir= on a disk with room) and"
         then = (f"the previous {path.name} is kept whole: {where} resume with ckpt_path={path}"
                 if path.is_file() else f"nothing was saved there yet: {where} run again")
-        super().__init__(cause.errno, f"no space left on the device ({cause.strerror}) while saving "
-                         f"the checkpoint {path}; {then}", str(path))
+        super().__init__(cause.errno, f"no space left on the device ({cause.strerror}) while "
+                         f"saving the checkpoint {path}; {then}", str(path))
 
 
 class _WriteRecorder:
@@ -145,7 +96,8 @@ def _first_os_error(error: BaseException, recorder: _WriteRecorder) -> OSError |
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning's checkpoint IO with atomic saves and data-only loads."""
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path,
+                        storage_options: Any = None) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         handle, temporary = _open_exclusive(path.parent, path.name)
@@ -164,14 +116,18 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 raise DiskFullError(path, cause) from error
             raise
 
-    def load_checkpoint(self, path: str | Path, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+    def load_checkpoint(self, path: str | Path, map_location: Any = None,
+                        weights_only: bool | None = None) -> dict[str, Any]:
         checkpoint = safe_load(path)
         if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-            raise CheckpointError(f"{path} is not a Lightning checkpoint of this project (no 'state_dict')")
+            raise CheckpointError(
+                f"{path} is not a Lightning checkpoint of this project (no 'state_dict')"
+            )
         return checkpoint
 
 
-def resolve_ckpt_path(ckpt_path: str | None, run_name: str, search_roots: tuple[str, ...] = ("outputs", "multirun")) -> str | None:
+def resolve_ckpt_path(ckpt_path: str | None, run_name: str,
+                      search_roots: tuple[str, ...] = ("outputs", "multirun")) -> str | None:
     """``None``, an existing file, or ``"last"``: the newest ``last.ckpt`` of a run of that name.
 
     Saves replace ``last.ckpt`` atomically, so the newest one is whole even while its run is
@@ -186,30 +142,33 @@ def resolve_ckpt_path(ckpt_path: str | None, run_name: str, search_roots: tuple[
         ]
         if not candidates:
             raise CheckpointError(
-                f"ckpt_path=last: no last.ckpt of a run named {run_name!r} under {', '.join(search_roots)}/; "
-                "give the checkpoint's path instead"
+                f"ckpt_path=last: no last.ckpt of a run named {run_name!r} under "
+                f"{', '.join(search_roots)}/; give the checkpoint's path instead"
             )
         newest = max(candidates, key=lambda p: p.stat().st_mtime)
         log.info("ckpt_path=last: resuming from %s (the newest of %d)", newest, len(candidates))
         return str(newest)
     if not Path(ckpt_path).is_file():
         raise CheckpointError(
-            f"ckpt_path {ckpt_path} {what_is_there(Path(ckpt_path))}; give the path of a .ckpt file or ckpt_path=last"
+            f"ckpt_path {ckpt_path} {what_is_there(Path(ckpt_path))}; "
+            "give the path of a .ckpt file or ckpt_path=last"
         )
     return str(ckpt_path)
 
 
-def check_resume_optimizer(checkpoint: dict[str, Any], optim: dict[str, Any], ckpt_path: str) -> None:
+def check_resume_optimizer(checkpoint: dict[str, Any], optim: dict[str, Any],
+                           ckpt_path: str) -> None:
     """Resuming restores the optimizer's state: another optimizer cannot take it, and the
     checkpoint's learning rate and schedule replace a new ``optim.lr`` (said, not done silently)."""
     saved = (checkpoint.get("hyper_parameters") or {}).get("optim") or {}
     if saved.get("name") and saved.get("name") != optim.get("name"):
         raise CheckpointError(
-            f"{ckpt_path} was trained with optim.name={saved['name']} and holds its state; this run "
-            f"asks for optim.name={optim.get('name')}. Resume with optim.name={saved['name']}, or start "
-            f"fresh from its weights with model.pretrained={ckpt_path} (and no ckpt_path)"
+            f"{ckpt_path} was trained with optim.name={saved['name']} and holds its state; this "
+            f"run asks for optim.name={optim.get('name')}. Resume with optim.name={saved['name']}, "
+            f"or start fresh from its weights with model.pretrained={ckpt_path} (and no ckpt_path)"
         )
-    if saved.get("lr") is not None and optim.get("lr") is not None and float(saved["lr"]) != float(optim["lr"]):
+    both_lr = saved.get("lr") is not None and optim.get("lr") is not None
+    if both_lr and float(saved["lr"]) != float(optim["lr"]):
         log.warning(
             "optim.lr=%s is not used on resume: the optimizer and its schedule continue from %s "
             "(optim.lr=%s). To train with another rate, start fresh from its weights: "
@@ -223,7 +182,8 @@ SIGNAL_EXIT_CODES = {"SIGTERM": 143, "Ctrl-C": 130}  # 128 + the signal's number
 
 
 class Preempted(RuntimeError):
-    """The run was stopped by SIGTERM or Ctrl-C; the message says what was saved and how to resume."""
+    """The run was stopped by SIGTERM or Ctrl-C; the message says what was saved and how to
+    resume."""
 
     def __init__(self, message: str, signal_name: str, checkpoint_path: Path | None) -> None:
         super().__init__(message)
@@ -304,7 +264,8 @@ class StopSignals:
                 self.received = "Ctrl-C"
             else:  # Lightning's sys.exit(1) after Ctrl-C is recognised by `received` only
                 return None
-        return Preempted(self.stop_message(), self.received, self.saved_now or self.newest_checkpoint())
+        return Preempted(self.stop_message(), self.received,
+                         self.saved_now or self.newest_checkpoint())
 
     def newest_checkpoint(self) -> Path | None:
         last = self.checkpoint_dir / "last.ckpt" if self.checkpoint_dir is not None else None
@@ -324,7 +285,8 @@ class StopSignals:
                 if self.phase in ("testing", "the end of training") else ""
             return (f"{where}; nothing newer was saved, the newest checkpoint is {newest}. "
                     f"Resume with: python train.py ... ckpt_path={newest}{rerun}")
-        return f"{where}, before any checkpoint was saved: nothing to resume, run the same command again"
+        return (f"{where}, before any checkpoint was saved: nothing to resume, run the same "
+                "command again")
 
 
 stop_signals = StopSignals()  # signals are per process; train.py installs it around each run

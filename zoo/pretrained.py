@@ -1,6 +1,8 @@
-"""Loading weights people already have into the zoo's networks.
+"""Reading weight files safely, and loading weights people already have into the zoo's networks.
 
-``load_pretrained(net, name, source)`` accepts
+``create(name, pretrained=...)`` (exported as ``zoo.create``) builds a network with
+:func:`zoo.models.create` and loads ``pretrained`` into it with :func:`load_pretrained`, the one
+loader that training runs use too. ``pretrained`` is
 
 * a torchvision state-dict file (``resnet50-0676ba61.pth``; DenseNet files with torchvision's
   old ``norm.1``-style keys included);
@@ -9,11 +11,12 @@
 * a Lightning checkpoint of this project (``{"state_dict": {"net.conv1.weight": ...}, ...}``);
 * ``"imagenet"``: torchvision's published ImageNet weights (``IMAGENET1K_V1``) for that name,
   read from the torch hub cache, ``torch.hub.get_dir()/checkpoints/<file>``. A missing file is
-  downloaded with a bounded wait; offline, loading fails within seconds naming the file and
-  where to put it.
+  downloaded; offline, loading fails within seconds naming the file and where to put it.
 
-Files are read with ``torch.load(weights_only=True)``: loading never runs code from the file,
-and a file that needs pickled code is refused (:class:`UnsafeCheckpointError`).
+Files are read with ``torch.load(weights_only=True)`` (:func:`safe_load`, which
+:mod:`zoo.checkpoint` uses too): loading never runs code from the file, and a file that needs
+pickled code is refused (:class:`UnsafeCheckpointError`). This module imports no Lightning, so
+that ``import zoo`` stays light.
 
 A checkpoint whose classifier has another number of classes loads everything else and says so
 in one log line (fine-tuning); any other mismatch is an :class:`ArchitectureMismatchError`
@@ -22,29 +25,84 @@ listing the missing, unexpected and mis-shaped keys.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
+import pickle
 import queue
 import re
-import shutil
-import tempfile
+import stat
 import threading
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 import torch
+import torchvision
 from torch import nn
 
-from zoo.checkpoint import CheckpointError, UnsafeCheckpointError, safe_load
+from zoo import models
 from zoo.models.densenet import remap_legacy_keys
+from zoo.predict import IMAGENET_MEAN, IMAGENET_STD, KNOWN_CLASS_NAMES, Preprocess
 
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 10.0  # seconds to resolve, connect and get headers; offline fails here
-READ_TIMEOUT_S = 30.0  # seconds without a byte before a started download gives up
 _MAX_LISTED = 8  # keys listed per category in a mismatch error
+
+
+# ---------------------------------------------------------------- reading files safely
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: missing, truncated, not a checkpoint, or unsafe."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """The file asks the unpickler to import or call code: refused, never run."""
+
+
+def what_is_there(path: Path) -> str:
+    """Why ``path`` is not a readable file, in a few words ("is a directory", ...)."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return "does not exist"
+    except OSError as error:  # a parent that is a file, a path too long, no permission
+        return f"cannot be reached ({error.strerror})"
+    for test, kind in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return f"is {kind}, not a file"
+    return "is not a regular file"
+
+
+def safe_load(path: str | Path) -> Any:
+    """``torch.load`` for files from strangers: data only, with errors that name the file."""
+    path = Path(path)
+    if not path.is_file():
+        what = what_is_there(path)  # checked before opening: reading a FIFO would block
+        if what == "does not exist":
+            raise CheckpointError(f"checkpoint file not found: {path}")
+        raise CheckpointError(f"{path} {what}; give the path of a checkpoint file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        found = re.search(r"GLOBAL ([\w.]+)", str(error))
+        if found or "global" in str(error).lower():
+            what = f" ({found.group(1)})" if found else ""
+            raise UnsafeCheckpointError(
+                f"refusing to load {path}: it needs pickled code{what}, and loading only "
+                "accepts tensors and plain containers (weights_only=True). If you trust the "
+                "file, re-save just its weights: torch.save(state_dict, 'weights.pth')."
+            ) from None
+        raise CheckpointError(f"cannot read {path}: not a PyTorch checkpoint ({error})") from None
+    except Exception as error:  # noqa: BLE001 - garbage fails anywhere in the unpickler
+        raise CheckpointError(
+            f"cannot read {path}: truncated or not a PyTorch checkpoint "
+            f"({type(error).__name__}: {str(error)[:200]})"
+        ) from None
 
 
 class ArchitectureMismatchError(CheckpointError):
@@ -53,9 +111,6 @@ class ArchitectureMismatchError(CheckpointError):
 
 class PretrainedUnavailableError(CheckpointError):
     """Published weights that are neither in the torch hub cache nor downloadable now."""
-
-
-# ---------------------------------------------------------------- reading files
 
 
 def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
@@ -101,8 +156,6 @@ def _state_dict_of(content: Any, path: Path) -> dict[str, torch.Tensor]:
 
 def imagenet_weights_url(name: str) -> str:
     """URL of torchvision's ``IMAGENET1K_V1`` weights for ``name`` (e.g. ``resnet50``)."""
-    import torchvision
-
     published = [n for n in torchvision.models.list_models() if n.startswith(("resnet", "dense"))]
     if name not in published:
         raise CheckpointError(
@@ -118,40 +171,46 @@ def imagenet_weights_file(name: str) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / filename
 
 
-def _open_url(url: str, timeout_s: float) -> Any:
-    # DNS resolution ignores socket timeouts, so the connection is opened in a daemon thread
-    # and abandoned if it does not answer in time.
-    answers: queue.Queue[Any] = queue.Queue()
+def _check_reachable(url: str, timeout_s: float) -> None:
+    """Raise unless the server of ``url`` answers within ``timeout_s``.
 
-    def connect() -> None:
+    torch.hub's download opens the URL without a timeout, and name resolution ignores socket
+    timeouts anyway: offline it could wait for minutes. So a HEAD request goes first, in a daemon
+    thread that is abandoned if it does not answer in time, and an offline machine fails here.
+    """
+    errors: queue.Queue[BaseException | None] = queue.Queue()
+
+    def ask() -> None:
+        request = urllib.request.Request(url, method="HEAD", headers={"User-Agent": "torch.hub"})
         try:
-            answers.put(urllib.request.urlopen(url, timeout=READ_TIMEOUT_S))
+            urllib.request.urlopen(request, timeout=timeout_s).close()
+            errors.put(None)
+        except urllib.error.HTTPError:  # the server answered: the download reports its error
+            errors.put(None)
         except Exception as error:  # noqa: BLE001 - reported to the waiting thread
-            answers.put(error)
+            errors.put(error)
 
-    threading.Thread(target=connect, daemon=True).start()
+    threading.Thread(target=ask, daemon=True).start()
     try:
-        answer = answers.get(timeout=timeout_s)
+        error = errors.get(timeout=timeout_s)
     except queue.Empty:
         raise TimeoutError(f"no answer within {timeout_s:.0f} s") from None
-    if isinstance(answer, Exception):
-        raise answer
-    return answer
+    if error is not None:
+        raise error
 
 
 def _download(url: str, destination: Path) -> None:
+    # Only the start is bounded: a transfer that stalls once started waits as torch.hub does
+    # (it has no read timeout; Ctrl-C stops it, and no partial file is left).
+    _check_reachable(url, CONNECT_TIMEOUT_S)
     destination.parent.mkdir(parents=True, exist_ok=True)
-    with (
-        _open_url(url, CONNECT_TIMEOUT_S) as response,
-        tempfile.NamedTemporaryFile(dir=destination.parent, delete=False) as partial,
-    ):
-        shutil.copyfileobj(response, partial)
-    digest = hashlib.sha256(Path(partial.name).read_bytes()).hexdigest()
+    # torchvision's file names end in the first hex digits of the file's sha256
     expected = re.search(r"-([a-f0-9]{8,})\.", destination.name)
-    if expected and not digest.startswith(expected.group(1)):
-        os.unlink(partial.name)
-        raise CheckpointError(f"download of {url} is corrupt (sha256 {digest[:8]}...)")
-    os.replace(partial.name, destination)
+    try:  # into a temporary file beside the destination, moved into place when complete
+        torch.hub.download_url_to_file(url, str(destination), progress=False,
+                                       hash_prefix=expected.group(1) if expected else None)
+    except RuntimeError as error:  # torch.hub's "invalid hash value"
+        raise CheckpointError(f"download of {url} is corrupt ({error})") from None
 
 
 def fetch_imagenet_weights(name: str) -> Path:
@@ -244,8 +303,6 @@ def known_preprocessing(name: str, content: Any, num_classes: int) -> Any:
     with ``best_prec1``) normalised with ImageNet's mean and std (its README and trainer.py);
     torchvision's ImageNet weights come with ``weights.transforms()`` and category names.
     """
-    from zoo.predict import IMAGENET_MEAN, IMAGENET_STD, KNOWN_CLASS_NAMES, Preprocess
-
     if not isinstance(content, dict):
         return None
     facts = (content.get("hyper_parameters") or {}).get("dataset")
@@ -255,8 +312,6 @@ def known_preprocessing(name: str, content: Any, num_classes: int) -> Any:
         return Preprocess(IMAGENET_MEAN, IMAGENET_STD, image_size=32, in_channels=3,
                           class_names=KNOWN_CLASS_NAMES["cifar10"], name="cifar10")
     if "state_dict" not in content and num_classes == 1000:  # a bare torchvision state dict
-        import torchvision
-
         try:
             weights = torchvision.models.get_model_weights(name)["IMAGENET1K_V1"]
         except (ValueError, KeyError):  # not a torchvision name (plain18, ...)
@@ -268,14 +323,37 @@ def known_preprocessing(name: str, content: Any, num_classes: int) -> Any:
     return None
 
 
+# ---------------------------------------------------------------- zoo.create
+
+
+def create(
+    name: str,
+    num_classes: int | None = None,
+    in_channels: int = 3,
+    pretrained: str | os.PathLike[str] | None = None,
+    **options: Any,
+) -> nn.Module:
+    """Build a network by name (:func:`zoo.models.create`) and load ``pretrained`` into it.
+
+    ``pretrained``: a checkpoint path or ``"imagenet"`` (see the module's docstring). The other
+    arguments are :func:`zoo.models.create`'s. This is ``zoo.create``.
+    """
+    net = models.create(name, num_classes=num_classes, in_channels=in_channels, **options)
+    if pretrained:
+        load_pretrained(net, name, pretrained)
+    return net
+
+
 __all__ = [
     "ArchitectureMismatchError",
     "CheckpointError",
     "PretrainedUnavailableError",
     "UnsafeCheckpointError",
+    "create",
     "fetch_imagenet_weights",
     "imagenet_weights_file",
     "imagenet_weights_url",
     "load_pretrained",
     "read_checkpoint",
+    "safe_load",
 ]

@@ -1,179 +1,46 @@
 """Turn a composed config into a training run: data, model, callbacks, loggers, trainer, fit, test.
 
 ``train.py`` is a thin Hydra wrapper around :func:`train`; everything it does lives here, where
-tests can call it.
+tests can call it. The loggers, callbacks and the Trainer are built in :mod:`zoo.trainer_setup`.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import netrc
 import os
 import re
 import time
 import warnings
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import (
-    Callback,
-    LearningRateMonitor,
-    ModelCheckpoint,
-    RichProgressBar,
-    TQDMProgressBar,
-)
-from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.loggers import Logger, WandbLogger
 
 import zoo
 from zoo.callbacks import TrainingDivergedError
 from zoo.checkpoint import (
-    AtomicCheckpointIO,
     CheckpointError,
-    PreemptionCheckpoint,
     check_resume_optimizer,
     resolve_ckpt_path,
     safe_load,
     stop_signals,
 )
-from zoo.compat import drop_wandb_anonymous, wandb_run_is_offline
+from zoo.compat import wandb_run_is_offline
+from zoo.data import build_datamodule
 from zoo.module import ZooModule
 from zoo.precision import check_accelerator, choose_channels_last, choose_precision
 from zoo.predict import data_facts
-from zoo.resume import ContinuingCSVLogger, Resumed, WandbRunIdInCheckpoint, resumed_from
-from zoo.runlog import StepLogInterval, print_and_log
+from zoo.pretrained import load_pretrained
+from zoo.resume import Resumed, resumed_from
+from zoo.runlog import print_and_log
 from zoo.runs import DIVERGED_EXIT_CODE, RunRecorder, wandb_summary
-from zoo.train_eval import TrainEvalPass
+from zoo.trainer_setup import build_trainer
 
 log = logging.getLogger("zoo")
-
-LOGGERS = ("wandb", "csv", "tensorboard")
-
-
-# ---------------------------------------------------------------------------- loggers
-
-
-def wandb_has_credentials() -> bool:
-    """True when an API key is configured (environment or ~/.netrc), without asking W&B."""
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or ""
-    try:
-        return netrc.netrc().authenticators(host) is not None
-    except (FileNotFoundError, netrc.NetrcParseError, OSError):
-        return False
-
-
-def build_wandb_logger(options: dict[str, Any], run_dir: Path, config: dict[str, Any],
-                       run_id: str | None = None) -> WandbLogger | None:
-    """``run_id``: continue that W&B run (a resumed training), else start a new one."""
-    import wandb
-
-    mode = options.get("mode", "auto")
-    if mode == "auto":
-        mode = os.environ.get("WANDB_MODE") or ("online" if wandb_has_credentials() else "offline")
-        # wandb itself sets WANDB_MODE to its old names ("dryrun" after an offline run)
-        mode = {"dryrun": "offline", "run": "online"}.get(mode, mode)
-    if mode == "disabled":
-        return None
-    if mode not in ("online", "offline"):
-        raise ValueError(f"logger.wandb.mode must be auto, online, offline or disabled, got {mode!r}")
-    logger = WandbLogger(
-        name=options.get("name"),
-        project=options.get("project", "skip-zoo"),
-        entity=options.get("entity"),
-        group=options.get("group"),
-        tags=list(options.get("tags") or []),
-        save_dir=str(run_dir),
-        offline=mode == "offline",
-        config=config,
-        id=run_id,
-        resume="allow" if run_id else None,
-        settings=wandb.Settings(
-            init_timeout=float(options.get("init_timeout_s", 30)),
-            silent=True,
-            console="off",  # the run log already goes to the terminal and the Hydra log
-        ),
-    )
-    drop_wandb_anonymous(logger)
-    try:
-        logger.experiment  # noqa: B018 - start the run now: a W&B failure must not surface mid-training
-    except Exception as error:  # noqa: BLE001 - any W&B failure: go on without it
-        warnings.warn(f"W&B could not start ({error}); training goes on with the other loggers.", stacklevel=2)
-        return None
-    return logger
-
-
-def build_loggers(cfg: DictConfig, run_dir: Path, tags: list[str],
-                  resumed: Resumed | None = None) -> list[Logger]:
-    chosen = dict(cfg.get("logger") or {})
-    unknown = sorted(set(chosen) - set(LOGGERS))
-    if unknown:
-        raise ValueError(f"unknown logger(s) {unknown}; choose from {', '.join(LOGGERS)} or none")
-    loggers: list[Logger] = []
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    if "wandb" in chosen:
-        options = dict(chosen["wandb"])
-        options["tags"] = sorted(set(options.get("tags") or []) | set(tags))
-        wandb_logger = build_wandb_logger(options, run_dir, resolved,
-                                          resumed.wandb_run_id if resumed else None)
-        if wandb_logger is not None:
-            loggers.append(wandb_logger)
-    if "csv" in chosen:
-        csv_logger = ContinuingCSVLogger if resumed else CSVLogger  # resumed: append its rows
-        loggers.append(csv_logger(save_dir=str(run_dir), name=chosen["csv"].get("name", "csv"), version=""))
-    if "tensorboard" in chosen:
-        loggers.append(
-            TensorBoardLogger(save_dir=str(run_dir), name=chosen["tensorboard"].get("name", "tensorboard"), version="")
-        )
-    return loggers
-
-
-# ---------------------------------------------------------------------------- callbacks
-
-
-def build_callbacks(cfg: DictConfig, run_dir: Path) -> tuple[list[Callback], ModelCheckpoint]:
-    options = cfg.get("callbacks") or {}
-    checkpoint_options = options.get("checkpoint") or {}
-    monitor = checkpoint_options.get("monitor", "val/acc")
-    checkpoint = ModelCheckpoint(
-        dirpath=run_dir / "checkpoints",
-        filename="best-epoch{epoch:03d}-step{step}",
-        auto_insert_metric_name=False,
-        monitor=monitor,
-        mode="max" if "acc" in monitor else "min",
-        save_top_k=int(checkpoint_options.get("save_top_k", 1)),
-        save_last=True,  # at every epoch end
-    )
-    callbacks: list[Callback] = [checkpoint, PreemptionCheckpoint(run_dir / "checkpoints")]
-    every_n_steps = checkpoint_options.get("every_n_train_steps")
-    if every_n_steps:
-        # Lightning's step and epoch intervals exclude each other in one callback: a second one
-        # refreshes last.ckpt every N steps (long epochs lose at most N steps to a kill).
-        callbacks.append(ModelCheckpoint(
-            dirpath=run_dir / "checkpoints", filename="last", every_n_train_steps=int(every_n_steps),
-            save_top_k=1, monitor=None, enable_version_counter=False,
-        ))
-    bar = options.get("progress_bar", "rich")
-    if bar == "rich":
-        callbacks.append(RichProgressBar(leave=True))
-    elif bar == "tqdm":
-        callbacks.append(TQDMProgressBar())
-    elif bar not in ("none", None):
-        raise ValueError(f"callbacks.progress_bar must be rich, tqdm or none, got {bar!r}")
-    if options.get("lr_monitor", True) and cfg.get("logger"):
-        callbacks.append(LearningRateMonitor(logging_interval="epoch"))
-    from zoo.callbacks import build_measurement_callbacks
-
-    callbacks.extend(build_measurement_callbacks(OmegaConf.to_container(options, resolve=True)))
-    train_eval = options.get("train_eval") or {}
-    if train_eval.get("at_end", True) or train_eval.get("every_n_epochs"):
-        callbacks.append(TrainEvalPass(every_n_epochs=train_eval.get("every_n_epochs"),
-                                       at_end=bool(train_eval.get("at_end", True))))
-    return callbacks, checkpoint
 
 
 def choose_numerics(cfg: DictConfig) -> None:
@@ -224,10 +91,12 @@ def check_config(cfg: DictConfig) -> None:
     trainer = cfg.trainer
     max_epochs = trainer.get("max_epochs")
     if max_epochs is not None and (not isinstance(max_epochs, int) or max_epochs < 0):
-        raise ValueError(f"trainer.max_epochs must be a whole number >= 0 (0: evaluate only), got {max_epochs!r}")
+        raise ValueError("trainer.max_epochs must be a whole number >= 0 (0: evaluate only), "
+                         f"got {max_epochs!r}")
     batch_size = cfg.data.get("batch_size")
     if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"data.batch_size must be a whole number >= 1 (images per device), got {batch_size!r}")
+        raise ValueError("data.batch_size must be a whole number >= 1 (images per device), "
+                         f"got {batch_size!r}")
     if not isinstance(cfg.seed, int):
         raise ValueError(f"seed must be a whole number, got {cfg.seed!r}")
     check_optim_numbers(cfg.get("optim") or {})
@@ -236,7 +105,9 @@ def check_config(cfg: DictConfig) -> None:
     unknown = sorted(set(cfg.get("callbacks") or {}) - known)
     if unknown:
         # Callbacks are built by name from this list only: a config cannot name a class to run.
-        raise ValueError(f"unknown callback setting(s) {unknown}; known: {', '.join(sorted(known))}")
+        raise ValueError(
+            f"unknown callback setting(s) {unknown}; known: {', '.join(sorted(known))}"
+        )
 
 
 def check_optim_numbers(optim: Any) -> None:
@@ -246,25 +117,33 @@ def check_optim_numbers(optim: Any) -> None:
         value = optim.get(key)
         if value is None and key != "lr":
             continue
-        number = value if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+        is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        number = value if is_number else math.nan
         if not math.isfinite(number) or number < 0 or (key == "lr" and number == 0):
             raise ValueError(f"optim.{key} must be a finite number {smallest}, got {value!r}")
 
 
-def check_resume_compatible(ckpt_path: str, model_cfg: dict[str, Any], optim_cfg: dict[str, Any] | None = None) -> dict:
-    """A checkpoint of another network, class count or optimizer gets a clear error before training starts.
+def check_resume_compatible(ckpt_path: str, model_cfg: dict[str, Any],
+                            optim_cfg: dict[str, Any] | None = None) -> dict:
+    """A checkpoint of another network, class count or optimizer gets a clear error before
+    training starts.
 
     Returns the checkpoint (read once: it also names the W&B run to continue)."""
     checkpoint = safe_load(ckpt_path)
-    saved = (checkpoint.get("hyper_parameters") or {}).get("model") if isinstance(checkpoint, dict) else None
+    saved = None
+    if isinstance(checkpoint, dict):
+        saved = (checkpoint.get("hyper_parameters") or {}).get("model")
     if not isinstance(saved, dict) or "state_dict" not in checkpoint:
-        raise CheckpointError(f"{ckpt_path} is not a checkpoint of this project (no saved model hyperparameters)")
+        raise CheckpointError(
+            f"{ckpt_path} is not a checkpoint of this project (no saved model hyperparameters)"
+        )
     for key in ("name", "num_classes", "in_channels"):
         if saved.get(key) != model_cfg.get(key):
             raise CheckpointError(
                 f"{ckpt_path} holds {saved.get('name')} ({saved.get('num_classes')} classes, "
-                f"{saved.get('in_channels')} input channels) but this run builds {model_cfg.get('name')} "
-                f"({model_cfg.get('num_classes')} classes, {model_cfg.get('in_channels')} channels): "
+                f"{saved.get('in_channels')} input channels) but this run builds "
+                f"{model_cfg.get('name')} ({model_cfg.get('num_classes')} classes, "
+                f"{model_cfg.get('in_channels')} channels): "
                 f"resume with model={saved.get('name')} and the same data, or start fresh with "
                 "model.pretrained=<checkpoint> to fine-tune"
             )
@@ -277,7 +156,8 @@ def fit_and_test(
     trainer: pl.Trainer, module: ZooModule, datamodule: Any, ckpt_path: str | None,
     checkpoint: ModelCheckpoint, recorder: RunRecorder, loggers: list[Logger],
 ) -> tuple[dict[str, float], dict[str, str], float, Any]:
-    """Fit, then test the best checkpoint; a signal, divergence or failure is recorded, W&B closed."""
+    """Fit, then test the best checkpoint; a signal, divergence or failure is recorded, W&B
+    closed."""
     fit_started = time.perf_counter()
     fit_seconds, saved, best_score = None, None, None
     try:
@@ -288,13 +168,16 @@ def fit_and_test(
         # when the best checkpoint was written, which predates the last save.
         saved = {"last": checkpoint.last_model_path, "best": checkpoint.best_model_path}
         best_score = checkpoint.best_model_score
-        recorder.fit_ended()  # the train-eval result too, which testing would restore to an older one
-        results = trainer.test(module, datamodule=datamodule, ckpt_path=saved["best"] or None, verbose=False)
+        # the train-eval result too, which testing would restore to an older one
+        recorder.fit_ended()
+        results = trainer.test(module, datamodule=datamodule, ckpt_path=saved["best"] or None,
+                               verbose=False)
     except TrainingDivergedError as diverged:
         # A diverged run is a result too (the explosion and depth experiments expect some): its
         # run.json says so (zoo.report reads it), W&B records the same facts and closes the run
         # as failed, so that a sweep's next job gets a run of its own.
-        record = recorder.finish("diverged", error=diverged, fit_seconds=time.perf_counter() - fit_started)
+        record = recorder.finish("diverged", error=diverged,
+                                 fit_seconds=time.perf_counter() - fit_started)
         close_wandb(loggers, trainer, DIVERGED_EXIT_CODE, wandb_summary(record))
         raise
     except BaseException as error:
@@ -311,10 +194,12 @@ def fit_and_test(
         if preempted is not None:
             raise preempted from None
         raise
-    return {k: float(v) for k, v in (results[0] if results else {}).items()}, saved, fit_seconds, best_score
+    metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
+    return metrics, saved, fit_seconds, best_score
 
 
-def close_wandb(loggers: list[Logger], trainer: pl.Trainer, exit_code: int, summary: dict | None = None) -> None:
+def close_wandb(loggers: list[Logger], trainer: pl.Trainer, exit_code: int,
+                summary: dict | None = None) -> None:
     """Write the W&B summary and close its run; a W&B failure is a warning, never the run's end.
 
     Closing now matters: the next run of a Hydra sweep (same process) must start its own W&B run
@@ -334,15 +219,51 @@ def close_wandb(loggers: list[Logger], trainer: pl.Trainer, exit_code: int, summ
                           f"{str(error)[:200]}); the CSV log and run.json have it.", stacklevel=2)
 
 
+def build_module(cfg: DictConfig, datamodule: Any) -> ZooModule:
+    """The LightningModule of the configured network, freshly initialised."""
+    return ZooModule(
+        model=OmegaConf.to_container(cfg.model, resolve=True),
+        optim=OmegaConf.to_container(cfg.optim, resolve=True),
+        scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True),
+        label_smoothing=float(cfg.label_smoothing),
+        channels_last=bool(cfg.channels_last),
+        batch_size=int(cfg.data.batch_size),
+        dataset=data_facts(datamodule),  # the checkpoint preprocesses raw images as trained
+    )
+
+
+def load_starting_weights(cfg: DictConfig, module: ZooModule,
+                          run_dir: Path) -> tuple[str | None, Resumed | None]:
+    """Where training starts: a checkpoint to resume (returned, with what it continues), else
+    ``model.pretrained`` loaded into the network, else the fresh initialisation.
+
+    A resumed run ignores ``model.pretrained``: the checkpoint's weights replace them anyway.
+    """
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), run_name=str(cfg.run_name))
+    if ckpt_path is not None:
+        optim_cfg = OmegaConf.to_container(cfg.optim, resolve=True)
+        checkpoint = check_resume_compatible(ckpt_path, model_cfg, optim_cfg)
+        return ckpt_path, resumed_from(checkpoint, ckpt_path, run_dir)
+    if model_cfg.get("pretrained"):
+        # The network was built without them (ZooModule leaves pretrained out, so that loading
+        # one of its checkpoints does not need the original weights); the loader is zoo.create's.
+        load_pretrained(module.net, model_cfg["name"], str(model_cfg["pretrained"]))
+        evaluate_only = cfg.trainer.get("max_epochs") == 0
+        log.info("%s weights of %s: %s", "evaluating the" if evaluate_only else "starting from the",
+                 model_cfg["name"], model_cfg["pretrained"])
+    return None, None
+
+
 def train(cfg: DictConfig, run_dir: Path | str) -> dict[str, float]:
     """Fit and test the configured network; returns the final test metrics."""
-    from zoo.data import build_datamodule
-
     check_config(cfg)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if not os.access(run_dir, os.W_OK):
-        raise PermissionError(f"the output directory {run_dir} is not writable; set hydra.run.dir=...")
+        raise PermissionError(
+            f"the output directory {run_dir} is not writable; set hydra.run.dir=..."
+        )
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     choose_numerics(cfg)
     OmegaConf.set_struct(cfg, False)
@@ -352,44 +273,13 @@ def train(cfg: DictConfig, run_dir: Path | str) -> dict[str, float]:
     facts = zoo.describe(cfg.model.name)
     tags = [f"family:{facts['family']}", f"skip:{facts['skip']}", f"data:{cfg.data.name}"]
     datamodule = build_datamodule(cfg.data)
-    datamodule.setup("fit")  # missing or corrupt data: fail now, in seconds, before any logger starts
+    datamodule.setup("fit")  # missing or corrupt data: fail now, in seconds, before any logger
     if cfg.data.num_classes is None:  # folder datasets count their classes; the model reads it
         cfg.data.num_classes = datamodule.num_classes
-    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
-    module = ZooModule(
-        model=model_cfg,
-        optim=OmegaConf.to_container(cfg.optim, resolve=True),
-        scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True),
-        label_smoothing=float(cfg.label_smoothing),
-        channels_last=bool(cfg.channels_last),
-        batch_size=int(cfg.data.batch_size),
-        dataset=data_facts(datamodule),  # the checkpoint preprocesses raw images as trained
-    )
-    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), run_name=str(cfg.run_name))
-    resumed = None
-    if ckpt_path is not None:
-        resumed = resumed_from(check_resume_compatible(
-            ckpt_path, model_cfg, OmegaConf.to_container(cfg.optim, resolve=True)), ckpt_path, run_dir)
-    if model_cfg.get("pretrained") and ckpt_path is None:
-        from zoo.pretrained import load_pretrained
+    module = build_module(cfg, datamodule)
+    ckpt_path, resumed = load_starting_weights(cfg, module, run_dir)
 
-        load_pretrained(module.net, model_cfg["name"], str(model_cfg["pretrained"]))
-        evaluate_only = cfg.trainer.get("max_epochs") == 0
-        log.info("%s weights of %s: %s", "evaluating the" if evaluate_only else "starting from the",
-                 model_cfg["name"], model_cfg["pretrained"])
-
-    loggers = build_loggers(cfg, run_dir, tags, resumed)
-    callbacks, checkpoint = build_callbacks(cfg, run_dir)
-    callbacks += [StepLogInterval(), WandbRunIdInCheckpoint()]
-    trainer_options = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if v is not None}
-    trainer = pl.Trainer(
-        **trainer_options,
-        default_root_dir=str(run_dir),
-        logger=loggers or False,
-        callbacks=callbacks,
-        enable_progress_bar=any(isinstance(c, (RichProgressBar, TQDMProgressBar)) for c in callbacks),
-        plugins=[AtomicCheckpointIO()],
-    )
+    trainer, loggers, checkpoint = build_trainer(cfg, run_dir, tags, resumed)
     recorder = RunRecorder(run_dir, cfg, trainer, module, checkpoint)  # run.json, however it ends
     metrics, saved, fit_seconds, best_score = fit_and_test(
         trainer, module, datamodule, ckpt_path, checkpoint, recorder, loggers)
@@ -403,7 +293,8 @@ def train(cfg: DictConfig, run_dir: Path | str) -> dict[str, float]:
 
 
 def report_paths(
-    run_dir: Path, saved: dict[str, str], loggers: list[Logger], metrics: dict[str, float], fit_seconds: float
+    run_dir: Path, saved: dict[str, str], loggers: list[Logger], metrics: dict[str, float],
+    fit_seconds: float,
 ) -> None:
     lines = ["", "test metrics: " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()))]
     lines.append(f"fit time: {fit_seconds:.1f} s (training and validation)")

@@ -58,7 +58,9 @@ def find_run_dirs(paths: Iterable[Path | str]) -> list[Path]:
     found: list[Path] = []
     for path in map(Path, paths):
         if not path.exists():
-            raise FileNotFoundError(f"{path} does not exist: pass a run directory or a folder above runs")
+            raise FileNotFoundError(
+                f"{path} does not exist: pass a run directory or a folder above runs"
+            )
         if is_run_dir(path):
             candidates = [path]
         else:
@@ -88,7 +90,9 @@ def read_overrides(run_dir: Path) -> list[str]:
     import yaml
 
     path = run_dir / HYDRA_OVERRIDES_FILE
-    return [str(item) for item in (yaml.safe_load(path.read_text()) or [])] if path.is_file() else []
+    if not path.is_file():
+        return []
+    return [str(item) for item in (yaml.safe_load(path.read_text()) or [])]
 
 
 @dataclass
@@ -128,8 +132,8 @@ class Run:
     def settings(self) -> dict[str, str]:
         """What the run was asked for: its model options (``model.norm``: ``none``) and its
         command-line overrides (``optim.lr``: ``0.01``)."""
-        options = {f"model.{key}": str(value) for key, value in (self.record.get("model") or {}).items()
-                   if key != "name"}
+        model = self.record.get("model") or {}
+        options = {f"model.{key}": str(value) for key, value in model.items() if key != "name"}
         for override in self.record.get("overrides") or []:
             key, _, value = str(override).lstrip("+~").partition("=")
             options[key] = value
@@ -146,7 +150,8 @@ class Run:
         return {int(row[by]): row[key] for row in self.metrics() if key in row and by in row}
 
     def last(self, key: str) -> float | None:
-        """The record's value of a metric (``test/acc``, ``train_eval/err``), else the CSV's last."""
+        """The record's value of a metric (``test/acc``, ``train_eval/err``), else the CSV's
+        last."""
         for group in ("test", "train_eval"):
             if key in (self.record.get(group) or {}):
                 return self.record[group][key]
@@ -225,14 +230,16 @@ def setting_label(model: str, settings: dict[str, str]) -> str:
 def setting_labels(runs: Sequence[Run], ignore: Sequence[str] = ()) -> list[str]:
     """Each run's model plus the settings that differ between runs of the same model
     (``resnet56 model.norm=none``); ``ignore``: settings left out (``seed``, to group repeats)."""
-    return [setting_label(run.model, settings) for run, settings in zip(runs, differing_settings(runs, ignore))]
+    differing = differing_settings(runs, ignore)
+    return [setting_label(run.model, settings)
+            for run, settings in zip(runs, differing, strict=True)]
 
 
 def label_runs(runs: Sequence[Run]) -> list[str]:
     """Set each run's ``label`` to its :func:`setting_labels` label; runs that still share one
     (repeats of one setting) get their directory in brackets. Returns the labels."""
     labels = setting_labels(runs)
-    for run, label in zip(runs, labels):
+    for run, label in zip(runs, labels, strict=True):
         run.label = f"{label} ({run.name})" if labels.count(label) > 1 else label
     return [run.label for run in runs]
 
@@ -255,7 +262,8 @@ class RunRecorder:
     read only at the end, so the record holds what the run reached. Only rank 0 writes.
     """
 
-    def __init__(self, run_dir: Path | str, cfg: Any, trainer: Any, module: Any, checkpoint: Any) -> None:
+    def __init__(self, run_dir: Path | str, cfg: Any, trainer: Any, module: Any,
+                 checkpoint: Any) -> None:
         from datetime import datetime, timezone
 
         self.path = Path(run_dir) / RUN_RECORD_FILE
@@ -265,7 +273,8 @@ class RunRecorder:
 
     def fit_ended(self) -> None:
         """Note what fit reached, before testing: ``trainer.test(ckpt_path=best)`` restores the
-        callbacks' state (checkpoint paths, the train-eval result) as the best checkpoint saved it."""
+        callbacks' state (checkpoint paths, the train-eval result) as the best checkpoint saved
+        it."""
         self._at_fit_end = self._reached()
 
     def _reached(self) -> dict[str, Any]:
@@ -280,9 +289,9 @@ class RunRecorder:
             "train_eval": self._train_eval_metrics(),
         }
 
-    def finish(self, status: str, *, error: BaseException | None = None, fit_seconds: float | None = None,
-               test_metrics: dict[str, float] | None = None, saved: dict[str, str] | None = None,
-               best_score: Any = None) -> dict[str, Any]:
+    def finish(self, status: str, *, error: BaseException | None = None,
+               fit_seconds: float | None = None, test_metrics: dict[str, float] | None = None,
+               saved: dict[str, str] | None = None, best_score: Any = None) -> dict[str, Any]:
         """Write and return the record (rank 0 writes; every rank returns it). ``saved`` and
         ``best_score``: checkpoint paths and best score as fit left them, if read before testing."""
         import socket
@@ -298,7 +307,9 @@ class RunRecorder:
             reached["checkpoints"] = {kind: path or None for kind, path in saved.items()}
         if best_score is not None:
             reached["best_val_acc"] = float(best_score)
-        message = None if error is None else str(error) if status == "diverged" else f"{type(error).__name__}: {error}"
+        message = None
+        if error is not None:  # a divergence's message says it all; others name their type
+            message = str(error) if status == "diverged" else f"{type(error).__name__}: {error}"
         record = {
             "status": status,
             "message": message,

@@ -21,12 +21,15 @@ from zoo.measure.gradients import GradientNormMeter, GradientNorms, SharedGradie
 class TrainingDivergedError(RuntimeError):
     """The loss or the gradient norm of a run became non-finite or exceeded its bound.
 
-    ``step`` is the first bad optimizer step (None when another rank diverged).
+    ``step`` is the first bad optimizer step; ``unit`` what went bad at that step: the name of the
+    depth unit with the worst gradient norm (``"layer2.3"``, as the message names it) when the
+    gradient norm did, else ``"loss"``. Both are None when another rank diverged.
     """
 
-    def __init__(self, message: str, step: int | None = None) -> None:
+    def __init__(self, message: str, step: int | None = None, unit: str | None = None) -> None:
         super().__init__(message)
         self.step = step
+        self.unit = unit
 
 
 class ExplosionGuard(pl.Callback):
@@ -66,7 +69,8 @@ class ExplosionGuard(pl.Callback):
         self._step = 0
         self._pending_grads: GradientNorms | None = None
         self._diverged: torch.Tensor | None = None  # bool, on the device
-        self._first_bad: torch.Tensor | None = None  # [step, measured, loss, total grad norm, *units]
+        # [step, gradients measured, loss, total gradient norm, *unit norms], on the device
+        self._first_bad: torch.Tensor | None = None
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
@@ -121,7 +125,8 @@ class ExplosionGuard(pl.Callback):
         header[1] = float(grads is not None)
         record = torch.cat([loss_value.view(1), total.view(1), units]).double()
         record = torch.cat([header, record])
-        if self._diverged is None or self._first_bad is None or self._first_bad.shape != record.shape:
+        fresh = self._first_bad is None or self._first_bad.shape != record.shape
+        if self._diverged is None or fresh:
             self._diverged = torch.zeros((), dtype=torch.bool, device=device)
             self._first_bad = torch.full_like(record, float("nan"))
         # Keep the first bad step's record: no sync, just a select on the device.
@@ -155,8 +160,34 @@ class ExplosionGuard(pl.Callback):
             # A save-on-exception would overwrite last.ckpt with the diverged weights.
             if hasattr(checkpoint, "save_on_exception"):
                 checkpoint.save_on_exception = False
-        step = int(self._first_bad[0].item()) if local and self._first_bad is not None else None
-        raise TrainingDivergedError(self._message(trainer, local), step)
+        step, unit = None, None
+        if local and self._first_bad is not None:
+            first_bad = self._first_bad.tolist()
+            step, unit = int(first_bad[0]), self._bad_unit(first_bad)
+        raise TrainingDivergedError(self._message(trainer, local), step, unit)
+
+    @staticmethod
+    def _worst_unit(measured: float, units: list[float]) -> int | None:
+        """The index of the unit the message names, None when no unit has a number.
+
+        A non-finite unit outranks every finite one; among non-finite ones the shallowest.
+        """
+        if not measured or all(math.isnan(u) for u in units):
+            return None
+        return max(range(len(units)),
+                   key=lambda i: (not math.isfinite(units[i]),
+                                  units[i] if math.isfinite(units[i]) else -i))
+
+    def _bad_unit(self, first_bad: list[float]) -> str | None:
+        """What went bad at the first bad step: a depth unit's name, ``"loss"``, or None."""
+        _, measured, loss, total, *units = first_bad
+        worst = self._worst_unit(measured, units)
+        grad_bad = not math.isfinite(total) or (
+            self.max_grad_norm is not None and total > self.max_grad_norm)
+        if measured and grad_bad and worst is not None and self._meter is not None:
+            return self._meter.units[worst].name
+        loss_bad = not math.isfinite(loss) or (self.max_loss is not None and loss > self.max_loss)
+        return "loss" if loss_bad else None
 
     def _message(self, trainer: pl.Trainer, local: bool) -> str:
         last_good = [
@@ -174,17 +205,14 @@ class ExplosionGuard(pl.Callback):
         names = [unit.name for unit in self._meter.units] if self._meter else []
         loss_bound = f" (bound {self.max_loss:g})" if self.max_loss is not None else ""
         grad_bound = f" (bound {self.max_grad_norm:g})" if self.max_grad_norm is not None else ""
+        worst = self._worst_unit(measured, units)
         if not measured:
             unit_text = "no gradient norms measured at that step (it only accumulated gradients)"
-        elif all(math.isnan(u) for u in units):
+        elif worst is None:
             unit_text = "every unit's gradient is NaN"
         else:
-            # A non-finite unit outranks every finite one; among non-finite ones the shallowest.
-            worst = max(
-                range(len(units)),
-                key=lambda i: (not math.isfinite(units[i]), units[i] if math.isfinite(units[i]) else -i),
-            )
-            unit_text = f"largest gradient norm in unit {names[worst]!r} (index {worst}): {units[worst]:.4g}"
+            unit_text = (f"largest gradient norm in unit {names[worst]!r} (index {worst}): "
+                         f"{units[worst]:.4g}")
         n = self.check_every_n_steps
         checked = "every step" if n == 1 else f"every {n} steps"
         return (

@@ -3,6 +3,10 @@
 Each family module (``cifar_resnet``, ``resnet``, ``preact_resnet``, ``densenet``) holds a table
 ``VARIANTS`` of names to constructor arguments and one ``build(variant, num_classes, in_channels,
 **options)`` function. Variants are data; there is no class per variant.
+
+This is the bottom layer: it imports nothing else of the zoo. Weights are loaded above it, by
+``zoo.create(name, pretrained=...)`` (:func:`zoo.pretrained.create`, which builds with
+:func:`create` here).
 """
 
 from __future__ import annotations
@@ -82,15 +86,13 @@ def create(
     name: str,
     num_classes: int | None = None,
     in_channels: int = 3,
-    pretrained: str | None = None,
     **options: Any,
 ) -> nn.Module:
-    """Build a network by name.
+    """Build a network by name, freshly initialised (``zoo.create`` also loads weights).
 
     ``num_classes`` defaults to the family's dataset (1000 for ImageNet families, 10 for CIFAR).
     ``options`` are the family's own switches (``stem``, ``shortcut``, ``zero_init_residual``,
     ``drop_path``, ``memory_efficient``, ...); an option the family does not have is an error.
-    ``pretrained`` is a checkpoint path or ``"imagenet"`` (see :mod:`zoo.pretrained`).
     """
     family, arguments = _resolve(name)
     if num_classes is None:
@@ -109,12 +111,8 @@ def create(
             f"{name} does not take option(s) {', '.join(unknown)}; "
             f"its options are: {', '.join(sorted(accepted)) or 'none'}"
         )
-    net = family.build(dict(arguments), num_classes=num_classes, in_channels=in_channels, **options)
-    if pretrained:
-        from zoo.pretrained import load_pretrained
-
-        load_pretrained(net, name, pretrained)
-    return net
+    arguments = dict(arguments)
+    return family.build(arguments, num_classes=num_classes, in_channels=in_channels, **options)
 
 
 __all__ = [

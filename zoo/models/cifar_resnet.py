@@ -123,7 +123,39 @@ class BasicBlock(SkipBlock):
         return self.relu(out)
 
 
+def make_stage(
+    in_planes: int, planes: int, blocks: int, stride: int, skip: bool, shortcut: str, norm: str
+) -> nn.Sequential:
+    """``blocks`` basic blocks of width ``planes``; the first takes the stride and the new width."""
+    layers = [BasicBlock(in_planes, planes, stride, skip, shortcut, norm)]
+    layers += [BasicBlock(planes, planes, 1, skip, shortcut, norm) for _ in range(blocks - 1)]
+    return nn.Sequential(*layers)
+
+
 # ---------------------------------------------------------------- network
+
+
+def check_options(
+    depth: int, skip: bool, shortcut: str, norm: str, init_gain: float, zero_init_residual: bool
+) -> None:
+    """One clear error for an option the network cannot be built with."""
+    if (depth - 2) % 6 != 0 or depth < 8:
+        raise ValueError(
+            f"CIFAR ResNet depth must be 6n+2 (8, 14, 20, 32, 44, 56, 110, 1202...), got {depth}"
+        )
+    if shortcut not in ("A", "B"):
+        raise ValueError(f"shortcut must be 'A' or 'B', got {shortcut!r}")
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
+    if isinstance(init_gain, bool) or not isinstance(init_gain, (int, float)) or not (
+        0 < init_gain <= 100
+    ):
+        raise ValueError(f"init_gain must be a number in (0, 100], got {init_gain!r}")
+    if zero_init_residual and not skip:
+        raise ValueError(
+            "zero_init_residual needs the skip connection: a plain net whose blocks start at "
+            "zero outputs zero; use a resnetN model"
+        )
 
 
 class CifarResNet(Network):
@@ -141,36 +173,21 @@ class CifarResNet(Network):
         zero_init_residual: bool = False,
     ) -> None:
         super().__init__()
-        if (depth - 2) % 6 != 0 or depth < 8:
-            raise ValueError(f"CIFAR ResNet depth must be 6n+2 (8, 14, 20, 32, 44, 56, 110, 1202...), got {depth}")
-        if shortcut not in ("A", "B"):
-            raise ValueError(f"shortcut must be 'A' or 'B', got {shortcut!r}")
-        if norm not in NORMS:
-            raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
-        if isinstance(init_gain, bool) or not isinstance(init_gain, (int, float)) or not 0 < init_gain <= 100:
-            raise ValueError(f"init_gain must be a number in (0, 100], got {init_gain!r}")
-        if zero_init_residual and not skip:
-            raise ValueError(
-                "zero_init_residual needs the skip connection: a plain net whose blocks start at "
-                "zero outputs zero; use a resnetN model"
-            )
+        check_options(depth, skip, shortcut, norm, init_gain, zero_init_residual)
         blocks_per_stage = (depth - 2) // 6
         self.memory_efficient = memory_efficient
         self.conv1 = make_conv(in_channels, widths[0], 3, 1, norm)
         self.bn1 = make_norm(widths[0], norm)
         self.relu = nn.ReLU(inplace=True)
-        in_planes = widths[0]
-        stages = []
-        for index, planes in enumerate(widths):
-            blocks = []
-            for block_index in range(blocks_per_stage):
-                stride = 2 if index > 0 and block_index == 0 else 1
-                blocks.append(BasicBlock(in_planes, planes, stride, skip, shortcut, norm))
-                in_planes = planes
-            stages.append(nn.Sequential(*blocks))
-        self.layer1, self.layer2, self.layer3 = stages
+        # 32, 16, 8 px: every stage but the first halves the map in its first block
+        self.layer1 = make_stage(widths[0], widths[0], blocks_per_stage, 1, skip, shortcut, norm)
+        self.layer2 = make_stage(widths[0], widths[1], blocks_per_stage, 2, skip, shortcut, norm)
+        self.layer3 = make_stage(widths[1], widths[2], blocks_per_stage, 2, skip, shortcut, norm)
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.linear = nn.Linear(in_planes, num_classes)
+        self.linear = nn.Linear(widths[2], num_classes)
+        self._init_weights(init_gain, zero_init_residual, norm)
+
+    def _init_weights(self, init_gain: float, zero_init_residual: bool, norm: str) -> None:
         for module in self.modules():
             # He et al. 2015 (their ref. [13]) initialisation for the convolutions; the
             # classifier keeps PyTorch's default so that the initial loss is about ln(classes).
@@ -180,20 +197,21 @@ class CifarResNet(Network):
                     module.weight.mul_(init_gain)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
-        if zero_init_residual:
-            blocks = [block for block in self.modules() if isinstance(block, BasicBlock)]
-            for block in blocks:
-                block.zero_init_last()
-            if norm == "none":
-                # Fixup (Zhang et al. 2019, section 3): without normalisation, zeroing the last
-                # layer is not enough -- every branch starts to grow at the same step. Fixup
-                # also scales the branch's other layers by L^(-1/(2m-2)) (L blocks of m = 2
-                # layers: L^-1/2) and starts the classifier at zero.
-                with torch.no_grad():
-                    for block in blocks:
-                        block.conv1.weight.mul_(len(blocks) ** -0.5)
-                nn.init.zeros_(self.linear.weight)
-                nn.init.zeros_(self.linear.bias)
+        if not zero_init_residual:
+            return
+        blocks = [block for block in self.modules() if isinstance(block, BasicBlock)]
+        for block in blocks:
+            block.zero_init_last()
+        if norm == "none":
+            # Fixup (Zhang et al. 2019, section 3): without normalisation, zeroing the last
+            # layer is not enough -- every branch starts to grow at the same step. Fixup
+            # also scales the branch's other layers by L^(-1/(2m-2)) (L blocks of m = 2
+            # layers: L^-1/2) and starts the classifier at zero.
+            with torch.no_grad():
+                for block in blocks:
+                    block.conv1.weight.mul_(len(blocks) ** -0.5)
+            nn.init.zeros_(self.linear.weight)
+            nn.init.zeros_(self.linear.bias)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.relu(self.bn1(self.conv1(x)))
@@ -256,7 +274,9 @@ def build(
     # widths: filters of the three stages; narrower nets (e.g. 8/16/32) keep the depth -- what
     # the degradation and 1000-layer experiments are about -- at a fraction of the cost.
     if len(widths) != 3 or not all(isinstance(w, int) and w >= 1 for w in widths):
-        raise ValueError(f"widths must be three whole numbers >= 1 (filters per stage), got {widths!r}")
+        raise ValueError(
+            f"widths must be three whole numbers >= 1 (filters per stage), got {widths!r}"
+        )
     return CifarResNet(
         variant["depth"],
         num_classes=num_classes,

@@ -137,6 +137,19 @@ BLOCKS: dict[str, type[BasicBlock | Bottleneck]] = {
     "bottleneck": Bottleneck,
 }
 
+
+def make_stage(
+    block_class: type[BasicBlock | Bottleneck], in_planes: int, planes: int, stride: int,
+    skip: bool, drop_rates: list[float],
+) -> nn.Sequential:
+    """One block per drop-path rate; the first takes the stride and the new width."""
+    blocks = []
+    for index, rate in enumerate(drop_rates):
+        blocks.append(block_class(in_planes, planes, stride if index == 0 else 1, skip, rate))
+        in_planes = planes * block_class.expansion
+    return nn.Sequential(*blocks)
+
+
 # ---------------------------------------------------------------- network
 
 
@@ -175,23 +188,23 @@ class ResNet(Network):
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU(inplace=True)
 
+        # Huang et al.'s linear decay: block i of L drops its residual branch with drop_path * i / L
         total_blocks = sum(layers)
-        block_index = 0
+        rates = [drop_path * index / total_blocks for index in range(1, total_blocks + 1)]
         in_planes = 64
         stages = []
-        for stage_index, (planes, count) in enumerate(zip((64, 128, 256, 512), layers)):
-            blocks = []
-            for index in range(count):
-                stride = 2 if stage_index > 0 and index == 0 else 1
-                block_index += 1
-                rate = drop_path * block_index / total_blocks  # Huang et al.'s linear decay
-                blocks.append(block_class(in_planes, planes, stride, skip, rate))
-                in_planes = planes * block_class.expansion
-            stages.append(nn.Sequential(*blocks))
+        widths = (64, 128, 256, 512)
+        for stage_index, (planes, count) in enumerate(zip(widths, layers, strict=True)):
+            stride = 2 if stage_index > 0 else 1  # every stage but the first halves the map
+            stage_rates, rates = rates[:count], rates[count:]
+            stages.append(make_stage(block_class, in_planes, planes, stride, skip, stage_rates))
+            in_planes = planes * block_class.expansion
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(in_planes, num_classes)
+        self._init_weights(zero_init_residual)
 
+    def _init_weights(self, zero_init_residual: bool) -> None:
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")

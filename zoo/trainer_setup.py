@@ -1,0 +1,183 @@
+"""The Trainer of one run and what it carries: loggers, callbacks, checkpointing.
+
+:func:`build_trainer` is what :func:`zoo.run.train` calls; the loggers and callbacks are built
+by name from the config only (a config cannot name a class to run).
+"""
+
+from __future__ import annotations
+
+import netrc
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import pytorch_lightning as pl
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import (
+    Callback,
+    LearningRateMonitor,
+    ModelCheckpoint,
+    RichProgressBar,
+    TQDMProgressBar,
+)
+from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
+
+from zoo.callbacks import build_measurement_callbacks
+from zoo.checkpoint import AtomicCheckpointIO, PreemptionCheckpoint
+from zoo.compat import drop_wandb_anonymous
+from zoo.resume import ContinuingCSVLogger, Resumed, WandbRunIdInCheckpoint
+from zoo.runlog import StepLogInterval
+from zoo.train_eval import TrainEvalPass
+
+LOGGERS = ("wandb", "csv", "tensorboard")
+
+# ---------------------------------------------------------------------------- loggers
+
+
+def wandb_has_credentials() -> bool:
+    """True when an API key is configured (environment or ~/.netrc), without asking W&B."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or ""
+    try:
+        return netrc.netrc().authenticators(host) is not None
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+
+
+def build_wandb_logger(options: dict[str, Any], run_dir: Path, config: dict[str, Any],
+                       run_id: str | None = None) -> WandbLogger | None:
+    """``run_id``: continue that W&B run (a resumed training), else start a new one."""
+    import wandb  # only when W&B is asked for: it takes seconds to import
+
+    mode = options.get("mode", "auto")
+    if mode == "auto":
+        mode = os.environ.get("WANDB_MODE") or ("online" if wandb_has_credentials() else "offline")
+        # wandb itself sets WANDB_MODE to its old names ("dryrun" after an offline run)
+        mode = {"dryrun": "offline", "run": "online"}.get(mode, mode)
+    if mode == "disabled":
+        return None
+    if mode not in ("online", "offline"):
+        raise ValueError(
+            f"logger.wandb.mode must be auto, online, offline or disabled, got {mode!r}"
+        )
+    logger = WandbLogger(
+        name=options.get("name"),
+        project=options.get("project", "skip-zoo"),
+        entity=options.get("entity"),
+        group=options.get("group"),
+        tags=list(options.get("tags") or []),
+        save_dir=str(run_dir),
+        offline=mode == "offline",
+        config=config,
+        id=run_id,
+        resume="allow" if run_id else None,
+        settings=wandb.Settings(
+            init_timeout=float(options.get("init_timeout_s", 30)),
+            silent=True,
+            console="off",  # the run log already goes to the terminal and the Hydra log
+        ),
+    )
+    drop_wandb_anonymous(logger)
+    try:
+        logger.experiment  # noqa: B018 - start the run now: a W&B failure must not surface mid-training
+    except Exception as error:  # noqa: BLE001 - any W&B failure: go on without it
+        warnings.warn(f"W&B could not start ({error}); training goes on with the other loggers.",
+                      stacklevel=2)
+        return None
+    return logger
+
+
+def build_loggers(cfg: DictConfig, run_dir: Path, tags: list[str],
+                  resumed: Resumed | None = None) -> list[Logger]:
+    chosen = dict(cfg.get("logger") or {})
+    unknown = sorted(set(chosen) - set(LOGGERS))
+    if unknown:
+        raise ValueError(f"unknown logger(s) {unknown}; choose from {', '.join(LOGGERS)} or none")
+    loggers: list[Logger] = []
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    if "wandb" in chosen:
+        options = dict(chosen["wandb"])
+        options["tags"] = sorted(set(options.get("tags") or []) | set(tags))
+        wandb_logger = build_wandb_logger(options, run_dir, resolved,
+                                          resumed.wandb_run_id if resumed else None)
+        if wandb_logger is not None:
+            loggers.append(wandb_logger)
+    if "csv" in chosen:
+        csv_logger = ContinuingCSVLogger if resumed else CSVLogger  # resumed: append its rows
+        name = chosen["csv"].get("name", "csv")
+        loggers.append(csv_logger(save_dir=str(run_dir), name=name, version=""))
+    if "tensorboard" in chosen:
+        name = chosen["tensorboard"].get("name", "tensorboard")
+        loggers.append(TensorBoardLogger(save_dir=str(run_dir), name=name, version=""))
+    return loggers
+
+
+# ---------------------------------------------------------------------------- callbacks
+
+
+def build_callbacks(cfg: DictConfig, run_dir: Path) -> tuple[list[Callback], ModelCheckpoint]:
+    """Every callback of the run, and the checkpoint callback that keeps the best."""
+    options = cfg.get("callbacks") or {}
+    checkpoint_options = options.get("checkpoint") or {}
+    monitor = checkpoint_options.get("monitor", "val/acc")
+    checkpoint = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints",
+        filename="best-epoch{epoch:03d}-step{step}",
+        auto_insert_metric_name=False,
+        monitor=monitor,
+        mode="max" if "acc" in monitor else "min",
+        save_top_k=int(checkpoint_options.get("save_top_k", 1)),
+        save_last=True,  # at every epoch end
+    )
+    callbacks: list[Callback] = [checkpoint, PreemptionCheckpoint(run_dir / "checkpoints")]
+    every_n_steps = checkpoint_options.get("every_n_train_steps")
+    if every_n_steps:
+        # Lightning's step and epoch intervals exclude each other in one callback: a second one
+        # refreshes last.ckpt every N steps (long epochs lose at most N steps to a kill).
+        callbacks.append(ModelCheckpoint(
+            dirpath=run_dir / "checkpoints", filename="last",
+            every_n_train_steps=int(every_n_steps), save_top_k=1, monitor=None,
+            enable_version_counter=False,
+        ))
+    bar = options.get("progress_bar", "rich")
+    if bar == "rich":
+        callbacks.append(RichProgressBar(leave=True))
+    elif bar == "tqdm":
+        callbacks.append(TQDMProgressBar())
+    elif bar not in ("none", None):
+        raise ValueError(f"callbacks.progress_bar must be rich, tqdm or none, got {bar!r}")
+    if options.get("lr_monitor", True) and cfg.get("logger"):
+        callbacks.append(LearningRateMonitor(logging_interval="epoch"))
+    callbacks.extend(build_measurement_callbacks(OmegaConf.to_container(options, resolve=True)))
+    train_eval = options.get("train_eval") or {}
+    if train_eval.get("at_end", True) or train_eval.get("every_n_epochs"):
+        callbacks.append(TrainEvalPass(every_n_epochs=train_eval.get("every_n_epochs"),
+                                       at_end=bool(train_eval.get("at_end", True))))
+    return callbacks, checkpoint
+
+
+# ---------------------------------------------------------------------------- trainer
+
+
+def build_trainer(
+    cfg: DictConfig, run_dir: Path, tags: list[str], resumed: Resumed | None
+) -> tuple[pl.Trainer, list[Logger], ModelCheckpoint]:
+    """The Trainer with the run's loggers and callbacks; also the loggers (to close W&B) and the
+    checkpoint callback (to read the best and last checkpoints)."""
+    loggers = build_loggers(cfg, run_dir, tags, resumed)
+    callbacks, checkpoint = build_callbacks(cfg, run_dir)
+    callbacks += [StepLogInterval(), WandbRunIdInCheckpoint()]
+    options = OmegaConf.to_container(cfg.trainer, resolve=True)
+    trainer = pl.Trainer(
+        **{key: value for key, value in options.items() if value is not None},
+        default_root_dir=str(run_dir),
+        logger=loggers or False,
+        callbacks=callbacks,
+        enable_progress_bar=any(isinstance(c, (RichProgressBar, TQDMProgressBar))
+                                for c in callbacks),
+        plugins=[AtomicCheckpointIO()],
+    )
+    return trainer, loggers, checkpoint

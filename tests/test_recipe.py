@@ -112,6 +112,17 @@ def test_the_run_prints_the_rate_it_uses(tmp_path):
     assert "learning rate: 0.025 (optim.lr=0.1 per 128 images, scaled to a global batch of 32)" in log
     assert "precision: 32-true" in log  # 8x8 digits: fp32 whatever the CPU
 
+    # Resumed, the optimizer and schedule are the checkpoint's: the printed rate is theirs, not
+    # this command's optim.lr (which is said to be unused).
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    resumed = run_train(tmp_path / "resumed", "model=resnet8", "trainer.max_epochs=2",
+                        "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
+                        "logger=csv", f"ckpt_path={last}", "optim.lr=0.4")
+    log = resumed.stdout + resumed.stderr
+    assert "learning rate: 0.025, continued from the checkpoint (now " in log
+    assert "at step 2)" in log and "scaled to a global batch" not in log
+    assert "optim.lr=0.4 is not used on resume" in log
+
 
 # ------------------------------------------------------------------ train-eval pass
 

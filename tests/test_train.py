@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import pytest
@@ -134,7 +135,26 @@ def test_evaluate_only_with_pretrained_checkpoint_reproduces_the_test_metrics(tr
                           f"model.pretrained={best}", "logger=none")
     metrics_line = lambda text: next(line for line in text.splitlines() if line.startswith("test metrics:"))  # noqa: E731
     assert metrics_line(evaluated.stdout) == metrics_line(result.stdout)
-    assert f"evaluating the weights of resnet20: {best}" in evaluated.stdout + evaluated.stderr
+    output = evaluated.stdout + evaluated.stderr
+    assert f"evaluating the weights of resnet20: {best}" in output
+    # evaluate only: no training summary, no fit, no checkpoints, no fit time
+    assert "Trainable params" not in output and "Trainer.fit" not in output
+    assert "fit time" not in output and not (tmp_path / "eval" / "checkpoints").exists()
+    record = json.loads((tmp_path / "eval" / "run.json").read_text())
+    assert record["status"] == "done" and record["global_step"] == 0
+
+
+def test_evaluate_only_refuses_a_resume_checkpoint_in_one_line(trained_runs, tmp_path):
+    run_dir, _ = trained_runs["resnet20"]
+    before = (run_dir / "run.json").read_text()
+    last = run_dir / "checkpoints" / "last.ckpt"
+    refused = run_train(tmp_path / "eval", "model=resnet20", "trainer.max_epochs=0",
+                        f"ckpt_path={last}", "logger=none", check=False)
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines()[-1] == (
+        "error: trainer.max_epochs=0 evaluates without training: give the checkpoint as "
+        f"model.pretrained={last} (ckpt_path resumes a run, in its directory)")
+    assert (run_dir / "run.json").read_text() == before  # the trained run's record is untouched
 
 
 def test_the_run_prints_where_its_last_and_best_checkpoints_are(trained_runs):

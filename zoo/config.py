@@ -16,6 +16,7 @@ composing) does two things:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import sys
@@ -30,7 +31,9 @@ from hydra.errors import HydraException, MissingConfigException
 from hydra.plugins.config_source import ConfigLoadError, ConfigResult, ConfigSource
 from hydra.plugins.search_path_plugin import SearchPathPlugin
 from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+
+from zoo.schemas import register_schemas
 
 # The model files whose settings a generated config takes, per family and skip type.
 TEMPLATES = {
@@ -109,6 +112,7 @@ def register_configs() -> None:
         return
     Plugins.instance().register(ModelNameSource)
     Plugins.instance().register(ModelNameSearchPath)
+    register_schemas()
     _registered = True
 
 
@@ -122,6 +126,12 @@ def config_error_line(error: BaseException) -> str:
         # "Value 'x' of type 'str' could not be converted to Integer", "Invalid value 'foo',
         # expected one of [sgd, adamw]": OmegaConf's first line, after the key it is about
         message = str(getattr(cause, "msg", None) or cause).splitlines()[0]
+        schema = getattr(cause, "object_type", None)
+        if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and dataclasses.is_dataclass(schema):
+            # "Key 'typo' not in 'CifarResNetConfig'": say which keys there are instead
+            keys = ", ".join(sorted(f.name for f in dataclasses.fields(schema)))
+            parent = cause.full_key.rpartition(".")[0] or "the config"
+            message = f"no such setting; {parent} has: {keys}"
         return f"{cause.full_key}: {message}"
     if isinstance(error, MissingConfigException) and error.options:
         first = str(error).splitlines()[0]

@@ -18,14 +18,13 @@ from torchmetrics.classification import MulticlassAccuracy
 import zoo
 from zoo.compat import reset_train_dataloader
 from zoo.models import count_parameters
+from zoo.schemas import OPTIMIZERS, SCHEDULERS
 
 log = logging.getLogger("zoo")
 
 # Keys of the model config that are for this module, not for zoo.create.
 MODULE_ONLY_MODEL_KEYS = ("name", "compile", "pretrained")
 
-OPTIMIZERS = ("sgd", "adamw")
-SCHEDULERS = ("cosine", "onecycle", "step", "none")
 
 
 def create_arguments(model: dict[str, Any]) -> dict[str, Any]:
@@ -164,10 +163,24 @@ class ZooModule(pl.LightningModule):
         global_batch = int(batch_size) * int(world)
         return lr * global_batch / float(reference), global_batch
 
+    def on_train_start(self) -> None:
+        # A resumed run's optimizer and schedule are the checkpoint's (restored after
+        # configure_optimizers): print the rate it continues with, not this command's optim.lr.
+        if not getattr(self.trainer, "ckpt_path", None) or not self.trainer.is_global_zero:
+            return
+        group = self.trainer.optimizers[0].param_groups[0]
+        schedulers = self.trainer.lr_scheduler_configs
+        peak = group.get("max_lr") or (schedulers[0].scheduler.base_lrs[0] if schedulers
+                                        else group["lr"])  # max_lr: OneCycleLR's peak
+        log.info(f"learning rate: {peak:.4g}, continued from the checkpoint (now {group['lr']:.4g}"
+                 f" at step {self.trainer.global_step})")
+
     def configure_optimizers(self) -> Any:
         optim = self.hparams.optim
         lr, global_batch = self.learning_rate()
-        if global_batch is not None and self.trainer.is_global_zero and self.trainer.max_epochs:
+        resuming = bool(getattr(self.trainer, "ckpt_path", None))  # the rate comes from it: below
+        if global_batch is not None and self.trainer.is_global_zero and self.trainer.max_epochs \
+                and not resuming:
             reference = optim.get("reference_batch_size", 128)
             log.info(f"learning rate: {lr:.4g} (optim.lr={float(optim['lr']):g} per {reference} "
                      f"images, scaled to a global batch of {global_batch})")

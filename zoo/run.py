@@ -38,6 +38,7 @@ from zoo.pretrained import load_pretrained
 from zoo.resume import Resumed, resumed_from
 from zoo.runlog import print_and_log
 from zoo.runs import DIVERGED_EXIT_CODE, RunRecorder, wandb_summary
+from zoo.schemas import plain
 from zoo.trainer_setup import build_trainer
 
 log = logging.getLogger("zoo")
@@ -93,6 +94,9 @@ def check_config(cfg: DictConfig) -> None:
     if max_epochs is not None and (not isinstance(max_epochs, int) or max_epochs < 0):
         raise ValueError("trainer.max_epochs must be a whole number >= 0 (0: evaluate only), "
                          f"got {max_epochs!r}")
+    if max_epochs == 0 and cfg.get("ckpt_path"):
+        raise ValueError("trainer.max_epochs=0 evaluates without training: give the checkpoint as "
+                         f"model.pretrained={cfg.ckpt_path} (ckpt_path resumes a run, in its directory)")
     batch_size = cfg.data.get("batch_size")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError("data.batch_size must be a whole number >= 1 (images per device), "
@@ -160,6 +164,8 @@ def fit_and_test(
     closed."""
     fit_started = time.perf_counter()
     fit_seconds, saved, best_score = None, None, None
+    if trainer.max_epochs == 0:  # evaluate only: no fit (no training summary), the test at once
+        return evaluate_only(trainer, module, datamodule, recorder, loggers)
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         stop_signals.raise_if_received()  # a signal as training ended: stop before testing
@@ -196,6 +202,28 @@ def fit_and_test(
         raise
     metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
     return metrics, saved, fit_seconds, best_score
+
+
+def evaluate_only(
+    trainer: pl.Trainer, module: ZooModule, datamodule: Any, recorder: RunRecorder,
+    loggers: list[Logger],
+) -> tuple[dict[str, float], dict[str, str], float, Any]:
+    """``trainer.max_epochs=0``: test the starting weights (``model.pretrained`` or fresh); no
+    ckpt_path (check_config)."""
+    if not module.hparams.model.get("pretrained"):  # pretrained weights were announced on load
+        log.info("evaluating freshly initialised weights (no model.pretrained given)")
+    try:
+        results = trainer.test(module, datamodule=datamodule, verbose=False)
+    except BaseException as error:
+        preempted = stop_signals.preempted(error)
+        recorder.finish("preempted" if preempted else "failed", error=preempted or error,
+                        fit_seconds=0.0)
+        close_wandb(loggers, trainer, preempted.exit_code if preempted else 1)
+        if preempted is not None:
+            raise preempted from None
+        raise
+    metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
+    return metrics, {"last": "", "best": ""}, 0.0, None
 
 
 def close_wandb(loggers: list[Logger], trainer: pl.Trainer, exit_code: int,
@@ -257,6 +285,7 @@ def load_starting_weights(cfg: DictConfig, module: ZooModule,
 
 def train(cfg: DictConfig, run_dir: Path | str) -> dict[str, float]:
     """Fit and test the configured network; returns the final test metrics."""
+    cfg = plain(cfg)  # the schemas' choices as strings (zoo/schemas.py), checked by Hydra already
     check_config(cfg)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -297,7 +326,8 @@ def report_paths(
     fit_seconds: float,
 ) -> None:
     lines = ["", "test metrics: " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()))]
-    lines.append(f"fit time: {fit_seconds:.1f} s (training and validation)")
+    if fit_seconds:  # evaluate-only runs (trainer.max_epochs=0) fit nothing
+        lines.append(f"fit time: {fit_seconds:.1f} s (training and validation)")
     lines.append(f"run directory: {run_dir}")
     for kind in ("last", "best"):
         if saved[kind]:

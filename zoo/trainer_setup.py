@@ -29,6 +29,7 @@ from zoo.checkpoint import AtomicCheckpointIO, PreemptionCheckpoint
 from zoo.compat import drop_wandb_anonymous
 from zoo.resume import ContinuingCSVLogger, Resumed, WandbRunIdInCheckpoint
 from zoo.runlog import StepLogInterval
+from zoo.schemas import PROGRESS_BARS
 from zoo.train_eval import TrainEvalPass
 
 LOGGERS = ("wandb", "csv", "tensorboard")
@@ -148,7 +149,7 @@ def build_callbacks(cfg: DictConfig, run_dir: Path) -> tuple[list[Callback], Mod
     elif bar == "tqdm":
         callbacks.append(TQDMProgressBar())
     elif bar not in ("none", None):
-        raise ValueError(f"callbacks.progress_bar must be rich, tqdm or none, got {bar!r}")
+        raise ValueError(f"callbacks.progress_bar must be one of {', '.join(PROGRESS_BARS)}, got {bar!r}")
     if options.get("lr_monitor", True) and cfg.get("logger"):
         callbacks.append(LearningRateMonitor(logging_interval="epoch"))
     callbacks.extend(build_measurement_callbacks(OmegaConf.to_container(options, resolve=True)))

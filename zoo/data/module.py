@@ -24,11 +24,11 @@ from torch.utils.data import DataLoader, Subset
 from zoo.data import sources
 from zoo.data.loaders import DeviceLoader, make_dataloader, torch_loader
 from zoo.data.sources import DATASET_NAMES, RECIPES, ImageArrays, InMemorySplits, MissingDataError
+from zoo.schemas import LOADERS
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
 
-LOADERS = ("auto", "device", "torch")
 MODEL_ONLY_KEYS = ("stem",)  # facts in the data config that the model config reads, not us
 
 

@@ -56,6 +56,7 @@ class PadShortcut(nn.Module):
 
 
 NORMS = ("batch", "none")
+SHORTCUTS = ("A", "B")  # A: zero-padded identity (the paper's CIFAR nets), B: 1x1 projection
 
 
 def make_norm(planes: int, norm: str) -> nn.Module:
@@ -143,7 +144,7 @@ def check_options(
         raise ValueError(
             f"CIFAR ResNet depth must be 6n+2 (8, 14, 20, 32, 44, 56, 110, 1202...), got {depth}"
         )
-    if shortcut not in ("A", "B"):
+    if shortcut not in SHORTCUTS:
         raise ValueError(f"shortcut must be 'A' or 'B', got {shortcut!r}")
     if norm not in NORMS:
         raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")

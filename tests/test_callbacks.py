@@ -38,6 +38,7 @@ from zoo.callbacks import (
 )
 from zoo.measure.gradients import GradientNormMeter, SharedGradientNorms, residual_gains
 from zoo.models.common import DepthUnit
+from zoo.schemas import load_group_file
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE_SIZE = 16  # px: the CIFAR nets pool adaptively, so small images keep the runs fast
@@ -687,7 +688,7 @@ def test_residual_gain_matches_a_direct_computation() -> None:
 
 
 def test_build_measurement_callbacks_from_the_real_config() -> None:
-    callbacks_config = OmegaConf.load(REPO / "configs" / "callbacks" / "default.yaml")
+    callbacks_config = load_group_file(REPO / "configs" / "callbacks" / "default.yaml")
     config = OmegaConf.create({"trainer": {"log_every_n_steps": 7}, "callbacks": callbacks_config})
     built = build_measurement_callbacks(config.callbacks)
     assert [type(c) for c in built] == [GradientFlowCallback, ResidualGainCallback, ExplosionGuard]
@@ -695,7 +696,7 @@ def test_build_measurement_callbacks_from_the_real_config() -> None:
     assert built[1].probe_batch_size == 64
     assert (built[2].max_loss, built[2].max_grad_norm) == (1.0e4, 1.0e8)
 
-    none = OmegaConf.load(REPO / "configs" / "callbacks" / "none.yaml")
+    none = load_group_file(REPO / "configs" / "callbacks" / "none.yaml")
     assert build_measurement_callbacks(none) == []
     with pytest.raises(ValueError, match="callbacks.gradient_flow"):
         build_measurement_callbacks({"gradient_flow": {"enabled": True, "every_n_step": 5}})

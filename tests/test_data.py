@@ -31,6 +31,7 @@ from zoo.data import (
     sources,
     torch_loader,
 )
+from zoo.schemas import load_group_file
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "data"
 FMNIST_SYSTEM = Path("/usr/share/datasets/fashion-mnist")
@@ -110,7 +111,7 @@ def write_image_folder(root: Path, classes: dict[str, list[str]], per_class: int
 
 def datamodule(name: str, root: Path | None, **overrides) -> ZooDataModule:
     """The real config for ``name`` with ``overrides``, built the way train.py builds it."""
-    cfg = OmegaConf.create({"seed": 0, "data": OmegaConf.load(CONFIGS / f"{name}.yaml")})
+    cfg = OmegaConf.create({"seed": 0, "data": load_group_file(CONFIGS / f"{name}.yaml")})
     cfg.data.root = None if root is None else str(root)
     cfg.data.num_workers = 0
     for key, value in overrides.items():
@@ -144,7 +145,7 @@ def test_every_config_builds_and_states_its_facts(name):
 def test_build_datamodule_rejects_unknown_names_and_keys():
     with pytest.raises(ValueError, match="valid names: cifar10, cifar100, digits"):
         build_datamodule({"name": "mnist"})
-    cfg = dict(OmegaConf.to_container(OmegaConf.load(CONFIGS / "digits.yaml")), seed=0)
+    cfg = dict(OmegaConf.to_container(load_group_file(CONFIGS / "digits.yaml")), seed=0)
     cfg["colour"] = "red"
     with pytest.raises(ValueError, match=r"unknown data config key\(s\) \['colour'\]"):
         build_datamodule(cfg)

@@ -216,3 +216,12 @@ def plain(cfg: DictConfig) -> DictConfig:
     plain_cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False, enum_to_str=True))
     OmegaConf.set_struct(plain_cfg, True)
     return plain_cfg
+
+
+def load_group_file(path: Any) -> DictConfig:
+    """A group's YAML file read on its own, without Hydra (tools, tests): its values, without the
+    defaults list that names its schema."""
+    values = OmegaConf.load(path)
+    if "defaults" in values:
+        values.pop("defaults")
+    return values

@@ -32,6 +32,7 @@ from zoo.bench.common import (
     sgd,
     synchronize,
 )
+from zoo.schemas import load_group_file
 
 
 @dataclass(frozen=True)
@@ -112,7 +113,7 @@ def loop_callbacks(variant: str) -> list:
     if variant == "zoo_default_callbacks":
         from omegaconf import OmegaConf
 
-        default = OmegaConf.load(Path(__file__).resolve().parents[2] / "configs/callbacks/default.yaml")
+        default = load_group_file(Path(__file__).resolve().parents[2] / "configs/callbacks/default.yaml")
         default.gradient_flow.every_n_steps = 50  # ${trainer.log_every_n_steps} resolves here
         return build_measurement_callbacks(OmegaConf.to_container(default, resolve=True))
     raise ValueError(f"unknown loop variant {variant!r}; choose from {', '.join(LOOP_VARIANTS)}")

@@ -23,6 +23,7 @@ import torch
 
 from zoo.experiments import gradients, lesion, memory
 from zoo.experiments.tidy import markdown_table, read_csv, read_meta, write_csv, write_meta
+from zoo.schemas import load_group_file
 
 GRADIENT_FILES = ("gradient_at_init.csv", "gradient_at_init_summary.csv")
 LESION_FILES = ("lesion_single.csv", "lesion_random.csv")
@@ -112,7 +113,7 @@ def run_lesion(args: argparse.Namespace) -> list[str]:
 
         if not args.data_config.is_file():
             raise FileNotFoundError(f"--data-config {args.data_config} does not exist")
-        data_cfg = OmegaConf.to_container(OmegaConf.load(args.data_config), resolve=False)
+        data_cfg = OmegaConf.to_container(load_group_file(args.data_config), resolve=False)
         data_cfg["seed"] = 0  # the seed interpolation points outside the data group
     single, randomised = lesion.lesion_runs(
         args.checkpoints, data_cfg, args.split, args.max_images or None, args.max_deleted,

@@ -91,9 +91,11 @@ tidy rows and draws that error against depth (plain dashed, residual solid) and 
     ("code", """from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from zoo.config import register_configs
 from zoo.run import train
 
 CONFIGS = str(Path(zoo.__file__).resolve().parents[1] / "configs")
+register_configs()  # what train.py registers: the config schemas, model names of any depth
 
 
 def train_on_digits(name: str, seed: int = 0) -> Path:

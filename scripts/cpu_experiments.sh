@@ -92,6 +92,13 @@ depth_1000_zero_init() {  # the recipe control: every residual branch's last BN 
     --out "$results/depth_1000"
 }
 
+depth_1000_lr() {  # is ResNet-1202's gap to ResNet-110 a learning-rate artefact? both nets at
+  # half and twice the rate of depth_1000 (lr 0.1), 3 seeds; error against the rate
+  python train.py -m experiment=depth_1000_cpu model=resnet110,resnet1202 optim.lr=0.05,0.2 \
+    hydra.sweep.dir="$runs/depth_1000_lr"
+  python -m zoo.results collect "$runs/depth_1000_cpu" "$runs/depth_1000_lr" --out "$results/depth_1000_lr"
+}
+
 precision_parity() {  # bf16 against fp32 on the CPU: accuracy (docs/BENCHMARKS.md)
   # 20k images x 6 epochs x 3 seeds; the two precisions side by side, one thread each (2 cores)
   for precision in 32-true bf16-mixed; do

@@ -28,7 +28,8 @@ from zoo.rundir import DISK_FULL_EXIT_CODE, disk_full_line, register_resolvers
 from zoo.runs import DIVERGED_EXIT_CODE  # the run itself failed, not its input
 
 # Errors caused by the user's input get one clear line, not a traceback (ZOO_DEBUG=1 shows it).
-USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, NotADirectoryError, MisconfigurationException)
+USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, NotADirectoryError,
+               MisconfigurationException)
 
 # Runs of this sweep that diverged. A diverged job is one of a sweep's results (plain1202 in
 # experiment=depth_1000, say): the sweep goes on, and the process exits 3 once it is done.
@@ -83,8 +84,8 @@ def run_one(cfg: DictConfig) -> None:
         if not any(words in str(error) for words in dead_peer) and \
                 type(error).__name__ not in ("DistBackendError", "DistNetworkError"):
             raise
-        stop("error: another DDP process of this run died (its output says why); this one stops too. "
-             "Resume with ckpt_path=<run dir>/checkpoints/last.ckpt", 1)
+        stop("error: another DDP process of this run died (its output says why); "
+             "this one stops too. Resume with ckpt_path=<run dir>/checkpoints/last.ckpt", 1)
     except OSError as error:
         if error.errno in (errno.ENOSPC, errno.EDQUOT):  # before USER_ERRORS: not the input's fault
             if os.environ.get("ZOO_DEBUG"):
@@ -110,5 +111,6 @@ if __name__ == "__main__":
     with one_line_config_errors():  # a config that does not compose: one line, exit 2
         main()
     if diverged_runs:
-        stop(f"error: {len(diverged_runs)} run(s) of the sweep diverged: {', '.join(diverged_runs)}",
+        stop(f"error: {len(diverged_runs)} run(s) of the sweep diverged: "
+             f"{', '.join(diverged_runs)}",
              DIVERGED_EXIT_CODE)

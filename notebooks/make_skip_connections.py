@@ -34,16 +34,19 @@ images, scaled with the batch (0.025 at batch 32), 5% linear warm-up then cosine
 chosen by `trainer.precision=auto`. This is the one-minute version on scikit-learn's 8x8 digits
 with one seed; the 3-seed Fashion-MNIST experiments and their numbers are in `docs/RESULTS.md`
 (`python train.py -m experiment=degradation_cpu`, `python -m zoo.experiments ...`)."""),
-    ("code", """# Parameters: ZOO_NOTEBOOK_FAST=1 (the test suite) runs a smaller version of every step.
+    ("code", """# Parameters: ZOO_NOTEBOOK_FAST=1 (the test suite) runs a smaller version of
+# every step.
 import os
 
 FAST = os.environ.get("ZOO_NOTEBOOK_FAST") == "1"
 GRADIENT_DEPTHS = [8, 20] if FAST else [8, 20, 56, 110]
-TRAIN_MODELS = ["plain8", "resnet8"] if FAST else ["plain8", "plain20", "plain56", "resnet20", "resnet56"]
+TRAIN_MODELS = (["plain8", "resnet8"] if FAST
+                else ["plain8", "plain20", "plain56", "resnet20", "resnet56"])
 EPOCHS = 1 if FAST else 6
 LIMIT_TRAIN_BATCHES = 3 if FAST else None
 LESION_MAX_DELETED, LESION_DRAWS = (2, 2) if FAST else (6, 4)
-MEMORY_MODELS = ["plain8", "resnet8", "densenet40_12"] if FAST else ["plain56", "resnet56", "densenet_bc_100_12"]
+MEMORY_MODELS = (["plain8", "resnet8", "densenet40_12"] if FAST
+                 else ["plain56", "resnet56", "densenet_bc_100_12"])
 MEMORY_BATCH, MEMORY_IMAGE_SIZE = (4, 8) if FAST else (16, 16)"""),
     ("code", """import tempfile
 from pathlib import Path
@@ -73,7 +76,8 @@ the loss. In the BatchNorm ResNet the stem's gradient stays within a small facto
 at every depth; the norm-free ResNet keeps that ratio too, but its whole signal grows with depth
 (every residual branch adds its variance), which is the exploding-gradient experiment's subject.
 This is one seed at initialisation only; it says nothing yet about training."""),
-    ("code", """nets = experiments.gradient_nets(GRADIENT_DEPTHS, others=False, norms=["batch", "none"])
+    ("code", """nets = experiments.gradient_nets(GRADIENT_DEPTHS, others=False,
+                                 norms=["batch", "none"])
 rows = experiments.gradient_at_init(nets, seeds=(0,), batch_size=8, image_size=16)
 summary = experiments.summarise_gradients(rows)
 display(Markdown(experiments.markdown_table(
@@ -124,7 +128,8 @@ display(Image(filename=str(results.plot_against_depth(
     run_rows, "train_eval_err", "training error", figures / "train_error_vs_depth.png"))))
 display(Image(filename=str(results.plot_curves(run_rows, curves, figures / "curves.png"))))
 for (family, _), points in results.depth_series(run_rows, "train_eval_err").items():
-    print(f"{family:>8}: " + ", ".join(f"{depth} layers {error:.1f}%" for depth, error, *_ in points))"""),
+    print(f"{family:>8}: " + ", ".join(f"{depth} layers {error:.1f}%"
+                                       for depth, error, *_ in points))"""),
     ("md", """**What these runs can show, and what they cannot.** The printed line per family is the
 final eval-mode training error of one seed after a few epochs on 1,137 images. Read the plain
 line across depths: if it rises from 20 to 56 layers while the residual line does not, that is
@@ -141,8 +146,8 @@ output shapes match -- and puts them back when the `with` ends. A plain block th
 shape (stride 2) cannot be removed at all (a gap in the left panel). `experiments.lesion_runs`
 deletes every block in turn, and k random non-downsampling blocks (a few draws per k, Veit et
 al.'s curve), and measures accuracy on the whole digits test split (360 images)."""),
-    ("code", """single, randomised = experiments.lesion_runs(run_dirs, split="test", max_deleted=LESION_MAX_DELETED,
-                                            draws=LESION_DRAWS)
+    ("code", """single, randomised = experiments.lesion_runs(run_dirs, split="test",
+                                            max_deleted=LESION_MAX_DELETED, draws=LESION_DRAWS)
 intact = [row for row in single if row["deleted"] == "intact"]
 display(Markdown(experiments.markdown_table(intact, ["model", "images", "accuracy"])))
 display(Image(filename=str(experiments.plot_lesion(single, WORK / "lesion", randomised))))
@@ -159,10 +164,10 @@ with torch.no_grad():
     assert torch.equal(net(x), out)
 assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
 print("network restored: same state dict, same outputs")"""),
-    ("md", """Read the printed line: the median accuracy with one non-downsampling block deleted, per
-net, against its intact accuracy. A residual net that keeps most of its accuracy while its plain
-twin falls towards chance (10%) is Veit et al.'s observation: the residual net behaves like an
-ensemble of paths of many lengths, the plain net like one chain. Compare nets whose *intact*
+    ("md", """Read the printed line: the median accuracy with one non-downsampling block deleted,
+per net, against its intact accuracy. A residual net that keeps most of its accuracy while its
+plain twin falls towards chance (10%) is Veit et al.'s observation: the residual net behaves like
+an ensemble of paths of many lengths, the plain net like one chain. Compare nets whose *intact*
 accuracies are similar -- a plain net that never learned has nothing to lose. One seed, 360
 images: a single block's bar is a few images wide."""),
     ("md", """## 4. The memory skips cost
@@ -189,8 +194,10 @@ print("removed", WORK)"""),
 
 def build() -> nbformat.NotebookNode:
     notebook = new_notebook()
-    notebook.cells = [new_markdown_cell(text) if kind == "md" else new_code_cell(text) for kind, text in CELLS]
-    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    notebook.cells = [new_markdown_cell(text) if kind == "md" else new_code_cell(text)
+                      for kind, text in CELLS]
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                       "language": "python"}
     return notebook
 
 

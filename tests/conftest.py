@@ -52,7 +52,8 @@ def run_train(run_dir: Path, *overrides: str, check: bool = True, env: dict | No
     import subprocess
     import sys
 
-    environment = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONUNBUFFERED": "1"}
+    environment = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true",
+                   "PYTHONUNBUFFERED": "1"}
     environment.update(env or {})
     command = [sys.executable, str(REPO / "train.py"), *(FAST_OVERRIDES if fast else []),
                f"hydra.run.dir={run_dir}", *overrides]

@@ -109,8 +109,8 @@ def test_loop_refuses_a_run_with_no_timed_step():
 
 def test_data_compares_the_device_loader_with_the_best_dataloader(tmp_path):
     out = tmp_path / "bench.jsonl"
-    records = bench.main(["data", *TINY, "--workers", "0,1", "--images", "256", "--batch-size", "64",
-                          "--precision", "32-true", "--out", str(out)])
+    records = bench.main(["data", *TINY, "--workers", "0,1", "--images", "256",
+                          "--batch-size", "64", "--precision", "32-true", "--out", str(out)])
     check_records(records, out, "data")
     assert [r["case"] for r in records] == [
         "cifar_shape_iterate", "fashion_mnist_shape_iterate", "cifar_shape_resnet20"]
@@ -128,9 +128,9 @@ def test_data_compares_the_device_loader_with_the_best_dataloader(tmp_path):
 
 def test_models_measures_speed_and_memory_with_and_without_memory_efficient_mode(tmp_path):
     out = tmp_path / "bench.jsonl"
-    records = bench.main(["models", *TINY, "--models", "resnet20,densenet40_12", "--batch-size", "2",
-                          "--steps", "1", "--warmup-steps", "1", "--no-compile", "--precision", "32-true",
-                          "--out", str(out)])
+    records = bench.main(["models", *TINY, "--models", "resnet20,densenet40_12",
+                          "--batch-size", "2", "--steps", "1", "--warmup-steps", "1",
+                          "--no-compile", "--precision", "32-true", "--out", str(out)])
     check_records(records, out, "models")
     assert [(r["model"], r["memory_efficient"], r["compiled"]) for r in records] == [
         ("resnet20", False, False), ("resnet20", True, False),
@@ -155,9 +155,9 @@ def test_models_measures_speed_and_memory_with_and_without_memory_efficient_mode
 
 def test_models_at_both_precisions(tmp_path):
     out = tmp_path / "bench.jsonl"
-    records = bench.main(["models", *TINY, "--models", "resnet20", "--batch-size", "2", "--steps", "1",
-                          "--warmup-steps", "1", "--no-compile", "--precision", "32-true", "bf16-mixed",
-                          "--out", str(out)])
+    records = bench.main(["models", *TINY, "--models", "resnet20", "--batch-size", "2",
+                          "--steps", "1", "--warmup-steps", "1", "--no-compile",
+                          "--precision", "32-true", "bf16-mixed", "--out", str(out)])
     check_records(records, out, "models")
     assert [(r["case"], r["precision"]) for r in records] == [
         ("resnet20_eager", "32-true"), ("resnet20_eager_memory_efficient", "32-true"),
@@ -167,7 +167,8 @@ def test_models_at_both_precisions(tmp_path):
     assert speedup["zoo_img_per_s"] == bf16["zoo_img_per_s"]
     assert speedup["baseline_img_per_s"] == fp32["zoo_img_per_s"]
     if not bf16["memory_method"].startswith("unavailable"):
-        assert bf16["peak_memory_mb"] > 0 and bf16["baseline_peak_memory_mb"] == bf16["peak_memory_mb"]
+        assert (bf16["peak_memory_mb"] > 0
+                and bf16["baseline_peak_memory_mb"] == bf16["peak_memory_mb"])
 
 
 def test_native_resolution_per_family():

@@ -2,8 +2,7 @@
 are in test_plot.py.
 
 The Lightning runs use a small LightningModule of their own around ``zoo.create`` so that they
-test the callbacks alone, on random data, on the CPU.
-"""
+test the callbacks alone, on random data, on the CPU."""
 
 from __future__ import annotations
 
@@ -53,7 +52,8 @@ class Classifier(pl.LightningModule):
         self.net = net
         self.lr = lr
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor],
+                      batch_idx: int) -> torch.Tensor:
         images, labels = batch
         loss = F.cross_entropy(self.net(images), labels)
         self.log("train/loss", loss)
@@ -142,7 +142,7 @@ def test_meter_matches_manual_norms() -> None:
     images, labels = random_images(8)[:]
     F.cross_entropy(net(images), labels).backward()
     norms = GradientNormMeter(net).measure()
-    for unit, measured in zip(net.depth_units(), norms.units.tolist()):
+    for unit, measured in zip(net.depth_units(), norms.units.tolist(), strict=True):
         squares = sum(float(p.grad.double().square().sum()) for p in unit.module.parameters())
         assert measured == pytest.approx(math.sqrt(squares), rel=1e-5)
     total = math.sqrt(sum(float(p.grad.double().square().sum()) for p in net.parameters()))
@@ -158,12 +158,13 @@ def test_meter_computes_norms_in_fp32_for_bf16_gradients() -> None:
     images, labels = random_images(16)[:]
     F.cross_entropy(net(images), labels).backward()
     bf16_net = copy.deepcopy(net).to(torch.bfloat16)
-    for parameter, reference in zip(bf16_net.parameters(), net.parameters()):
+    for parameter, reference in zip(bf16_net.parameters(), net.parameters(), strict=True):
         parameter.grad = reference.grad.to(torch.bfloat16)
     norms = GradientNormMeter(bf16_net).measure()
     assert norms.units.dtype == norms.total.dtype == torch.float32
-    for unit, measured in zip(bf16_net.depth_units(), norms.units.tolist()):
-        exact = math.sqrt(sum(float(p.grad.double().square().sum()) for p in unit.module.parameters()))
+    for unit, measured in zip(bf16_net.depth_units(), norms.units.tolist(), strict=True):
+        exact = math.sqrt(sum(float(p.grad.double().square().sum())
+                              for p in unit.module.parameters()))
         assert measured == pytest.approx(exact, rel=1e-5)
 
 
@@ -226,10 +227,12 @@ def test_csv_tensorboard_and_tidy_files(tmp_path: Path) -> None:
     assert all(float(r["residual_gain"]) > 0 for r in gains)
 
     metrics = read_csv(Path(csv_logger.log_dir) / "metrics.csv")
-    for key in ("grad_norm/first", "grad_norm/last", "grad_norm/first_over_last", "grad_norm/total"):
+    for key in ("grad_norm/first", "grad_norm/last", "grad_norm/first_over_last",
+                "grad_norm/total"):
         logged = [(int(r["step"]), float(r[key])) for r in metrics if r.get(key)]
         assert [step for step, _ in logged] == [0, 2, 4], key
-    first = {int(r["step"]): float(r["grad_norm/first"]) for r in metrics if r.get("grad_norm/first")}
+    first = {int(r["step"]): float(r["grad_norm/first"])
+             for r in metrics if r.get("grad_norm/first")}
     tidy_first = {int(r["step"]): float(r["grad_norm"]) for r in rows if r["unit_index"] == "0"}
     assert first == pytest.approx(tidy_first, rel=1e-6)
     assert sum(1 for r in metrics if r.get("residual_gain/mean")) == 2
@@ -319,7 +322,8 @@ def test_wandb_offline_run_has_histograms_and_gradient_flow_table(
 
     for histogram in ("grad_flow/units", "grad_flow/units_log10", "grad_flow/stage/layer1",
                       "grad_flow/stage/head", "grad_flow/parameters", "residual_gain/blocks"):
-        assert values.get(f"{histogram}/_type") and set(values[f"{histogram}/_type"]) == {'"histogram"'}
+        assert (values.get(f"{histogram}/_type")
+                and set(values[f"{histogram}/_type"]) == {'"histogram"'})
         assert f"{histogram}/bins" in values
     assert len(values["grad_flow/units/_type"]) == 3  # steps 0, 2, 4
     for scalar in ("grad_norm/first", "grad_norm/last", "grad_norm/first_over_last",
@@ -380,7 +384,8 @@ def test_a_wandb_write_error_is_a_warning_and_training_and_test_finish(
     # One failure per callback: a logger that failed once is left out, not retried every step.
     assert len(failures) == 2
     # The tidy files, the run's record of the measurements, are complete.
-    assert sorted({int(r["step"]) for r in read_csv(tmp_path / "gradient_flow.csv")}) == list(range(6))
+    assert sorted({int(r["step"])
+                   for r in read_csv(tmp_path / "gradient_flow.csv")}) == list(range(6))
     assert len(read_csv(tmp_path / "residual_gain.csv")) == 2 * 3  # 2 validations, 3 blocks
 
 
@@ -394,7 +399,8 @@ class GradientCapture(pl.Callback):
         self.grads: dict[int, list[torch.Tensor]] = {}
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-        self.grads[trainer.global_step] = [p.grad.detach().clone() for p in pl_module.net.parameters()]
+        self.grads[trainer.global_step] = [p.grad.detach().clone()
+                                           for p in pl_module.net.parameters()]
 
 
 @pytest.mark.parametrize(
@@ -418,7 +424,8 @@ def test_logged_norms_are_the_unscaled_gradients_under_autocast(
                   max_epochs=1, limit_train_batches=2, **options)
     run.fit(Classifier(net), train, val)
     if precision == "16-mixed":  # the loss really was scaled, so an unscaled read matters
-        assert run.precision_plugin.scaler is not None and run.precision_plugin.scaler.get_scale() > 1
+        assert (run.precision_plugin.scaler is not None
+                and run.precision_plugin.scaler.get_scale() > 1)
 
     rows = read_csv(tmp_path / "gradient_flow.csv")
     logged = {(int(r["step"]), int(r["unit_index"])): float(r["grad_norm"]) for r in rows}
@@ -426,7 +433,7 @@ def test_logged_norms_are_the_unscaled_gradients_under_autocast(
     unit_of = {id(p): i for i, u in enumerate(units) for p in u.module.parameters()}
     for step, grads in capture.grads.items():
         squares = [0.0] * len(units)
-        for parameter, grad in zip(net.parameters(), grads):
+        for parameter, grad in zip(net.parameters(), grads, strict=True):
             squares[unit_of[id(parameter)]] += float(grad.double().square().sum())
         for index, square in enumerate(squares):
             assert logged[(step, index)] == pytest.approx(math.sqrt(square), rel=1e-5)
@@ -437,7 +444,8 @@ def test_logged_norms_are_the_unscaled_gradients_under_autocast(
         loss = F.cross_entropy(initial(images), labels)
     loss.backward()
     for index, unit in enumerate(initial.depth_units()):
-        manual = math.sqrt(sum(float(p.grad.double().square().sum()) for p in unit.module.parameters()))
+        manual = math.sqrt(sum(float(p.grad.double().square().sum())
+                               for p in unit.module.parameters()))
         assert logged[(0, index)] == pytest.approx(manual, rel=2e-2)
 
 
@@ -506,9 +514,11 @@ class PlainMLP(nn.Module):
         return self.layers(x)
 
     def depth_units(self) -> list[DepthUnit]:
-        linears = [(name, m) for name, m in self.layers.named_children() if isinstance(m, nn.Linear)]
+        linears = [(name, m) for name, m in self.layers.named_children()
+                   if isinstance(m, nn.Linear)]
         stages = ["stem"] + ["body"] * (len(linears) - 2) + ["head"]
-        return [DepthUnit(f"layers.{name}", stage, m) for (name, m), stage in zip(linears, stages)]
+        return [DepthUnit(f"layers.{name}", stage, m)
+                for (name, m), stage in zip(linears, stages, strict=True)]
 
 
 def test_explosion_guard_stops_before_a_diverged_checkpoint(tmp_path: Path) -> None:
@@ -597,7 +607,8 @@ def gradient_readers(how: str, tidy_file: str) -> list[pl.Callback]:
     """A gradient-flow view logging every step and a guard checking every step."""
     if how == "factory":
         return build_measurement_callbacks({
-            "gradient_flow": {"every_n_steps": 1, "tidy_file": tidy_file, "parameter_tidy_file": None},
+            "gradient_flow": {"every_n_steps": 1, "tidy_file": tidy_file,
+                              "parameter_tidy_file": None},
             "explosion_guard": {"check_every_n_steps": 1},
         })
     shared = SharedGradientNorms() if how == "shared" else None
@@ -606,7 +617,8 @@ def gradient_readers(how: str, tidy_file: str) -> list[pl.Callback]:
             ExplosionGuard(check_every_n_steps=1, gradients=shared)]
 
 
-@pytest.mark.parametrize(("how", "measurements_per_step"), [("factory", 1), ("shared", 1), ("apart", 2)])
+@pytest.mark.parametrize(("how", "measurements_per_step"),
+                         [("factory", 1), ("shared", 1), ("apart", 2)])
 def test_gradient_flow_and_guard_share_one_measurement_per_step(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str, measurements_per_step: int
 ) -> None:
@@ -680,7 +692,8 @@ def test_residual_gain_matches_a_direct_computation() -> None:
     with torch.no_grad():
         x = net.relu(net.bn1(net.conv1(probe)))
         block = net.layer1[0]
-        expected = (block.residual_branch(x).flatten(1).norm(dim=1) / x.flatten(1).norm(dim=1)).mean()
+        expected = (block.residual_branch(x).flatten(1).norm(dim=1)
+                    / x.flatten(1).norm(dim=1)).mean()
     assert gains["layer1.0"] == pytest.approx(float(expected), rel=1e-5)
 
 

@@ -68,7 +68,8 @@ def test_any_valid_depth_composes_with_its_family_settings(compose, model):
 
 
 def test_a_named_depth_still_comes_from_its_file(compose):
-    assert compose("model=resnet18", "data=digits").model.stem == "cifar"  # only resnet18.yaml has it
+    # only resnet18.yaml has it
+    assert compose("model=resnet18", "data=digits").model.stem == "cifar"
 
 
 def test_an_invalid_depth_names_the_rule(compose):
@@ -107,8 +108,8 @@ def test_imagenet_format_folders_set_the_class_count_unless_the_user_did(tmp_pat
     from conftest import run_train
     from test_data import write_image_folder
 
-    write_image_folder(tmp_path / "subset", {"train": ["n1", "n2", "n3"], "val": ["n1", "n2", "n3"]},
-                       per_class=4)
+    write_image_folder(tmp_path / "subset",
+                       {"train": ["n1", "n2", "n3"], "val": ["n1", "n2", "n3"]}, per_class=4)
     overrides = ["model=resnet8", "data=imagenet", f"data.root={tmp_path / 'subset'}",
                  "data.image_size=16", "data.batch_size=4", "data.num_workers=0",
                  "trainer.accelerator=cpu", "trainer.devices=1", "trainer.max_steps=1",

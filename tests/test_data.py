@@ -1,8 +1,7 @@
 """The datamodule on small datasets written in the real on-disk formats, and on real Fashion-MNIST.
 
 The generated images encode their own index in their pixels, so tests can tell which image (and
-which crop of it) a batch holds without trusting the code under test.
-"""
+which crop of it) a batch holds without trusting the code under test."""
 
 from __future__ import annotations
 
@@ -79,8 +78,8 @@ def write_cifar100(root: Path, train: int = 120, test: int = 40) -> None:
     for name, n, start in (("train", train, 0), ("test", test, 1000)):
         images = indexed_images(n, 3, 32, start=start)
         (folder / name).write_bytes(pickle.dumps(
-            {b"fine_labels": [j % 100 for j in range(n)], b"coarse_labels": [j % 20 for j in range(n)],
-             b"data": images.reshape(n, -1)}))
+            {b"fine_labels": [j % 100 for j in range(n)],
+             b"coarse_labels": [j % 20 for j in range(n)], b"data": images.reshape(n, -1)}))
     (folder / "meta").write_bytes(pickle.dumps({b"fine_label_names": [b"c"] * 100}))
 
 
@@ -249,9 +248,9 @@ def test_both_paths_give_identical_unaugmented_batches(tmp_path, name):
         dm = datamodule(name, tmp_path, batch_size=8, loader=loader, **kw)
         dm.setup("fit")
         paths[loader] = [list(dm.val_dataloader()), list(dm.test_dataloader())]
-    for device_batches, torch_batches in zip(*paths.values()):
+    for device_batches, torch_batches in zip(*paths.values(), strict=True):
         assert len(device_batches) == len(torch_batches)
-        for (xd, yd), (xt, yt) in zip(device_batches, torch_batches):
+        for (xd, yd), (xt, yt) in zip(device_batches, torch_batches, strict=True):
             assert torch.equal(xd, xt) and torch.equal(yd, yt)  # bit-identical ToTensor+Normalize
 
 
@@ -288,8 +287,8 @@ def chi_square(counts: torch.Tensor) -> float:
 def test_device_augmentation_matches_torchvision_distribution():
     pad, n = 4, 4050
     split = position_coded_split(n)
-    kw = {"batch_size": 512, "mean": [0.0] * 3, "std": [1.0] * 3, "shuffle": True, "drop_last": False,
-              "crop_padding": pad, "flip": True, "seed": 3}
+    kw = {"batch_size": 512, "mean": [0.0] * 3, "std": [1.0] * 3, "shuffle": True,
+          "drop_last": False, "crop_padding": pad, "flip": True, "seed": 3}
     x, _ = collect(DeviceLoader(split, **kw))
     top, left, flipped = decode_crops(x, pad)
     assert top.min() == 0 and left.min() == 0 and top.max() == 2 * pad and left.max() == 2 * pad
@@ -325,7 +324,8 @@ def test_digits_and_fashion_recipes():
 
 def test_reshuffle_each_epoch_reproducible_with_seed():
     split = ImageArrays(torch.from_numpy(indexed_images(200, 1, 8)), torch.arange(200) % 10)
-    kw = {"batch_size": 16, "mean": [0.5], "std": [0.5], "shuffle": True, "drop_last": True, "crop_padding": 1}
+    kw = {"batch_size": 16, "mean": [0.5], "std": [0.5], "shuffle": True, "drop_last": True,
+          "crop_padding": 1}
 
     def epochs(loader, k):
         return [collect(loader) for _ in range(k)]
@@ -334,7 +334,7 @@ def test_reshuffle_each_epoch_reproducible_with_seed():
     again = epochs(DeviceLoader(split, seed=5, **kw), 2)
     other = epochs(DeviceLoader(split, seed=6, **kw), 1)
     assert not torch.equal(first[0][1], first[1][1])  # epoch 1 is a new order
-    for (x1, y1), (x2, y2) in zip(first, again):
+    for (x1, y1), (x2, y2) in zip(first, again, strict=True):
         assert torch.equal(x1, x2) and torch.equal(y1, y2)  # and the same for the same seed
     assert not torch.equal(first[0][1], other[0][1])
     # epoch_fn pins the epoch (the datamodule passes trainer.current_epoch)
@@ -553,7 +553,8 @@ def test_imagenet_bad_trees_give_clear_errors(tmp_path):
         datamodule("imagenet", tmp_path / "b", num_classes=1, image_size=16).setup()
     write_image_folder(tmp_path / "c", {"train": ["n1", "n2"], "val": ["n1", "n2"]})
     with pytest.raises(ValueError, match="2 class folders but data.num_classes=1000; set data.nu"):
-        datamodule("imagenet", tmp_path / "c", num_classes=1000, image_size=16, batch_size=2).setup()
+        datamodule("imagenet", tmp_path / "c", num_classes=1000, image_size=16,
+                   batch_size=2).setup()
     counted = datamodule("imagenet", tmp_path / "c", image_size=16, batch_size=2)
     counted.setup()  # the config's default: the folders say how many classes
     assert counted.num_classes == 2

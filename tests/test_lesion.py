@@ -45,7 +45,8 @@ def test_lesion_restores_the_network(name):
     with torch.no_grad():
         after = net(x)
     assert torch.equal(after, before)
-    assert all(net.get_submodule(name) is module for name, module in zip(blocks, before_modules))
+    assert all(net.get_submodule(name) is module
+               for name, module in zip(blocks, before_modules, strict=True))
     state = net.state_dict()
     assert state.keys() == before_state.keys()
     assert all(torch.equal(state[k], before_state[k]) for k in state)

@@ -1,7 +1,6 @@
 """Every registered network: builds, trains a step, has the published size and layout.
 
-Parametrized over ``zoo.list_models()``, so a new variant is tested the day it is registered.
-"""
+Parametrized over ``zoo.list_models()``, so a new variant is tested the day it is registered."""
 
 from __future__ import annotations
 
@@ -241,11 +240,12 @@ def test_memory_efficient_is_numerically_equal(name: str, options: dict) -> None
     out_efficient, x_grad_efficient = _train_step(efficient, x)
     torch.testing.assert_close(out_efficient, out, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(x_grad_efficient, x_grad, atol=1e-5, rtol=1e-4)
-    for (param_name, p), q in zip(normal.named_parameters(), efficient.parameters()):
+    for (param_name, p), q in zip(normal.named_parameters(), efficient.parameters(), strict=True):
         torch.testing.assert_close(q.grad, p.grad, atol=1e-5, rtol=1e-4, msg=param_name)
 
 
-@pytest.mark.parametrize("name", ["densenet_bc_100_12", "densenet40_12", "resnet20", "preact_resnet110"])
+@pytest.mark.parametrize("name",
+                         ["densenet_bc_100_12", "densenet40_12", "resnet20", "preact_resnet110"])
 def test_memory_efficient_mode_updates_bn_statistics_once(name: str) -> None:
     # torch.utils.checkpoint reruns training-mode BNs in backward; their running statistics
     # must still take one momentum step per batch, as in the normal mode.
@@ -334,7 +334,8 @@ def test_norm_free_cifar_nets_have_no_batchnorm_and_biased_convolutions() -> Non
     assert convolutions and all(c.bias is not None and not c.bias.any() for c in convolutions)
     assert all(c.bias is None for c in zoo.create("resnet20").modules() if isinstance(c, nn.Conv2d))
     # still the same shapes and depth units as the BN net
-    assert [u.name for u in net.depth_units()] == [u.name for u in zoo.create("resnet20").depth_units()]
+    assert [u.name for u in net.depth_units()] == [
+        u.name for u in zoo.create("resnet20").depth_units()]
     assert net(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 
 
@@ -363,7 +364,7 @@ def test_init_gain_scales_the_he_initialised_weights() -> None:
     torch.manual_seed(0)
     scaled = zoo.create("plain20", init_gain=2.0)
     torch.testing.assert_close(scaled.layer2[1].conv1.weight, 2.0 * base.layer2[1].conv1.weight)
-    torch.testing.assert_close(scaled.linear.weight, base.linear.weight)  # the classifier is not a conv
+    torch.testing.assert_close(scaled.linear.weight, base.linear.weight)  # the head: not a conv
 
 
 @pytest.mark.parametrize("norm", ["batch", "none"])

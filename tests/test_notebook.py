@@ -26,7 +26,8 @@ def test_committed_notebook_matches_its_builder_and_has_outputs():
     built = _builder().build()
     assert [c.source for c in committed.cells] == [c.source for c in built.cells]
     code = [c for c in committed.cells if c.cell_type == "code"]
-    assert all(c.get("execution_count") for c in code), "run: python notebooks/make_skip_connections.py --execute"
+    assert all(c.get("execution_count") for c in code), (
+        "run: python notebooks/make_skip_connections.py --execute")
     assert not any(o.get("output_type") == "error" for c in code for o in c.get("outputs", []))
 
 

@@ -57,7 +57,8 @@ def test_plot_labels_tell_sweep_siblings_apart(tmp_path: Path) -> None:
     for job, (norm, seed) in enumerate([("batch", 1), ("none", 1), ("none", 2)]):
         runs.append(_config(
             tmp_path / f"{job}-resnet56",
-            f"seed: {seed}\nmodel:\n  name: resnet56\n  norm: {norm}\n  num_classes: ${{data.num_classes}}\n"
+            f"seed: {seed}\nmodel:\n  name: resnet56\n  norm: {norm}\n"
+            "  num_classes: ${data.num_classes}\n"
             "data:\n  name: digits\n  num_classes: 10\n"))
     assert _labels(runs)[1] == [
         "resnet56/digits model.norm=batch",

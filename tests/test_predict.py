@@ -28,7 +28,8 @@ def train_py(cwd: Path, *overrides: str) -> subprocess.CompletedProcess:
     """train.py without hydra.run.dir: the run directory is the default outputs/<date>/..."""
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONUNBUFFERED": "1"}
     result = subprocess.run([sys.executable, str(REPO / "train.py"), *OVERRIDES, *overrides],
-                            cwd=cwd, env=env, capture_output=True, text=True, timeout=900, check=False)
+                            cwd=cwd, env=env, capture_output=True, text=True, timeout=900,
+                            check=False)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
 
@@ -62,7 +63,8 @@ def test_checkpoint_predicts_raw_uint8_images_at_the_runs_test_accuracy(first_ru
     best = record["checkpoints"]["best"] if "checkpoints" in record else None
     best = best or next(Path(first_run[1], "checkpoints").glob("best-*.ckpt"))
     answer = subprocess.run([sys.executable, "-c", PREDICT_IN_A_FRESH_PROCESS, str(best)],
-                            capture_output=True, text=True, timeout=300, cwd=first_run[0], check=False)
+                            capture_output=True, text=True, timeout=300, cwd=first_run[0],
+                            check=False)
     assert answer.returncode == 0, answer.stderr[-3000:]
     predicted = json.loads(answer.stdout.strip().splitlines()[-1])
     run_correct = round(record["test"]["test/acc"] * predicted["count"])
@@ -94,7 +96,8 @@ def test_resume_writes_into_the_same_run_directory_and_wandb_run(first_run):
     assert len(first_ids) == 1
     saved = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert saved["wandb_run_id"] in first_ids
-    result = train_py(cwd, "trainer.max_epochs=2", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}")
+    result = train_py(cwd, "trainer.max_epochs=2",
+                      f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}")
     assert run_dirs(cwd) == [run_dir]  # no second run directory
     assert f"writing into {run_dir}" in (run_dir / "train.log").read_text()
     assert "continuing W&B run" in result.stdout + result.stderr

@@ -38,7 +38,8 @@ def test_other_sizes_and_channels_are_converted():
     rgb = torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8)
     assert GREY(rgb).shape == (2, 1, 8, 8)
     colour = Preprocess([0.5] * 3, [0.25] * 3, image_size=224, in_channels=3, resize_size=256)
-    assert colour(torch.zeros(300, 400, dtype=torch.uint8)[None].expand(3, -1, -1)).shape == (1, 3, 224, 224)
+    assert colour(torch.zeros(300, 400, dtype=torch.uint8)[None].expand(3, -1, -1)).shape == (
+        1, 3, 224, 224)
 
 
 def test_float_images_outside_unit_range_and_odd_dtypes_get_one_clear_error():
@@ -77,7 +78,8 @@ def test_progress_bar_shows_this_epochs_train_acc():
 
     class Spy(pl.Callback):  # after the bar: sees what it drew as the epoch's last line
         def on_train_epoch_end(self, trainer, pl_module):
-            shown.append(trainer.progress_bar_callback.get_metrics(trainer, pl_module).get("train/acc"))
+            shown.append(
+                trainer.progress_bar_callback.get_metrics(trainer, pl_module).get("train/acc"))
 
         def on_validation_epoch_start(self, trainer, pl_module):  # next epoch: the logged value
             if "train/acc" in trainer.callback_metrics:

@@ -109,7 +109,8 @@ def test_the_run_prints_the_rate_it_uses(tmp_path):
                        "logger=csv")
     log = result.stdout + result.stderr
     # digits at data.batch_size=32 on one device: 0.1 x 32 / 128
-    assert "learning rate: 0.025 (optim.lr=0.1 per 128 images, scaled to a global batch of 32)" in log
+    assert ("learning rate: 0.025 (optim.lr=0.1 per 128 images, scaled to a global batch of 32)"
+            in log)
     assert "precision: 32-true" in log  # 8x8 digits: fp32 whatever the CPU
 
     # Resumed, the optimizer and schedule are the checkpoint's: the printed rate is theirs, not
@@ -176,7 +177,8 @@ def test_a_bf16_cpu_run_lowers_the_loss_and_writes_the_same_files_as_fp32(tmp_pa
         run_dir = tmp_path / precision
         run_train(run_dir, "model=resnet8", "trainer.max_epochs=3", "logger=csv",
                   f"trainer.precision={precision}")
-        losses = [float(r["train/loss_epoch"]) for r in csv_rows(run_dir) if r.get("train/loss_epoch")]
+        losses = [float(r["train/loss_epoch"]) for r in csv_rows(run_dir)
+                  if r.get("train/loss_epoch")]
         assert losses[-1] < losses[0], (precision, losses)
         files[precision] = sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*")
                                   if p.is_file() and "checkpoints" not in p.parts)

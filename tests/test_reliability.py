@@ -123,17 +123,20 @@ def test_hostile_and_foreign_checkpoints_through_train_py(tmp_path):
 
     garbage = tmp_path / "garbage.ckpt"
     garbage.write_bytes(b"\x00" * 100)
-    assert "garbage.ckpt" in short_error(run_train(tmp_path / "b", f"ckpt_path={garbage}", check=False))
+    assert "garbage.ckpt" in short_error(run_train(tmp_path / "b", f"ckpt_path={garbage}",
+                                                   check=False))
 
     stderr = short_error(run_train(tmp_path / "c", f"model.pretrained={path}", check=False))
     assert not marker.exists()
 
 
 def test_checkpoint_of_another_architecture_is_named(tmp_path):
-    run_train(tmp_path / "first", "model=resnet8", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
-              "trainer.limit_val_batches=1", "trainer.limit_test_batches=1", "logger=none")
+    run_train(tmp_path / "first", "model=resnet8", "trainer.max_epochs=1",
+              "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
+              "trainer.limit_test_batches=1", "logger=none")
     last = tmp_path / "first" / "checkpoints" / "last.ckpt"
-    stderr = short_error(run_train(tmp_path / "second", "model=plain8", f"ckpt_path={last}", check=False))
+    stderr = short_error(run_train(tmp_path / "second", "model=plain8", f"ckpt_path={last}",
+                                   check=False))
     assert "resnet8" in stderr and "plain8" in stderr
 
 
@@ -152,7 +155,8 @@ def test_wandb_server_unreachable_training_goes_on(tmp_path):
     env = {"WANDB_MODE": "", "WANDB_API_KEY": "x" * 40, "WANDB_BASE_URL": "http://127.0.0.1:9"}
     result = run_train(tmp_path / "run", "model=resnet8", "trainer.max_epochs=1",
                        "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
-                       "logger.wandb.mode=online", "logger.wandb.init_timeout_s=10", env=env, timeout=300)
+                       "logger.wandb.mode=online", "logger.wandb.init_timeout_s=10", env=env,
+                       timeout=300)
     assert "W&B could not start" in result.stderr
     assert (tmp_path / "run" / "csv" / "metrics.csv").is_file()
     assert "test/acc=" in result.stdout
@@ -178,8 +182,9 @@ def test_sigterm_saves_a_checkpoint_and_the_run_resumes(tmp_path):
     saved = safe_load(last)
     assert saved["global_step"] >= 1
 
-    resumed = run_train(tmp_path / "resumed", "model=resnet8", f"trainer.max_epochs={saved['epoch'] + 1}",
-                        "logger=csv", f"ckpt_path={last}")
+    resumed = run_train(tmp_path / "resumed", "model=resnet8",
+                        f"trainer.max_epochs={saved['epoch'] + 1}", "logger=csv",
+                        f"ckpt_path={last}")
     assert "test/acc=" in resumed.stdout
     final = safe_load(tmp_path / "resumed" / "checkpoints" / "last.ckpt")
     assert final["global_step"] > saved["global_step"]
@@ -197,15 +202,17 @@ def test_ddp_on_two_cpu_processes_runs_through_train_py(tmp_path):
 
 def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_weights(tmp_path):
     """A run killed with SIGKILL and resumed from its last step checkpoint ends bit-identical."""
-    same = ["model=resnet8", "trainer.max_epochs=2", "data.loader=device", "trainer.deterministic=true",
-            "callbacks.checkpoint.every_n_train_steps=4", "logger=none", "seed=7"]
+    same = ["model=resnet8", "trainer.max_epochs=2", "data.loader=device",
+            "trainer.deterministic=true", "callbacks.checkpoint.every_n_train_steps=4",
+            "logger=none", "seed=7"]
     run_train(tmp_path / "straight", *same)
     reference = safe_load(tmp_path / "straight" / "checkpoints" / "last.ckpt")
 
     run_dir = tmp_path / "killed"
     env = {**os.environ, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(
-        [sys.executable, str(REPO / "train.py"), *FAST_OVERRIDES, f"hydra.run.dir={run_dir}", *same],
+        [sys.executable, str(REPO / "train.py"), *FAST_OVERRIDES, f"hydra.run.dir={run_dir}",
+         *same],
         cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     last = run_dir / "checkpoints" / "last.ckpt"
@@ -221,7 +228,10 @@ def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_weights(tmp_path)
 
     run_train(tmp_path / "resumed", *same, f"ckpt_path={last}")
     resumed = safe_load(tmp_path / "resumed" / "checkpoints" / "last.ckpt")
-    assert resumed["global_step"] == reference["global_step"], (killed_at["global_step"], killed_at["loops"]["fit_loop"]["state_dict"], killed_at["loops"]["fit_loop"]["epoch_loop.batch_progress"], killed_at["loops"]["fit_loop"]["epoch_progress"])
+    assert resumed["global_step"] == reference["global_step"], (
+        killed_at["global_step"], killed_at["loops"]["fit_loop"]["state_dict"],
+        killed_at["loops"]["fit_loop"]["epoch_loop.batch_progress"],
+        killed_at["loops"]["fit_loop"]["epoch_progress"])
     for key, value in reference["state_dict"].items():
         assert torch.equal(value, resumed["state_dict"][key]), key
 
@@ -232,13 +242,15 @@ def test_a_killed_ddp_rank_does_not_leave_the_other_hanging(tmp_path):
     env = {**os.environ, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(
         [sys.executable, str(REPO / "train.py"), *FAST_OVERRIDES, f"hydra.run.dir={run_dir}",
-         "model=resnet8", "trainer.max_epochs=200", "trainer.strategy=ddp", "trainer.devices=2", "logger=csv"],
+         "model=resnet8", "trainer.max_epochs=200", "trainer.strategy=ddp", "trainer.devices=2",
+         "logger=csv"],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     deadline = time.monotonic() + 300
     while not (run_dir / "gradient_flow.csv").exists() and time.monotonic() < deadline:
         time.sleep(0.5)
-    children = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True).stdout.split()
+    children = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True,
+                              text=True).stdout.split()
     assert children, "the second DDP process was not found"
     os.kill(int(children[0]), signal.SIGKILL)
     killed = time.monotonic()
@@ -260,15 +272,16 @@ def test_a_diverged_job_does_not_stop_its_sweep(tmp_path):
     result = subprocess.run(
         [sys.executable, str(REPO / "train.py"), "-m", "model=resnet8", *FAST_OVERRIDES,
          "callbacks.explosion_guard.max_grad_norm=1.0e-6,1.0e8", "trainer.max_epochs=1",
-         "trainer.limit_train_batches=3", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1",
-         f"hydra.sweep.dir={sweep}"],
+         "trainer.limit_train_batches=3", "trainer.limit_val_batches=1",
+         "trainer.limit_test_batches=1", f"hydra.sweep.dir={sweep}"],
         cwd=tmp_path, env={**os.environ, "WANDB_MODE": "offline"}, capture_output=True, text=True,
         timeout=600,
     )
     assert result.returncode == 3, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
     assert result.stderr.count("error: training diverged at step 0") == 1
-    assert result.stderr.strip().splitlines()[-1].startswith("error: 1 run(s) of the sweep diverged: resnet8-digits-s42")
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        "error: 1 run(s) of the sweep diverged: resnet8-digits-s42")
     jobs = sorted(job for job in sweep.iterdir() if job.is_dir() and job.name[0].isdigit())
     assert len(jobs) == 2
     diverged, trained = (read_run(run_file(job)) for job in jobs)
@@ -285,4 +298,5 @@ def test_diverged_run_stops_with_one_line_naming_step_and_unit(tmp_path):
     assert result.returncode == 3, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     last_line = result.stderr.strip().splitlines()[-1]
-    assert last_line.startswith("error: training diverged at step 0") and "largest gradient norm in unit" in last_line
+    assert (last_line.startswith("error: training diverged at step 0")
+            and "largest gradient norm in unit" in last_line)

@@ -42,7 +42,8 @@ def test_full_disk_at_a_checkpoint_save_exits_74_naming_it_and_keeps_the_previou
     """ENOSPC injected into the checkpoint IO's writes at the second save of last.ckpt."""
     run_dir = tmp_path / "run"
     result = run_with_faults(tmp_path, run_dir, *TINY, "logger=csv",
-                             "callbacks.checkpoint.every_n_train_steps=1", faults={"full_disk_at_save": 2})
+                             "callbacks.checkpoint.every_n_train_steps=1",
+                             faults={"full_disk_at_save": 2})
     last = run_dir / "checkpoints" / "last.ckpt"
     line = one_error_line(result, exit_code=74)
     assert "no space left on the device" in line and str(last) in line
@@ -96,7 +97,8 @@ def test_flipped_byte_in_a_gz_names_the_file_and_says_to_download_again(tmp_path
 
 def test_empty_split_is_a_clear_error_naming_the_file(tmp_path):
     folder = write_cifar10(tmp_path / "cifar", per_batch=20, test=30)
-    (folder / "test_batch").write_bytes(pickle.dumps({b"labels": [], b"data": np.zeros((0, 3072), np.uint8)}))
+    (folder / "test_batch").write_bytes(
+        pickle.dumps({b"labels": [], b"data": np.zeros((0, 3072), np.uint8)}))
     result = run_train(tmp_path / "run", *TINY, "data=cifar10", f"data.root={folder.parent}",
                        "data.val_size=10", "logger=none", check=False)
     line = one_error_line(result)
@@ -139,9 +141,11 @@ def test_fashion_mnist_with_no_items_is_refused(tmp_path):
                                      "wandb.sdk.wandb_summary:SummaryDict.update"])
 def test_wandb_failing_at_the_end_is_a_warning_and_the_run_completes(tmp_path, failing):
     run_dir = tmp_path / "run"
-    result = run_with_faults(tmp_path, run_dir, *TINY, "logger=[wandb,csv]", faults={"fail": [failing]})
+    result = run_with_faults(tmp_path, run_dir, *TINY, "logger=[wandb,csv]",
+                             faults={"fail": [failing]})
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "W&B could not record the end of the run (RuntimeError: injected failure" in result.stderr
+    assert ("W&B could not record the end of the run (RuntimeError: injected failure"
+            in result.stderr)
     assert "test metrics: test/acc=" in result.stdout
     assert "test/acc" in (run_dir / "csv" / "metrics.csv").read_text()
 
@@ -153,8 +157,8 @@ def test_resume_with_another_optimizer_or_learning_rate(tmp_path):
     run_train(tmp_path / "sgd", *TINY, "logger=none")
     last = tmp_path / "sgd" / "checkpoints" / "last.ckpt"
 
-    line = one_error_line(run_train(tmp_path / "adamw", *TINY, "optim.name=adamw", f"ckpt_path={last}",
-                                    check=False))
+    line = one_error_line(run_train(tmp_path / "adamw", *TINY, "optim.name=adamw",
+                                    f"ckpt_path={last}", check=False))
     assert "optim.name=sgd" in line and f"model.pretrained={last}" in line
 
     # optim.lr on resume: the checkpoint's optimizer and schedule win, and the run says so
@@ -222,8 +226,9 @@ def test_run_directory_in_proc_or_read_only_gets_one_line(tmp_path):
 def test_two_runs_launched_together_get_their_own_directories(tmp_path):
     env = {**os.environ, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
     command = [sys.executable, str(REPO / "train.py"), *FAST_OVERRIDES, *TINY, "logger=csv"]
-    runs = [subprocess.Popen(command + [f"optim.lr={lr}"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True) for lr in (0.1, 0.05)]
+    runs = [subprocess.Popen(command + [f"optim.lr={lr}"], cwd=tmp_path, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for lr in (0.1, 0.05)]
     for process in runs:
         _, stderr = process.communicate(timeout=300)
         assert process.returncode == 0, stderr[-2000:]
@@ -258,11 +263,14 @@ def test_disk_full_error_without_a_previous_checkpoint_does_not_claim_one(tmp_pa
 
 def test_processes_of_one_srun_or_torchrun_launch_agree_on_the_directory_others_do_not():
     def launch_id(**env: str) -> str:
-        clean = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "TORCHELASTIC_"))}
+        clean = {k: v for k, v in os.environ.items()
+                 if not k.startswith(("SLURM_", "TORCHELASTIC_"))}
         return subprocess.run([sys.executable, "-c", "import zoo.rundir as r; print(r.LAUNCH_ID)"],
-                              env={**clean, **env}, capture_output=True, text=True, check=True).stdout.strip()
+                              env={**clean, **env}, capture_output=True, text=True,
+                              check=True).stdout.strip()
 
     slurm = {"SLURM_NTASKS": "2", "SLURM_JOB_ID": "4242", "SLURM_STEP_ID": "0"}
-    assert launch_id(**slurm) == launch_id(**slurm) != launch_id(**{**slurm, "SLURM_JOB_ID": "4243"})
+    assert (launch_id(**slurm) == launch_id(**slurm)
+            != launch_id(**{**slurm, "SLURM_JOB_ID": "4243"}))
     independent = {launch_id() for _ in range(3)}
     assert len(independent) == 3 and all(len(i) == 6 for i in independent)

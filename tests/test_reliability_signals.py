@@ -18,8 +18,8 @@ from fault_injection import start_train
 
 from zoo.checkpoint import safe_load
 
-TINY = ["model=resnet8", "trainer.max_epochs=1", "trainer.limit_train_batches=4", "trainer.limit_val_batches=3",
-        "trainer.limit_test_batches=3"]
+TINY = ["model=resnet8", "trainer.max_epochs=1", "trainer.limit_train_batches=4",
+        "trainer.limit_val_batches=3", "trainer.limit_test_batches=3"]
 
 
 def signal_when_marked(tmp_path: Path, run_dir: Path, slow: str, signals: list[int],
@@ -112,4 +112,5 @@ def test_sigterm_while_finishing_lets_the_run_complete_then_exits_143(tmp_path):
                                               [signal.SIGTERM], "logger=csv")
     assert code == 143, stderr[-2000:]
     assert "test metrics: test/acc=" in stdout
-    assert last_line(stderr).startswith("stopped by SIGTERM during finishing: the run had finished testing")
+    assert last_line(stderr).startswith(
+        "stopped by SIGTERM during finishing: the run had finished testing")

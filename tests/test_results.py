@@ -1,4 +1,5 @@
-"""zoo.results: collect tidy files from run directories, redraw figures and tables from them alone."""
+"""zoo.results: collect tidy files from run directories, redraw figures and tables from them
+alone."""
 
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ def _run(root: Path, job: int, model: str, seed: int, err: float, status: str = 
     run = root / f"{job}-{model}-digits-s{seed}"
     (run / "csv").mkdir(parents=True)
     record = {"status": status, "global_step": 20, "epoch": 2, "fit_seconds": 3.0 + seed,
-              "parameters": 1000 + int(model.removeprefix("plain").removeprefix("resnet")), "test": {"test/acc": 1 - err - 0.01},
+              "parameters": 1000 + int(model.removeprefix("plain").removeprefix("resnet")),
+              "test": {"test/acc": 1 - err - 0.01},
               "train_eval": {"train_eval/err": err}, "best_val_acc": 1 - err - 0.02,
               "overrides": [f"model={model}", f"seed={seed}"], "seed": seed,
               "model": {"name": model, "norm": "batch"}, "data": {"name": "digits"},
@@ -29,12 +31,15 @@ def _run(root: Path, job: int, model: str, seed: int, err: float, status: str = 
               "ended": f"2026-11-28T10:01:0{job % 10}+00:00"}
     (run / RUN_RECORD_FILE).write_text(json.dumps(record))
     with (run / "csv" / "metrics.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, ["epoch", "step", "train/loss_step", "val/acc", "train_eval/err"])
+        writer = csv.DictWriter(handle,
+                                ["epoch", "step", "train/loss_step", "val/acc", "train_eval/err"])
         writer.writeheader()
         for step in range(0, 20, 5):
-            writer.writerow({"epoch": step // 10, "step": step, "train/loss_step": 2.3 / (1 + step + seed)})
+            writer.writerow({"epoch": step // 10, "step": step,
+                             "train/loss_step": 2.3 / (1 + step + seed)})
         for epoch in (0, 1):
-            writer.writerow({"epoch": epoch, "step": 10 * epoch + 9, "val/acc": 0.5 + 0.2 * epoch + 0.01 * seed})
+            writer.writerow({"epoch": epoch, "step": 10 * epoch + 9,
+                             "val/acc": 0.5 + 0.2 * epoch + 0.01 * seed})
         writer.writerow({"step": 20, "train_eval/err": err})
     return run
 
@@ -58,21 +63,25 @@ def test_collect_writes_one_row_per_run_and_the_curves(sweep, tmp_path):
         rows = list(csv.DictReader(handle))
     assert len(rows) == 12 and list(rows[0]) == results.RUN_COLUMNS
     first = rows[0]
-    assert (first["model"], first["depth"], first["family"], first["seed"]) == ("plain20", "20", "plain", "0")
+    assert (first["model"], first["depth"], first["family"], first["seed"]) == (
+        "plain20", "20", "plain", "0")
     assert first["setting"] == "plain20"  # seeds of one setting share its label
-    assert float(first["train_eval_err"]) == 0.05 and float(first["test_acc"]) == pytest.approx(0.94)
+    assert (float(first["train_eval_err"]) == 0.05
+            and float(first["test_acc"]) == pytest.approx(0.94))
     assert first["status"] == "done" and first["steps"] == "20" and first["parameters"] == "1020"
     with (out / "curves.csv").open() as handle:
         curves = list(csv.DictReader(handle))
     mine = [c for c in curves if c["run"] == first["run"]]
     assert [c["metric"] for c in mine].count("train_loss") == 4
-    assert [float(c["value"]) for c in mine if c["metric"] == "val_err"] == pytest.approx([0.5, 0.3])
+    assert [float(c["value"]) for c in mine if c["metric"] == "val_err"] == pytest.approx(
+        [0.5, 0.3])
     # steps done: Lightning logs at the step's index (9, 19), the train-eval pass after step 20
     assert [int(c["step"]) for c in mine if c["metric"] != "train_loss"] == [10, 20, 20]
     meta = json.loads((out / "meta.json").read_text())
     assert meta["experiment"] == "degradation" and meta["runs"] == 12
     assert meta["command"].startswith("python -m zoo.results collect")
-    assert meta["wall_seconds"] == 69.0 and meta["torch"] == ["2.x"]  # first start 10:00:00, last end 10:01:09
+    # first start 10:00:00, last end 10:01:09
+    assert meta["wall_seconds"] == 69.0 and meta["torch"] == ["2.x"]
     assert meta["machine"]["cpu"] and meta["git_commit"]
 
 
@@ -81,7 +90,8 @@ def test_redraw_draws_the_degradation_figures_and_a_mean_std_table(sweep, tmp_pa
     results.collect([sweep], out, argv=[])
     written = results.redraw(tmp_path / "results", tmp_path / "figures")
     names = {path.name for path in written}
-    assert names == {"train_error_vs_depth.png", "test_error_vs_depth.png", "curves.png", "summary.md"}
+    assert names == {"train_error_vs_depth.png", "test_error_vs_depth.png", "curves.png",
+                     "summary.md"}
     for path in written:
         assert path.parent == tmp_path / "figures" / "degradation"
         if path.suffix == ".png":
@@ -135,7 +145,8 @@ def test_redraw_hands_measurement_folders_to_their_experiment(tmp_path, monkeypa
         (tmp_path / "results" / name / "meta.json").write_text(json.dumps({"experiment": name}))
     written = results.redraw(tmp_path / "results", tmp_path / "figures")
     # "unknown" is skipped, not fatal
-    assert written == [tmp_path / "figures" / "toy" / "toy.png", tmp_path / "figures" / "toy2" / "direct.png"]
+    assert written == [tmp_path / "figures" / "toy" / "toy.png",
+                       tmp_path / "figures" / "toy2" / "direct.png"]
     assert written[0].read_bytes() == b"\x89PNG toy"
 
 

@@ -10,8 +10,9 @@ from conftest import FAST_OVERRIDES
 
 from zoo import runs
 
-TINY = [*FAST_OVERRIDES, "logger=[csv,wandb]", "trainer.max_epochs=1", "trainer.limit_train_batches=3",
-        "trainer.limit_val_batches=1", "trainer.limit_test_batches=1", "model=plain8",
+TINY = [*FAST_OVERRIDES, "logger=[csv,wandb]", "trainer.max_epochs=1",
+        "trainer.limit_train_batches=3", "trainer.limit_val_batches=1",
+        "trainer.limit_test_batches=1", "model=plain8",
         "callbacks.gradient_flow.enabled=false", "callbacks.residual_gain.enabled=false"]
 
 
@@ -28,7 +29,8 @@ def finished_runs(tmp_path_factory):
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
         done = compose(config_name="train", overrides=TINY)
         stopped = compose(config_name="train", overrides=[
-            *TINY, "callbacks.explosion_guard.max_loss=1e-6", "callbacks.explosion_guard.check_every_n_steps=1"])
+            *TINY, "callbacks.explosion_guard.max_loss=1e-6",
+            "callbacks.explosion_guard.check_every_n_steps=1"])
     metrics = train(done, root / "done")
     with pytest.raises(TrainingDivergedError):
         train(stopped, root / "diverged")
@@ -41,10 +43,12 @@ def test_a_finished_run_records_how_it_ended_and_what_it_measured(finished_runs)
     assert record["global_step"] == 3 and record["epoch"] == 1
     assert record["test"]["test/acc"] == pytest.approx(finished_runs["metrics"]["test/acc"])
     assert 0.0 <= record["train_eval"]["train_eval/err"] <= 1.0
-    assert record["train_eval"]["train_eval/acc"] == pytest.approx(1 - record["train_eval"]["train_eval/err"])
+    assert record["train_eval"]["train_eval/acc"] == pytest.approx(
+        1 - record["train_eval"]["train_eval/err"])
     assert record["model"]["name"] == "plain8" and record["data"]["name"] == "digits"
     assert record["parameters"] > 0 and record["fit_seconds"] > 0 and record["seed"] == 42
-    assert Path(record["checkpoints"]["last"]).is_file() and Path(record["checkpoints"]["best"]).is_file()
+    assert (Path(record["checkpoints"]["last"]).is_file()
+            and Path(record["checkpoints"]["best"]).is_file())
     assert record["precision"] and record["torch"] and record["hostname"]
     assert record["started"] <= record["ended"]
     assert not list(finished_runs["done"].glob(".run.json.tmp"))  # written atomically: no leftover
@@ -106,7 +110,8 @@ def test_wandb_summary_holds_the_records_facts(finished_runs):
 # ---------------------------------------------------------------- reading older runs, labels
 
 
-def _hydra_run(root: Path, name: str, model: str, norm: str = "batch", overrides: list[str] = ()) -> Path:
+def _hydra_run(root: Path, name: str, model: str, norm: str = "batch",
+               overrides: list[str] = ()) -> Path:
     run = root / name
     (run / ".hydra").mkdir(parents=True)
     (run / ".hydra" / "config.yaml").write_text(

@@ -17,20 +17,29 @@ def error_line(compose, *overrides: str) -> str:
 
 # One bad value per schema: (override, the line train.py prints after "error: ").
 BAD_VALUES = {
-    "optim": ("optim.name=adamx", "optim.name: Invalid value 'adamx', expected one of [sgd, adamw]"),
-    "optim number": ("optim.lr=fast", "optim.lr: Value 'fast' of type 'str' could not be converted to Float"),
+    "optim": ("optim.name=adamx",
+              "optim.name: Invalid value 'adamx', expected one of [sgd, adamw]"),
+    "optim number": ("optim.lr=fast",
+                     "optim.lr: Value 'fast' of type 'str' could not be converted to Float"),
     "scheduler": ("scheduler.name=linear",
-                  "scheduler.name: Invalid value 'linear', expected one of [cosine, onecycle, step, none]"),
-    "data": ("data.loader=fast", "data.loader: Invalid value 'fast', expected one of [auto, device, torch]"),
+                  "scheduler.name: Invalid value 'linear', "
+                  "expected one of [cosine, onecycle, step, none]"),
+    "data": ("data.loader=fast",
+             "data.loader: Invalid value 'fast', expected one of [auto, device, torch]"),
     "data number": ("data.batch_size=1.5",
-                    "data.batch_size: Value '1.5' of type 'float' could not be converted to Integer"),
+                    "data.batch_size: Value '1.5' of type 'float' "
+                    "could not be converted to Integer"),
     "callbacks": ("callbacks.progress_bar=fancy",
-                  "callbacks.progress_bar: Invalid value 'fancy', expected one of [rich, tqdm, none]"),
+                  "callbacks.progress_bar: Invalid value 'fancy', "
+                  "expected one of [rich, tqdm, none]"),
     "callbacks nested": ("callbacks.gradient_flow.enabled=maybe",
-                         "callbacks.gradient_flow.enabled: Value 'maybe' is not a valid bool (type str)"),
-    "cifar resnet": ("model.shortcut=C", "model.shortcut: Invalid value 'C', expected one of [A, B]"),
+                         "callbacks.gradient_flow.enabled: Value 'maybe' "
+                         "is not a valid bool (type str)"),
+    "cifar resnet": ("model.shortcut=C",
+                     "model.shortcut: Invalid value 'C', expected one of [A, B]"),
     "cifar resnet list": ("model.widths=[8,16,x]",
-                          "model.widths[2]: Value 'x' of type 'str' could not be converted to Integer"),
+                          "model.widths[2]: Value 'x' of type 'str' "
+                          "could not be converted to Integer"),
     "imagenet resnet": ("model=resnet50 model.stem=tiny",
                         "model.stem: Invalid value 'tiny', expected one of [imagenet, cifar]"),
     "densenet": ("model=densenet40_12 model.memory_efficient=sometimes",
@@ -46,7 +55,8 @@ def test_a_bad_value_gets_one_line_naming_the_key(compose, overrides, line):
 
 
 @pytest.mark.parametrize("override, keys", [
-    ("optim.betas=1", "optim has: lr, momentum, name, nesterov, reference_batch_size, weight_decay"),
+    ("optim.betas=1",
+     "optim has: lr, momentum, name, nesterov, reference_batch_size, weight_decay"),
     ("model=densenet40_12 model.norm=none",
      "model has: compile, in_channels, memory_efficient, name, num_classes, pretrained"),
     ("callbacks.gradient_flow.every=3", "callbacks.gradient_flow has: enabled, every_n_steps"),
@@ -98,6 +108,7 @@ def test_train_py_prints_the_schema_error_in_one_line(tmp_path):
     result = run_train(tmp_path / "run", "scheduler.name=cosinus", check=False)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "error: scheduler.name: Invalid value 'cosinus', expected one of [cosine, onecycle, step, none]"
+        "error: scheduler.name: Invalid value 'cosinus', "
+        "expected one of [cosine, onecycle, step, none]"
     ]
     assert not (tmp_path / "run" / "checkpoints").exists()

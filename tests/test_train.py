@@ -53,7 +53,8 @@ def test_wandb_offline_run_holds_config_metrics_and_summary(trained_runs):
     assert run["config"]["optim"]["lr"] == 0.1
     logged = set().union(*run["history"])
     assert {"train/loss_step", "val/acc", "val/loss", "test/acc"} <= logged
-    assert run["summary"]["parameters"] == 269_722 - 2 * 16 * 3 * 3  # 0.27M; one input channel, not 3
+    # 0.27M; one input channel, not 3
+    assert run["summary"]["parameters"] == 269_722 - 2 * 16 * 3 * 3
     assert 0.0 <= run["summary"]["best_val_acc"] <= 1.0
     assert run["summary"]["test_acc"] > 0.5  # far above chance (0.1) after 4 epochs
 
@@ -121,19 +122,21 @@ def test_multirun_sweep_gives_each_job_its_own_wandb_run_in_one_group(tmp_path):
         timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    runs = {read_run(run_file(job))["run"]["name"]: read_run(run_file(job))["run"] for job in sweep.iterdir()
-            if job.is_dir() and job.name[0].isdigit()}
+    runs = {read_run(run_file(job))["run"]["name"]: read_run(run_file(job))["run"]
+            for job in sweep.iterdir() if job.is_dir() and job.name[0].isdigit()}
     assert set(runs) == {"plain8-digits-s42", "resnet8-digits-s42"}
     groups = {run["group"] for run in runs.values()}
     assert len(groups) == 1 and groups.pop().startswith("sweep-")
 
 
-def test_evaluate_only_with_pretrained_checkpoint_reproduces_the_test_metrics(trained_runs, tmp_path):
+def test_evaluate_only_with_pretrained_checkpoint_reproduces_the_test_metrics(
+        trained_runs, tmp_path):
     run_dir, result = trained_runs["resnet20"]
     best = next((run_dir / "checkpoints").glob("best-*.ckpt"))
     evaluated = run_train(tmp_path / "eval", "model=resnet20", "seed=3", "trainer.max_epochs=0",
                           f"model.pretrained={best}", "logger=none")
-    metrics_line = lambda text: next(line for line in text.splitlines() if line.startswith("test metrics:"))  # noqa: E731
+    metrics_line = lambda text: next(  # noqa: E731
+        line for line in text.splitlines() if line.startswith("test metrics:"))
     assert metrics_line(evaluated.stdout) == metrics_line(result.stdout)
     output = evaluated.stdout + evaluated.stderr
     assert f"evaluating the weights of resnet20: {best}" in output

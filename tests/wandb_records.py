@@ -79,7 +79,9 @@ def read_run(path: str | Path) -> dict[str, Any]:
         elif kind == "run":
             for item in record.run.config.update:
                 config[item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
-            run = {"name": record.run.display_name, "group": record.run.run_group, "tags": list(record.run.tags)}
+            run = {"name": record.run.display_name, "group": record.run.run_group,
+                   "tags": list(record.run.tags)}
         elif kind == "exit":
             exit_code = record.exit.exit_code
-    return {"run": run, "config": config, "history": history, "summary": summary, "exit_code": exit_code}
+    return {"run": run, "config": config, "history": history, "summary": summary,
+            "exit_code": exit_code}

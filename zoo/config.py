@@ -127,7 +127,8 @@ def config_error_line(error: BaseException) -> str:
         # expected one of [sgd, adamw]": OmegaConf's first line, after the key it is about
         message = str(getattr(cause, "msg", None) or cause).splitlines()[0]
         schema = getattr(cause, "object_type", None)
-        if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and dataclasses.is_dataclass(schema):
+        if (isinstance(cause, (ConfigAttributeError, ConfigKeyError))
+                and dataclasses.is_dataclass(schema)):
             # "Key 'typo' not in 'CifarResNetConfig'": say which keys there are instead
             keys = ", ".join(sorted(f.name for f in dataclasses.fields(schema)))
             parent = cause.full_key.rpartition(".")[0] or "the config"

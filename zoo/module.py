@@ -50,10 +50,12 @@ class ZooModule(pl.LightningModule):
         optim = dict(optim or {"name": "sgd", "lr": 0.1})
         scheduler = dict(scheduler or {"name": "cosine"})
         if optim.get("name") not in OPTIMIZERS:
-            raise ValueError(f"optim.name must be one of {', '.join(OPTIMIZERS)}, got {optim.get('name')!r}")
+            raise ValueError(f"optim.name must be one of {', '.join(OPTIMIZERS)}, "
+                             f"got {optim.get('name')!r}")
         if scheduler.get("name") not in SCHEDULERS:
             raise ValueError(
-                f"scheduler.name must be one of {', '.join(SCHEDULERS)}, got {scheduler.get('name')!r}"
+                f"scheduler.name must be one of {', '.join(SCHEDULERS)}, "
+                f"got {scheduler.get('name')!r}"
             )
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
@@ -67,7 +69,8 @@ class ZooModule(pl.LightningModule):
             self.net = self.net.to(memory_format=torch.channels_last)
         # The compiled graph is kept outside the module tree so that the state dict, the
         # callbacks and the checkpoints see the plain network and its parameter names.
-        self.__dict__["_forward_net"] = torch.compile(self.net) if model.get("compile") else self.net
+        self.__dict__["_forward_net"] = (torch.compile(self.net) if model.get("compile")
+                                         else self.net)
         num_classes = model.get("num_classes") or zoo.describe(model["name"])["default_num_classes"]
         self.num_classes = num_classes
         top_k = min(5, num_classes)
@@ -94,7 +97,8 @@ class ZooModule(pl.LightningModule):
     def _loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing)
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor],
+                      batch_idx: int) -> torch.Tensor:
         x, y = batch
         logits = self(x)
         loss = self._loss(logits, y)
@@ -112,10 +116,12 @@ class ZooModule(pl.LightningModule):
         x, y = batch
         logits = self(x)
         loss = self._loss(logits, y)
-        top1, top5 = (self.val_acc, self.val_acc5) if stage == "val" else (self.test_acc, self.test_acc5)
+        top1, top5 = ((self.val_acc, self.val_acc5) if stage == "val"
+                      else (self.test_acc, self.test_acc5))
         top1.update(logits, y)
         top5.update(logits, y)
-        self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=x.shape[0])
+        self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=True, sync_dist=True,
+                 batch_size=x.shape[0])
         self.log(f"{stage}/acc", top1, on_epoch=True, prog_bar=True, batch_size=x.shape[0])
         self.log(f"{stage}/acc5", top5, on_epoch=True, batch_size=x.shape[0])
 
@@ -210,8 +216,10 @@ class ZooModule(pl.LightningModule):
         else:
             # One LambdaLR of warm-up x shape rather than SequentialLR(LinearLR, ...): its state
             # is a step count, so a resumed run continues the schedule exactly.
-            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(schedule, total_steps))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer,
+                                                          lr_factor(schedule, total_steps))
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
 def lr_factor(schedule: dict[str, Any], total_steps: int) -> Any:

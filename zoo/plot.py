@@ -48,11 +48,12 @@ def run_label(run: Run) -> str:
 def _labels(run_dirs: Sequence[Path]) -> tuple[list[Run], list[str]]:
     runs = [_read(run_dir) for run_dir in run_dirs]
     # Runs of one model that differ in a setting (model.norm=batch,none) are named by it ...
-    suffixes = [label[len(run.model):] for run, label in zip(runs, setting_labels(runs))]
-    labels = [run_label(run) + suffix for run, suffix in zip(runs, suffixes)]
+    suffixes = [label[len(run.model):]
+                for run, label in zip(runs, setting_labels(runs), strict=True)]
+    labels = [run_label(run) + suffix for run, suffix in zip(runs, suffixes, strict=True)]
     # ... and a seed sweep, which gives the same label twice, by the directory.
     return runs, [f"{label} ({run.name})" if labels.count(label) > 1 else label
-                  for label, run in zip(labels, runs)]
+                  for label, run in zip(labels, runs, strict=True)]
 
 
 def read_gradient_flow(run: Run) -> dict[int, dict[int, float]]:
@@ -77,7 +78,8 @@ def _profile(by_index: dict[int, float]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _picks(keys: list[int], at: str) -> list[int]:
-    return list(dict.fromkeys({"first": [keys[0]], "last": [keys[-1]], "both": [keys[0], keys[-1]]}[at]))
+    return list(dict.fromkeys(
+        {"first": [keys[0]], "last": [keys[-1]], "both": [keys[0], keys[-1]]}[at]))
 
 
 def _when_style(key: int, keys: list[int], at: str) -> dict:
@@ -91,7 +93,7 @@ def plot_gradient_flow(run_dirs: Sequence[Path], out_dir: Path, at: str = "both"
     runs, labels = _labels(run_dirs)
     depth_figure, depth_axes = plt.subplots(figsize=(8, 5))
     ratio_figure, ratio_axes = plt.subplots(figsize=(8, 5))
-    for run, label in zip(runs, labels):
+    for run, label in zip(runs, labels, strict=True):
         table = read_gradient_flow(run)
         steps = sorted(table)
         if not steps:
@@ -100,9 +102,11 @@ def plot_gradient_flow(run_dirs: Sequence[Path], out_dir: Path, at: str = "both"
         if at == "mean":
             units = sorted({i for step in steps for i in table[step]})
             # Geometric mean: norms span orders of magnitude on a log axis.
-            mean = {i: float(np.exp(np.mean([np.log(table[s][i]) for s in steps if table[s].get(i, 0) > 0])))
+            mean = {i: float(np.exp(np.mean([np.log(table[s][i]) for s in steps
+                                             if table[s].get(i, 0) > 0])))
                     for i in units}
-            depth_axes.plot(*_profile(mean), **style, label=f"{label}, mean over {len(steps)} steps")
+            depth_axes.plot(*_profile(mean), **style,
+                            label=f"{label}, mean over {len(steps)} steps")
         else:
             for step in _picks(steps, at):
                 depth_axes.plot(*_profile(table[step]), **style, **_when_style(step, steps, at),
@@ -128,12 +132,12 @@ def plot_residual_gain(run_dirs: Sequence[Path], out_dir: Path, at: str = "both"
     """Write residual_gain.png (gain per block at the first and/or last epoch); return its path."""
     figure, axes = plt.subplots(figsize=(8, 5))
     runs, labels = _labels(run_dirs)
-    for run, label in zip(runs, labels):
+    for run, label in zip(runs, labels, strict=True):
         table = read_residual_gain(run)
         epochs = sorted(table)
         for epoch in _picks(epochs, at) if epochs else []:
-            axes.plot(*_profile(table[epoch]), **style_for(run.model), **_when_style(epoch, epochs, at),
-                      marker=".", label=f"{label}, epoch {epoch}")
+            axes.plot(*_profile(table[epoch]), **style_for(run.model),
+                      **_when_style(epoch, epochs, at), marker=".", label=f"{label}, epoch {epoch}")
     axes.set(xlabel="unit index (stem → head)", ylabel="||f(x)|| / ||x||",
              title="Residual gain per block (near 0: the block passes its input through)")
     axes.set_ylim(bottom=0)

@@ -1,4 +1,5 @@
-"""``trainer.precision=auto`` and ``channels_last=auto``: the fastest numerics this hardware trains in.
+"""``trainer.precision=auto`` and ``channels_last=auto``: the fastest numerics this hardware
+trains in.
 
 bf16 autocast halves the cost of convolutions wherever the hardware has bf16 matrix units:
 CUDA GPUs from Ampere on, and CPUs with ``amx_bf16`` (Intel Sapphire Rapids and later) or

@@ -114,7 +114,8 @@ class Preprocess:
         if not facts:
             raise ValueError("this network carries no data facts (a checkpoint written before "
                              "they were stored?); pass preprocess=zoo.predict.Preprocess(mean=..., "
-                             "std=..., image_size=..., in_channels=...) with its data config's values")
+                             "std=..., image_size=..., in_channels=...) with its data config's "
+                             "values")
         return cls(facts["mean"], facts["std"], facts["image_size"], facts["in_channels"],
                    facts.get("resize_size"), facts.get("class_names"), facts.get("name"))
 

@@ -31,8 +31,9 @@ from typing import Any
 from zoo.figures import FAMILY_NAMES, family_of, legend, plt, save, style_for
 from zoo.runs import HYDRA_CONFIG_FILE, METRICS_FILE, Run, find_run_dirs, label_runs, read_run
 
-TABLE_COLUMNS = ["run", "model", "params", "epochs", "steps", "final train loss", "final train error",
-                 "train-eval error", "best val acc", "test acc", "seconds", "status"]
+TABLE_COLUMNS = ["run", "model", "params", "epochs", "steps", "final train loss",
+                 "final train error", "train-eval error", "best val acc", "test acc", "seconds",
+                 "status"]
 MARKERS = ["o", "s", "^", "D", "v", "P", "X"]  # sweep siblings of one model: same colour and line
 
 
@@ -51,7 +52,8 @@ def steps_trained(run: Run) -> int | None:
     if run.record.get("global_step") is not None:
         return int(run.record["global_step"])
     # Older runs: training rows are logged at the step's index.
-    steps = [row["step"] for row in run.metrics() if "step" in row and any(k.startswith("train/") for k in row)]
+    steps = [row["step"] for row in run.metrics()
+             if "step" in row and any(k.startswith("train/") for k in row)]
     return int(max(steps)) + 1 if steps else None
 
 
@@ -102,14 +104,15 @@ def plot_loss_curves(runs: Sequence[Run], path: Path) -> Path:
     """Training loss against optimizer steps (as logged), every run on one log-scale axis; a run
     the explosion guard stopped ends in an x."""
     figure, axis = plt.subplots(figsize=(7.5, 4.4))
-    for run, marker in zip(runs, _markers(runs)):
-        finite = [(step, value) for step, value in sorted(loss_curve(run).items()) if math.isfinite(value)]
+    for run, marker in zip(runs, _markers(runs), strict=True):
+        finite = [(step, value) for step, value in sorted(loss_curve(run).items())
+                  if math.isfinite(value)]
         diverged = run.status == "diverged"
         label = run.label + (f" ({status_text(run)})" if diverged else "")
         style = style_for(run.model)
         if finite:
             few = len(finite) < 30
-            axis.plot(*zip(*finite), **style, marker=marker or ("." if few else None),
+            axis.plot(*zip(*finite, strict=True), **style, marker=marker or ("." if few else None),
                       markevery=None if few else max(1, len(finite) // 8), label=label)
             if diverged:
                 axis.plot(*finite[-1], "x", markersize=10, color=style["color"])
@@ -132,9 +135,10 @@ def plot_error_curves(runs: Sequence[Run], path: Path) -> Path:
     """Running training error (thin) and validation error (bold) per epoch, a panel per kind of
     skip; the eval-mode training error after fit (``train_eval/err``) as a star."""
     kinds = [kind for kind in FAMILY_NAMES if any(family_of(run.model) == kind for run in runs)]
-    figure, axes = plt.subplots(1, len(kinds), figsize=(5.2 * len(kinds), 4.2), sharey=True, squeeze=False)
-    for axis, kind in zip(axes[0], kinds):
-        for run, marker in zip(runs, _markers(runs)):
+    figure, axes = plt.subplots(1, len(kinds), figsize=(5.2 * len(kinds), 4.2), sharey=True,
+                                squeeze=False)
+    for axis, kind in zip(axes[0], kinds, strict=True):
+        for run, marker in zip(runs, _markers(runs), strict=True):
             if family_of(run.model) != kind:
                 continue
             curves, style = error_curves(run), style_for(run.model)
@@ -144,13 +148,13 @@ def plot_error_curves(runs: Sequence[Run], path: Path) -> Path:
                 axis.plot([e + 1 for e, _ in train], [100 * v for _, v in train], **style,
                           linewidth=0.9, marker=marker or ".")
             if val:
-                axis.plot([e + 1 for e, _ in val], [100 * v for _, v in val], **style, linewidth=2.2,
-                          marker=marker or "o", label=run.label)
+                axis.plot([e + 1 for e, _ in val], [100 * v for _, v in val], **style,
+                          linewidth=2.2, marker=marker or "o", label=run.label)
             train_eval = run.last("train_eval/err")
             if train_eval is not None:
                 last_epoch = max([e for e, _ in train + val], default=0) + 1
-                axis.plot([last_epoch], [100 * train_eval], "*", markersize=11, color=style["color"],
-                          label=None if val else run.label)
+                axis.plot([last_epoch], [100 * train_eval], "*", markersize=11,
+                          color=style["color"], label=None if val else run.label)
         axis.set_title(FAMILY_NAMES[kind])
         axis.set_xlabel("epoch")
         legend(axis)
@@ -175,7 +179,8 @@ def summary_rows(runs: Sequence[Run]) -> list[dict[str, Any]]:
             "final train loss": losses[max(losses)] if losses else None,
             "final train error": train[max(train)] if train else None,
             "train-eval error": run.last("train_eval/err"),
-            "best val acc": best_val if best_val is not None else (1.0 - min(val.values()) if val else None),
+            "best val acc": (best_val if best_val is not None
+                             else (1.0 - min(val.values()) if val else None)),
             "test acc": run.last("test/acc"),
             "seconds": seconds(run),
             "status": status_text(run),
@@ -211,8 +216,9 @@ def write_report(paths: Sequence[Path | str], out_dir: Path | str) -> dict[str, 
     runs = [run for run in runs if run.metrics() or run.record.get("status")]
     if not runs:
         raise FileNotFoundError(
-            f"no runs under {', '.join(map(str, paths))} (a run holds run.json or .hydra/config.yaml "
-            f"and csv/metrics.csv: train with logger=csv or the default loggers)")
+            f"no runs under {', '.join(map(str, paths))} (a run holds run.json or "
+            f".hydra/config.yaml and csv/metrics.csv: train with logger=csv or the default "
+            f"loggers)")
     label_runs(runs)
     figure = plot_error_curves(runs, out_dir / "error_curves.png")
     loss_figure = plot_loss_curves(runs, out_dir / "loss_curves.png")
@@ -222,15 +228,18 @@ def write_report(paths: Sequence[Path | str], out_dir: Path | str) -> dict[str, 
     stopped = "\n".join(f"- {run.label}: {run.record.get('message')}" for run in runs
                         if run.status == "diverged")
     summary.write_text(
-        f"# Runs\n\n{table}\n\n" + (f"Stopped by the explosion guard:\n{stopped}\n\n" if stopped else "")
+        f"# Runs\n\n{table}\n\n"
+        + (f"Stopped by the explosion guard:\n{stopped}\n\n" if stopped else "")
         + f"![error curves]({figure.name})\n\n![training loss]({loss_figure.name})\n\n"
         f"Run directories:\n{sources}\n")
     return {"figure": figure, "loss_figure": loss_figure, "summary": summary}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m zoo.report", description=__doc__.split("\n\n")[0])
-    parser.add_argument("runs", nargs="+", type=Path, help="run directories or folders above them (multirun dirs)")
+    parser = argparse.ArgumentParser(prog="python -m zoo.report",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="+", type=Path,
+                        help="run directories or folders above them (multirun dirs)")
     parser.add_argument("--out", type=Path, required=True, help="where the PNG and summary.md go")
     args = parser.parse_args(argv)
     try:

@@ -96,7 +96,8 @@ def check_config(cfg: DictConfig) -> None:
                          f"got {max_epochs!r}")
     if max_epochs == 0 and cfg.get("ckpt_path"):
         raise ValueError("trainer.max_epochs=0 evaluates without training: give the checkpoint as "
-                         f"model.pretrained={cfg.ckpt_path} (ckpt_path resumes a run, in its directory)")
+                         f"model.pretrained={cfg.ckpt_path} (ckpt_path resumes a run, "
+                         "in its directory)")
     batch_size = cfg.data.get("batch_size")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError("data.batch_size must be a whole number >= 1 (images per device), "

@@ -31,7 +31,8 @@ def _launch_id() -> str:
     if slurm_tasks > 1 and os.environ.get("SLURM_JOB_ID"):
         shared = f"slurm:{os.environ['SLURM_JOB_ID']}.{os.environ.get('SLURM_STEP_ID', '')}"
     elif os.environ.get("TORCHELASTIC_RUN_ID"):  # torchrun's workers are its children
-        shared = f"torchrun:{os.environ['TORCHELASTIC_RUN_ID']}:{os.getppid()}:{os.environ.get('MASTER_PORT')}"
+        shared = (f"torchrun:{os.environ['TORCHELASTIC_RUN_ID']}:{os.getppid()}:"
+                  f"{os.environ.get('MASTER_PORT')}")
     else:
         return secrets.token_hex(3)
     return hashlib.sha256(shared.encode()).hexdigest()[:6]
@@ -63,7 +64,8 @@ def check_writable(directory: Path) -> None:
         probe.unlink()
     except OSError as error:
         if error.errno in (errno.ENOSPC, errno.EDQUOT):
-            print(disk_full_line(directory, "creating the run directory"), file=sys.stderr, flush=True)
+            print(disk_full_line(directory, "creating the run directory"), file=sys.stderr,
+                  flush=True)
             sys.exit(DISK_FULL_EXIT_CODE)
         print(f"error: cannot write the run directory {directory} ({error.strerror}); set "
               "hydra.run.dir= (or hydra.sweep.dir= for -m) to a writable directory",

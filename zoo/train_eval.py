@@ -23,7 +23,8 @@ class TrainEvalPass(pl.Callback):
     """``every_n_epochs``: also after every N-th epoch (None: only at the end of fit)."""
 
     def __init__(self, every_n_epochs: int | None = None, at_end: bool = True) -> None:
-        if every_n_epochs is not None and (not isinstance(every_n_epochs, int) or every_n_epochs < 1):
+        if every_n_epochs is not None and (not isinstance(every_n_epochs, int)
+                                           or every_n_epochs < 1):
             raise ValueError(f"train_eval.every_n_epochs must be a whole number >= 1 or null, "
                              f"got {every_n_epochs!r}")
         self.every_n_epochs = every_n_epochs

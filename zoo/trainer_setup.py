@@ -149,7 +149,8 @@ def build_callbacks(cfg: DictConfig, run_dir: Path) -> tuple[list[Callback], Mod
     elif bar == "tqdm":
         callbacks.append(TQDMProgressBar())
     elif bar not in ("none", None):
-        raise ValueError(f"callbacks.progress_bar must be one of {', '.join(PROGRESS_BARS)}, got {bar!r}")
+        raise ValueError(f"callbacks.progress_bar must be one of {', '.join(PROGRESS_BARS)}, "
+                         f"got {bar!r}")
     if options.get("lr_monitor", True) and cfg.get("logger"):
         callbacks.append(LearningRateMonitor(logging_interval="epoch"))
     callbacks.extend(build_measurement_callbacks(OmegaConf.to_container(options, resolve=True)))

@@ -1,4 +1,5 @@
-"""The command line of ``python -m zoo.bench`` (see :mod:`zoo.bench` for what each benchmark does)."""
+"""The command line of ``python -m zoo.bench`` (see :mod:`zoo.bench` for what each benchmark
+does)."""
 
 from __future__ import annotations
 
@@ -71,7 +72,8 @@ def resolve_numerics(args: argparse.Namespace, device: torch.device) -> None:
     precisions = [choose_precision(p, device.type, image_size)[0] for p in args.precision]
     args.precisions = list(dict.fromkeys(precisions))
     requested = {"on": True, "off": False, "auto": "auto"}[args.channels_last]
-    args.channels_last_of = {p: choose_channels_last(requested, device.type, p) for p in args.precisions}
+    args.channels_last_of = {p: choose_channels_last(requested, device.type, p)
+                             for p in args.precisions}
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

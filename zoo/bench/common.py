@@ -122,7 +122,7 @@ def quiet_lightning() -> Iterator[None]:
             warnings.filterwarnings("ignore", module=r"(pytorch_)?lightning(\.|$)")
             yield
     finally:
-        for logger, level in zip(loggers, levels):
+        for logger, level in zip(loggers, levels, strict=True):
             logger.setLevel(level)
 
 
@@ -137,7 +137,9 @@ def comparison(zoo_rates: Sequence[float], baseline_rates: Sequence[float]) -> d
         "zoo_img_per_s": zoo_rate,
         "baseline_img_per_s": baseline_rate,
         "ratio": zoo_rate / baseline_rate,
-        "ratio_paired_median": median(z / b for z, b in zip(zoo_rates, baseline_rates)),
+        "ratio_paired_median": median(
+            z / b for z, b in zip(zoo_rates, baseline_rates, strict=True)
+        ),
         "repeats": len(zoo_rates),
     }
 
@@ -181,4 +183,5 @@ class Reporter:
         print(f"\n{env['device_name']}; CPU bf16 flags: {', '.join(flags) or 'none'}; "
               f"torch {env['torch']}, pytorch-lightning {env['pytorch_lightning']}")
         for row in [header, ["-" * w for w in widths], *cells]:
-            print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+            print("  ".join(cell.ljust(width)
+                            for cell, width in zip(row, widths, strict=True)).rstrip())

@@ -79,7 +79,8 @@ def bench_data(args: argparse.Namespace, device: torch.device, report: Reporter)
     if args.images:
         count = train_count = args.images
     batch_size = args.batch_size or batch_size
-    workers = tuple(int(w) for w in args.workers.split(",")) if args.workers else WORKERS[device.type]
+    workers = (tuple(int(w) for w in args.workers.split(",")) if args.workers
+               else WORKERS[device.type])
     cases = [(shape, "iterate") for shape in DATA_SHAPES] + [("cifar_shape", "resnet20")]
     if args.no_train_step:
         cases = cases[:-1]
@@ -121,7 +122,8 @@ def bench_data(args: argparse.Namespace, device: torch.device, report: Reporter)
             "baseline_workers": int(best.removeprefix("torch_w")),
             "precision": precision if kind == "resnet20" else None,
             "zoo_epoch_s": median(seconds["device"]), "baseline_epoch_s": per_worker[best],
-            "baseline_epoch_s_per_workers": {k.removeprefix("torch_w"): v for k, v in per_worker.items()},
+            "baseline_epoch_s_per_workers": {k.removeprefix("torch_w"): v
+                                             for k, v in per_worker.items()},
             **comparison(zoo_rates, baseline_rates),
             "target": 5.0 if device.type == "cuda" and kind == "resnet20" else 1.0,
         }))

@@ -46,7 +46,8 @@ class LoopSize:
 
 
 LOOP_SIZES = {
-    # The CIFAR-shape reference: ResNet-18 (3x3 stem) at 32 px, batch 512: 56,821 img/s (H200).
+    # The CIFAR-shape reference: ResNet-18 (3x3 stem) at 32 px, batch 512:
+    # 56,821 img/s (H200).
     "full": LoopSize("resnet18", {"stem": "cifar"}, (3, 32, 32), 512, 200, 30),
     "small": LoopSize("resnet20", {}, (3, 32, 32), 16, 12, 3),
 }
@@ -113,7 +114,9 @@ def loop_callbacks(variant: str) -> list:
     if variant == "zoo_default_callbacks":
         from omegaconf import OmegaConf
 
-        default = load_group_file(Path(__file__).resolve().parents[2] / "configs/callbacks/default.yaml")
+        default = load_group_file(
+            Path(__file__).resolve().parents[2] / "configs/callbacks/default.yaml"
+        )
         default.gradient_flow.every_n_steps = 50  # ${trainer.log_every_n_steps} resolves here
         return build_measurement_callbacks(OmegaConf.to_container(default, resolve=True))
     raise ValueError(f"unknown loop variant {variant!r}; choose from {', '.join(LOOP_VARIANTS)}")
@@ -153,7 +156,8 @@ class LoopSetup:
 def loop_setup(args: argparse.Namespace, device: torch.device) -> LoopSetup:
     size = LOOP_SIZES[args.size]
     steps = args.steps or size.steps
-    skip = min(size.warmup_steps, max(0, steps - 2)) if args.warmup_steps is None else args.warmup_steps
+    skip = (min(size.warmup_steps, max(0, steps - 2)) if args.warmup_steps is None
+            else args.warmup_steps)
     if steps - 1 <= skip:
         raise ValueError(f"--steps {steps} leaves no timed step after {skip} warm-up steps")
     return LoopSetup(
@@ -199,7 +203,8 @@ def bench_loop(args: argparse.Namespace, device: torch.device, report: Reporter)
     variants = args.variants.split(",") if args.variants else list(LOOP_VARIANTS)
     unknown = [v for v in variants if v not in LOOP_VARIANTS]
     if unknown:
-        raise ValueError(f"unknown loop variant {unknown[0]!r}; choose from {', '.join(LOOP_VARIANTS)}")
+        raise ValueError(f"unknown loop variant {unknown[0]!r}; "
+                         f"choose from {', '.join(LOOP_VARIANTS)}")
     precisions, channels_last = args.precisions, args.channels_last_of
     batches = SyntheticBatches(setup.steps, setup.batch_size, setup.shape, 10, device)
     torch.backends.cudnn.benchmark = True  # Trainer(benchmark=True) sets the same for the zoo

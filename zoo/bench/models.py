@@ -37,7 +37,8 @@ def native_input(name: str, size: str) -> tuple[int, int, dict[str, Any]]:
     """(image side, batch size, create options) of a network at its native resolution."""
     sizes = MODEL_SIZES[size]
     facts = zoo.describe(name)
-    imagenet = facts["default_num_classes"] == 1000 and not name.startswith(("densenet40", "densenet_bc"))
+    imagenet = (facts["default_num_classes"] == 1000
+                and not name.startswith(("densenet40", "densenet_bc")))
     side, batch = sizes["imagenet" if imagenet else "cifar"]
     options = {"stem": "imagenet"} if facts["family"] == "resnet" else {}
     return side, batch, options
@@ -49,7 +50,8 @@ def variant_name(variant: tuple[bool, bool]) -> str:
 
 
 def make_step(name: str, options: dict[str, Any], variant: tuple[bool, bool], precision: str,
-              channels_last: bool, device: torch.device, state: dict[str, torch.Tensor]) -> TrainStep:
+              channels_last: bool, device: torch.device,
+              state: dict[str, torch.Tensor]) -> TrainStep:
     compiled, memory_efficient = variant
     net = zoo.create(name, in_channels=3, memory_efficient=memory_efficient, **options)
     net.load_state_dict(copy.deepcopy(state))
@@ -76,16 +78,19 @@ def prepare(args: argparse.Namespace, name: str, options: dict[str, Any], precis
             report: Reporter) -> tuple[dict[tuple[bool, bool], TrainStep], dict]:
     """The variants of one network at one precision, warmed up, with their peak step memory."""
     compiles = args.compile if args.compile is not None else device.type == "cuda"
-    warmup = MODEL_SIZES[args.size]["warmup_steps"] if args.warmup_steps is None else args.warmup_steps
+    warmup = (MODEL_SIZES[args.size]["warmup_steps"] if args.warmup_steps is None
+              else args.warmup_steps)
     steps: dict[tuple[bool, bool], TrainStep] = {}
     memory: dict[tuple[bool, bool], tuple[float | None, str]] = {}
-    for variant in [(c, me) for c in ([False, True] if compiles else [False]) for me in (False, True)]:
+    for variant in [(c, me) for c in ([False, True] if compiles else [False])
+                    for me in (False, True)]:
         try:
             step = make_step(name, options, variant, precision, args.channels_last_of[precision],
                              device, state)
             for _ in range(max(1, warmup)):  # compilation, autotuning, optimizer state
                 step(x, y)
-            memory[variant] = peak_step_memory(lambda s=step: s(x, y), step.net, step.optimizer, device)
+            memory[variant] = peak_step_memory(lambda s=step: s(x, y), step.net, step.optimizer,
+                                               device)
             steps[variant] = step
         except Exception as error:  # e.g. a compile failure: report it, go on
             if variant == BASELINE:
@@ -138,8 +143,9 @@ def bench_one_model(args: argparse.Namespace, name: str, device: torch.device,
         }))
     if {"bf16-mixed", "32-true"} <= set(args.precisions):
         results.append(report.emit({
-            **common, "case": f"{name}_bf16_over_fp32", "compiled": False, "memory_efficient": False,
-            "precision": "bf16-mixed / 32-true", "zoo": "eager, bf16-mixed", "baseline": "eager, 32-true",
+            **common, "case": f"{name}_bf16_over_fp32", "compiled": False,
+            "memory_efficient": False, "precision": "bf16-mixed / 32-true",
+            "zoo": "eager, bf16-mixed", "baseline": "eager, 32-true",
             **comparison(rates[("bf16-mixed", *BASELINE)], rates[("32-true", *BASELINE)]),
         }))
     return results

@@ -93,7 +93,7 @@ class GradientFlowCallback(pl.Callback):
         }
         for stage in dict.fromkeys(unit.stage for unit in meter.units):
             distributions[f"grad_flow/stage/{stage}"] = finite(
-                n for unit, n in zip(meter.units, unit_norms) if unit.stage == stage
+                n for unit, n in zip(meter.units, unit_norms, strict=True) if unit.stage == stage
             )
         self.publisher.publish(trainer, step, scalars, distributions)
 
@@ -101,7 +101,7 @@ class GradientFlowCallback(pl.Callback):
                     unit_norms: list[float], parameter_norms: list[float]) -> None:
         rows = [
             [step, index, unit.name, unit.stage, norm]
-            for index, (unit, norm) in enumerate(zip(meter.units, unit_norms))
+            for index, (unit, norm) in enumerate(zip(meter.units, unit_norms, strict=True))
         ]
         if has_wandb(trainer):
             self._chart_rows.extend(rows)
@@ -114,7 +114,7 @@ class GradientFlowCallback(pl.Callback):
             TidyCsvFile(parameter_file, PARAMETER_GRADIENT_COLUMNS).append(
                 [step, unit_index, names[unit_index], name, norm]
                 for unit_index, name, norm in zip(
-                    meter.unit_of_parameter, meter.parameter_names, parameter_norms
+                    meter.unit_of_parameter, meter.parameter_names, parameter_norms, strict=True
                 )
             )
 

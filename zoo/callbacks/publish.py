@@ -115,7 +115,8 @@ class LoggerPublisher:
         """Scalars to every logger; distributions as W&B / TensorBoard histograms."""
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
-                self._write(logger, lambda lg=logger: publish_to_wandb(lg, step, scalars, distributions))
+                self._write(logger,
+                            lambda lg=logger: publish_to_wandb(lg, step, scalars, distributions))
                 continue
             self._write(logger, lambda lg=logger: lg.log_metrics(dict(scalars), step=step))
             if isinstance(logger, TensorBoardLogger):
@@ -142,7 +143,8 @@ class LoggerPublisher:
             title=f"{'log10 ' if log10 else ''}{value_column} against depth",
             xname="unit index (depth order)",
         )
-        payload = {f"{prefix}/table": wandb.Table(columns=columns, data=rows), f"{prefix}/chart": chart}
+        payload = {f"{prefix}/table": wandb.Table(columns=columns, data=rows),
+                   f"{prefix}/chart": chart}
         for logger in wandb_loggers:
             self._write(logger, lambda lg=logger: lg.log_metrics(payload, step=trainer.global_step))
 

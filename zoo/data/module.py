@@ -159,7 +159,8 @@ class ZooDataModule(pl.LightningDataModule):
         for split, steps in (("train", train_tf), ("val", eval_tf)):
             try:
                 folders[split] = ImageFolder(
-                    str(root / split), transforms.Compose(steps + [transforms.ToTensor(), normalize])
+                    str(root / split),
+                    transforms.Compose(steps + [transforms.ToTensor(), normalize]),
                 )
             except FileNotFoundError as error:  # no class folders, or no images in them
                 raise MissingDataError(f"imagenet: {root / split}: {error}") from error
@@ -226,7 +227,9 @@ class ZooDataModule(pl.LightningDataModule):
                 trainer = self.trainer
                 epoch_fn = lambda: trainer.current_epoch  # noqa: E731
                 # batches trained so far in this epoch, as the fit loop counts them
-                batches_done_fn = lambda: trainer.fit_loop.epoch_loop.batch_progress.current.processed  # noqa: E731
+                batches_done_fn = (  # noqa: E731
+                    lambda: trainer.fit_loop.epoch_loop.batch_progress.current.processed
+                )
             return DeviceLoader(split, self.batch_size, self.mean, self.std, device=self.device,
                                 shuffle=training, drop_last=training, crop_padding=crop_padding,
                                 flip=flip, seed=self.seed, rank=self.rank,

@@ -250,19 +250,20 @@ def whole_number_labels(path: Path, labels: object) -> np.ndarray:
     """Labels as int64, refusing anything that is not a list of whole numbers that fit.
 
     ``np.asarray(labels, dtype=np.int64)`` would truncate 3.9 to 3 silently, and fail with a
-    bare TypeError on ``None`` or OverflowError on ``2**70``, naming no file.
-    """
+    bare TypeError on ``None`` or OverflowError on ``2**70``, naming no file."""
     try:
         array = np.asarray(labels)
     except (TypeError, ValueError) as error:  # ragged nesting and the like
-        raise CorruptDataError(f"{path}: the labels are not a list of numbers ({error}); {REFETCH}") from None
+        raise CorruptDataError(f"{path}: the labels are not a list of numbers ({error}); "
+                               f"{REFETCH}") from None
     if array.ndim != 1:
-        raise CorruptDataError(f"{path}: the labels must be a flat list, found shape {array.shape}; {REFETCH}")
+        raise CorruptDataError(f"{path}: the labels must be a flat list, "
+                               f"found shape {array.shape}; {REFETCH}")
     if array.dtype.kind not in "iu" and array.size > 0:  # [] reads as float64: no labels is not bad
         values = array.tolist()
-        bad = next((v for v in values if isinstance(v, float) and not v.is_integer()), None) or next(
-            (v for v in values if isinstance(v, bool) or not isinstance(v, int) or not -2**63 <= v < 2**63),
-            None)
+        bad = next((v for v in values if isinstance(v, float) and not v.is_integer()),
+                   None) or next((v for v in values if isinstance(v, bool)
+                                  or not isinstance(v, int) or not -2**63 <= v < 2**63), None)
         raise CorruptDataError(f"{path}: the labels must be whole numbers, found {bad!r} "
                                f"({array.dtype} values); {REFETCH}")
     return array.astype(np.int64)
@@ -342,8 +343,7 @@ def read_digits() -> ImageArrays:
 
     ``round(v * 255 / 16)`` puts them on the same 0..255 scale as every other dataset so that
     both loader paths divide by 255 as ToTensor does; the rounding moves no value by more than
-    0.5/255.
-    """
+    0.5/255."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()

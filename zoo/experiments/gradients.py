@@ -204,7 +204,7 @@ def plot_gradient_ratio(summary: Sequence[dict[str, Any]], out_dir: Path) -> Pat
                                 squeeze=False, layout="constrained")
     finite = [r["stem_over_head_mean"] for r in nets if math.isfinite(r["stem_over_head_mean"])]
     top = max([*finite, 1.0]) * 1e3  # where an overflowed ratio is marked
-    for axis, norm in zip(axes[0], norms):
+    for axis, norm in zip(axes[0], norms, strict=True):
         for skip in SKIPS:
             mine = sorted((r for r in nets if r["family"].startswith(skip) and r["norm"] == norm),
                           key=lambda r: r["depth"])
@@ -212,7 +212,8 @@ def plot_gradient_ratio(summary: Sequence[dict[str, Any]], out_dir: Path) -> Pat
             means = [r["stem_over_head_mean"] for r in shown]
             stds = [0.0 if math.isnan(r["stem_over_head_std"]) else r["stem_over_head_std"]
                     for r in shown]
-            lower = [min(s, 0.999 * m) for m, s in zip(means, stds)]  # a log axis has no 0
+            # a log axis has no 0
+            lower = [min(s, 0.999 * m) for m, s in zip(means, stds, strict=True)]
             axis.errorbar([r["depth"] for r in shown], means, yerr=[lower, stds], color="0.25",
                           linestyle=LINESTYLES[SKIPS[skip]], label=SKIP_LABELS[skip], zorder=1)
             for row in shown:
@@ -245,7 +246,7 @@ def plot_gradient_profile(rows: Sequence[dict[str, Any]], out_dir: Path) -> Path
     grid_rows = max(1, math.ceil(len(panels) / columns))
     figure, axes = plt.subplots(grid_rows, columns, figsize=(5.5 * columns, 4.2 * grid_rows),
                                 sharey=True, squeeze=False, layout="constrained")
-    for axis, family in zip(axes.flat, panels):
+    for axis, family in zip(axes.flat, panels, strict=False):  # a full grid: spare axes unused
         for row in (r for r in summary if r["family"] == family):
             mine = [r for r in rows if r["model"] == row["model"]]
             count = max(r["unit_index"] for r in mine) + 1

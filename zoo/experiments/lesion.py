@@ -110,7 +110,7 @@ def lesioned(net: nn.Module, *unit_names: str) -> Iterator[nn.Module]:
         raise KeyError(f"{missing or 'nothing'} to delete; depth units: {', '.join(units)}")
     replacements = [replacement_for(units[name]) for name in unit_names]  # refuse before swapping
     with ExitStack() as undo:
-        for name, replacement in zip(unit_names, replacements):
+        for name, replacement in zip(unit_names, replacements, strict=True):
             parent_name, _, child_name = name.rpartition(".")
             parent = net.get_submodule(parent_name) if parent_name else net
             original = parent._modules[child_name]
@@ -346,11 +346,11 @@ def _draw_single(axis: Any, single_rows: Sequence[dict[str, Any]]) -> None:
         axis.errorbar(xs, [p["mean"] for p in points], yerr=[p["std"] for p in points],
                       marker=".", label=f"{_label(model, mine)} (intact {intact:.2f})", **style)
         axis.axhline(intact, color=style["color"], linestyle=":", linewidth=1)
-        down = [(x, p["mean"]) for x, p in zip(xs, points)
+        down = [(x, p["mean"]) for x, p in zip(xs, points, strict=True)
                 if p["downsampling"] and not math.isnan(p["mean"])]
         axis.plot([x for x, _ in down], [a for _, a in down], "o", fillstyle="none",
                   color=style["color"])
-        refused = [x for x, p in zip(xs, points) if math.isnan(p["mean"])]
+        refused = [x for x, p in zip(xs, points, strict=True) if math.isnan(p["mean"])]
         axis.plot(refused, [0.0] * len(refused), "x", color=style["color"])
     axis.set(xlabel="deleted block (1 = first after the stem; o: downsampling, x: not deletable)",
              ylabel=f"{single_rows[0]['split']} accuracy", ylim=(0, 1.02),

@@ -35,7 +35,8 @@ def network_of(module: nn.Module) -> nn.Module:
 
 
 def depth_units_of(net: nn.Module) -> list[DepthUnit]:
-    """``net.depth_units()``; for a network outside the zoo, its top-level children with parameters."""
+    """``net.depth_units()``; for a network outside the zoo, its top-level children with
+    parameters."""
     if hasattr(net, "depth_units"):
         return list(net.depth_units())
     return [
@@ -47,7 +48,8 @@ def depth_units_of(net: nn.Module) -> list[DepthUnit]:
 
 @dataclass
 class GradientNorms:
-    """L2 gradient norms in fp32, still on the device: one host copy per measurement happens later."""
+    """L2 gradient norms in fp32, still on the device: one host copy per measurement happens
+    later."""
 
     units: torch.Tensor  # [num_units], depth order
     parameters: torch.Tensor  # [num_parameters]; 0 for a parameter without a gradient
@@ -125,7 +127,8 @@ class SharedGradientNorms:
     def meter(self, net: nn.Module) -> GradientNormMeter:
         """The meter of ``net`` (built on first use)."""
         if self._meter is None or self._network is None or self._network() is not net:
-            self._network, self._meter, self._fresh = weakref.ref(net), GradientNormMeter(net), False
+            self._network, self._meter, self._fresh = (weakref.ref(net), GradientNormMeter(net),
+                                                       False)
         return self._meter
 
     def gradients_changed(self) -> None:
@@ -183,4 +186,4 @@ def residual_gains(net: nn.Module, probe: torch.Tensor) -> list[tuple[int, Depth
         for module, training in modes:
             module.training = training
     values = torch.stack([gains[index] for index, _ in blocks]).tolist()
-    return [(index, unit, value) for (index, unit), value in zip(blocks, values)]
+    return [(index, unit, value) for (index, unit), value in zip(blocks, values, strict=True)]

@@ -66,7 +66,8 @@ def peak_step_memory(step: Callable[[], None], net: nn.Module, optimizer: torch.
     """Peak MiB of one training step (parameters + optimizer state + everything the step
     allocates) and how it was measured (None and the reason where it cannot be)."""
     if device.type == "cuda":
-        return cuda_peak_step_memory(step, net, optimizer, device), "torch.cuda.max_memory_allocated"
+        return (cuda_peak_step_memory(step, net, optimizer, device),
+                "torch.cuda.max_memory_allocated")
     peak = cpu_peak_step_memory(step, net, optimizer)
     if peak is None:
         return None, "unavailable (torch.distributed._tools.mem_tracker missing)"

@@ -81,8 +81,9 @@ def markdown_table(entries: list[CatalogueEntry]) -> str:
     lines = ["| name | family | skip | depth | parameters | GFLOPs | input | paper |",
              "|---|---|---|---:|---:|---:|---|---|"]
     for e in entries:
-        lines.append(f"| `{e.name}` | {e.family} | {e.skip} | {e.depth} | {_millions(e.parameters)} "
-                     f"| {_gflops(e.flops)} | {e.input_size}px, {e.num_classes} classes | {e.paper} |")
+        lines.append(f"| `{e.name}` | {e.family} | {e.skip} | {e.depth} "
+                     f"| {_millions(e.parameters)} | {_gflops(e.flops)} "
+                     f"| {e.input_size}px, {e.num_classes} classes | {e.paper} |")
     return "\n".join(lines)
 
 
@@ -92,7 +93,7 @@ def text_table(entries: list[CatalogueEntry]) -> str:
         (e.name, e.family, e.skip, str(e.depth), _millions(e.parameters), _gflops(e.flops),
          f"{e.input_size}px/{e.num_classes}", e.paper) for e in entries]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
                      for row in rows)
 
 

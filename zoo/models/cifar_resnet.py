@@ -214,6 +214,8 @@ class CifarResNet(Network):
             nn.init.zeros_(self.linear.weight)
             nn.init.zeros_(self.linear.bias)
 
+    # forward_features / forward_head / depth_units have the same shape in every family file on
+    # purpose: each file reads alone (the `duplicates` tool lists these pairs; they are deliberate).
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.relu(self.bn1(self.conv1(x)))
         for stage in (self.layer1, self.layer2, self.layer3):
@@ -261,6 +263,8 @@ def skip_type(arguments: dict[str, Any]) -> str:
     return "add" if arguments["skip"] else "none"
 
 
+# build(): the registry's entry point (zoo/models/__init__.py), the same few lines in every family
+# file on purpose, so that each file reads alone.
 def build(
     variant: dict[str, Any],
     num_classes: int,

@@ -200,6 +200,8 @@ class DenseNet(Network):
     def _remap_legacy_keys_hook(state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
         remap_legacy_keys(state_dict)
 
+    # forward_features / forward_head / depth_units have the same shape in every family file on
+    # purpose: each file reads alone (the `duplicates` tool lists these pairs; they are deliberate).
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.relu(self.features(x))
 
@@ -274,6 +276,8 @@ def skip_type(arguments: dict[str, Any]) -> str:
     return "concat"
 
 
+# build(): the registry's entry point (zoo/models/__init__.py), the same few lines in every family
+# file on purpose, so that each file reads alone.
 def build(
     variant: dict[str, Any],
     num_classes: int,

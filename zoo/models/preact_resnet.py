@@ -78,6 +78,8 @@ class PreActBasicBlock(SkipBlock):
         return out
 
 
+# Written out in full beside the basic block rather than sharing code with it: each block
+# shows its whole branch and its skip in one place.
 class PreActBottleneck(SkipBlock):
     """BN-ReLU-conv1x1, BN-ReLU-conv3x3 (stride), BN-ReLU-conv1x1 (x4 channels)."""
 
@@ -168,6 +170,8 @@ class PreActResNet(Network):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
 
+    # forward_features / forward_head / depth_units have the same shape in every family file on
+    # purpose: each file reads alone (the `duplicates` tool lists these pairs; they are deliberate).
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv1(x)
         for stage in (self.layer1, self.layer2, self.layer3):
@@ -215,6 +219,8 @@ def skip_type(arguments: dict[str, Any]) -> str:
     return "add" if arguments["skip"] else "none"
 
 
+# build(): the registry's entry point (zoo/models/__init__.py), the same few lines in every family
+# file on purpose, so that each file reads alone.
 def build(
     variant: dict[str, Any],
     num_classes: int,

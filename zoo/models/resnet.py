@@ -91,6 +91,8 @@ class BasicBlock(SkipBlock):
         return self.relu(out)
 
 
+# Written out in full beside the basic block rather than sharing code with it: each block
+# shows its whole branch and its skip in one place.
 class Bottleneck(SkipBlock):
     """1x1 reduce, 3x3 (stride here: V1.5), 1x1 expand by 4 (ResNet-50/101/152)."""
 
@@ -216,6 +218,8 @@ class ResNet(Network):
                 if isinstance(module, (BasicBlock, Bottleneck)):
                     module.zero_init_last()
 
+    # forward_features / forward_head / depth_units have the same shape in every family file on
+    # purpose: each file reads alone (the `duplicates` tool lists these pairs; they are deliberate).
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
@@ -254,6 +258,8 @@ def skip_type(arguments: dict[str, Any]) -> str:
     return "add" if arguments["skip"] else "none"
 
 
+# build(): the registry's entry point (zoo/models/__init__.py), the same few lines in every family
+# file on purpose, so that each file reads alone.
 def build(
     variant: dict[str, Any],
     num_classes: int,

@@ -155,3 +155,18 @@ def test_command_line_errors_are_one_line(tmp_path, capsys):
     assert "collect RUN_DIRS" in capsys.readouterr().err
     assert results.main(["collect", str(tmp_path), "--out", str(tmp_path / "out")]) == 2
     assert capsys.readouterr().err.startswith("error: no runs under")
+
+
+def test_redraw_draws_the_gradient_flow_during_training_from_its_committed_runs(tmp_path):
+    import shutil
+
+    from zoo.results import redraw
+
+    results = tmp_path / "gradient_flow_training"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "docs" / "results" / "gradient_flow_training",
+                    results)
+    for root in (results, tmp_path):  # the folder itself, or the folder of all results
+        written = redraw(root, tmp_path / "figures")
+        names = sorted(path.name for path in written)
+        assert names == ["gradient_flow_depth.png", "gradient_flow_ratio.png"]
+        assert all(path.parent == tmp_path / "figures" / "gradient_flow_training" for path in written)

@@ -91,6 +91,7 @@ def _when_style(key: int, keys: list[int], at: str) -> dict:
 def plot_gradient_flow(run_dirs: Sequence[Path], out_dir: Path, at: str = "both") -> list[Path]:
     """Write gradient_flow_depth.png and gradient_flow_ratio.png; return their paths."""
     runs, labels = _labels(run_dirs)
+    medians: dict[str, float] = {}
     depth_figure, depth_axes = plt.subplots(figsize=(8, 5))
     ratio_figure, ratio_axes = plt.subplots(figsize=(8, 5))
     for run, label in zip(runs, labels, strict=True):
@@ -116,10 +117,15 @@ def plot_gradient_flow(run_dirs: Sequence[Path], out_dir: Path, at: str = "both"
             _, y = _profile(table[step])
             ratios.append(y[0] / y[-1] if y[-1] > 0 else np.nan)
         ratio_axes.plot(steps, ratios, **style, marker=".", label=label)
+        if len(ratios) > 1:  # the title states the finding: the typical ratio after step 0
+            medians[run.model] = float(np.nanmedian(ratios[1:]))
     depth_axes.set(yscale="log", xlabel="unit index (stem → head)", ylabel="gradient L2 norm",
                    title="Gradient flow through depth (faded: first logged step)")
+    finding = ", ".join(f"{model} {ratio:.2g}" for model, ratio in
+                        sorted(medians.items(), key=lambda item: item[1]))
     ratio_axes.set(yscale="log", xlabel="training step", ylabel="first unit / last unit",
-                   title="Stem-over-head gradient norm ratio")
+                   title="Stem-over-head gradient norm ratio" + (
+                       f"\nmedian after the first step: {finding}" if finding else ""))
     ratio_axes.axhline(1.0, color="grey", linewidth=0.8)
     for axes in (depth_axes, ratio_axes):
         axes.grid(True, which="both", alpha=0.3)

@@ -226,6 +226,12 @@ def redraw_measurement(results_dir: Path, figures_dir: Path) -> list[Path]:
     import inspect
     import shutil
 
+    runs_with_gradient_flow = sorted(d for d in results_dir.iterdir()
+                                     if (d / "gradient_flow.csv").is_file())
+    if runs_with_gradient_flow:  # copied run folders: the gradient-flow-during-training panels
+        from zoo.plot import plot_gradient_flow
+
+        return plot_gradient_flow(runs_with_gradient_flow, figures_dir)
     try:
         from zoo.experiments.__main__ import EXPERIMENTS
     except ImportError:
@@ -251,7 +257,8 @@ def redraw(results_root: Path | str = DEFAULT_RESULTS,
     if not results_root.is_dir():
         raise FileNotFoundError(f"{results_root} is not a folder of results: run "
                                 "`python -m zoo.results collect RUN_DIRS --out DIR` first")
-    own = (results_root / RUNS_FILE).is_file() or (results_root / META_FILE).is_file()
+    own = (results_root / RUNS_FILE).is_file() or (results_root / META_FILE).is_file() or \
+        any((d / "gradient_flow.csv").is_file() for d in results_root.iterdir())
     folders = [results_root] if own else sorted(p for p in results_root.iterdir() if p.is_dir())
     written = []
     for folder in folders:

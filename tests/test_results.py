@@ -163,10 +163,11 @@ def test_redraw_draws_the_gradient_flow_during_training_from_its_committed_runs(
     from zoo.results import redraw
 
     results = tmp_path / "gradient_flow_training"
-    shutil.copytree(Path(__file__).resolve().parents[1] / "docs" / "results" / "gradient_flow_training",
-                    results)
+    committed = Path(__file__).resolve().parents[1] / "docs" / "results"
+    shutil.copytree(committed / "gradient_flow_training", results)
     for root in (results, tmp_path):  # the folder itself, or the folder of all results
         written = redraw(root, tmp_path / "figures")
         names = sorted(path.name for path in written)
         assert names == ["gradient_flow_depth.png", "gradient_flow_ratio.png"]
-        assert all(path.parent == tmp_path / "figures" / "gradient_flow_training" for path in written)
+        figures = tmp_path / "figures" / "gradient_flow_training"
+        assert all(path.parent == figures for path in written)

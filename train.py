@@ -21,7 +21,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
-from zoo.compat import quiet_library_noise
+from zoo.compat import DDP_PEER_DIED, ddp_peer_death_in_one_line, quiet_library_noise
 from zoo.config import one_line_config_errors, register_configs
 from zoo.resume import register_resume_resolver
 from zoo.rundir import DISK_FULL_EXIT_CODE, disk_full_line, register_resolvers
@@ -39,6 +39,7 @@ register_resolvers()  # ${launch_id:} in hydra.run.dir, resolved when Hydra comp
 register_resume_resolver()  # ${resume_dir:...}: a resumed run writes into its checkpoint's run
 register_configs()  # model=<any valid depth>, and the config schemas (zoo/config.py)
 quiet_library_noise()  # library start-up lines a user cannot act on (zoo/compat.py)
+ddp_peer_death_in_one_line()  # a dead DDP peer: one line, exit 1 (zoo/compat.py)
 
 
 def stop(line: str, exit_code: int) -> None:
@@ -84,8 +85,7 @@ def run_one(cfg: DictConfig) -> None:
         if not any(words in str(error) for words in dead_peer) and \
                 type(error).__name__ not in ("DistBackendError", "DistNetworkError"):
             raise
-        stop("error: another DDP process of this run died (its output says why); "
-             "this one stops too. Resume with ckpt_path=<run dir>/checkpoints/last.ckpt", 1)
+        stop(DDP_PEER_DIED, 1)
     except OSError as error:
         if error.errno in (errno.ENOSPC, errno.EDQUOT):  # before USER_ERRORS: not the input's fault
             if os.environ.get("ZOO_DEBUG"):

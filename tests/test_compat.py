@@ -118,3 +118,43 @@ def test_drop_wandb_anonymous_removes_the_argument_lightning_always_passes(tmp_p
     assert "anonymous" in logger._wandb_init
     drop_wandb_anonymous(logger)
     assert "anonymous" not in logger._wandb_init
+
+
+def test_lightnings_observer_of_a_dead_ddp_child_ends_in_one_line_and_exit_1():
+    # Lightning's observer thread SIGKILLed the main process (exit -9, no word) when it noticed
+    # a dead DDP child before the main process's own collective failed.
+    import subprocess
+    import sys
+
+    from zoo.compat import DDP_PEER_DIED
+
+    script = "\n".join([
+        "import os, subprocess, sys",
+        "from zoo.compat import ddp_peer_death_in_one_line",
+        "ddp_peer_death_in_one_line()",
+        "from lightning_fabric.strategies.launchers.subprocess_script import _ChildProcessObserver",
+        "dead = subprocess.Popen([sys.executable, '-c', 'raise SystemExit(3)'])",
+        "dead.wait()",
+        "alive = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])",
+        "print(alive.pid, flush=True)",
+        "_ChildProcessObserver(os.getpid(), [dead, alive], sleep_period=0)._run()",
+        "print('not reached')",
+    ])
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == DDP_PEER_DIED
+    assert "not reached" not in result.stdout
+    alive_pid = int(result.stdout.split()[0])
+    import os
+    import time
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # the surviving child was killed too: no zombie worker
+        try:
+            os.kill(alive_pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError(f"child {alive_pid} still running")

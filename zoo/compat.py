@@ -10,6 +10,8 @@ Supported: pytorch-lightning 2.4 to 2.6.
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import warnings
 from typing import Any
 
@@ -94,3 +96,27 @@ def quiet_library_noise() -> None:
                             category=FutureWarning)
     # Under bf16-mixed the weights stay fp32, so the summary's "using 32 bits instead" is right.
     warnings.filterwarnings("ignore", message=r"Precision bf16-mixed is not supported by the model")
+
+
+DDP_PEER_DIED = ("error: another DDP process of this run died (its output says why); this one "
+                 "stops too. Resume with ckpt_path=<run dir>/checkpoints/last.ckpt")
+
+
+def ddp_peer_death_in_one_line() -> None:
+    """When a DDP child process dies, Lightning's child-process observer (a private thread of
+    lightning_fabric's subprocess launcher) SIGKILLs the main process: exit -9 with no word,
+    whenever it notices before the main process's own collective fails (a race; under load it
+    often wins). Keep its purpose -- no survivor left hanging in a collective -- but end with
+    train.py's one line for a dead peer and exit code 1."""
+    try:
+        from lightning_fabric.strategies.launchers.subprocess_script import _ChildProcessObserver
+    except ImportError:  # another Lightning layout: its own behaviour stands
+        return
+
+    def terminate_all(observer: Any) -> None:
+        for child in observer._child_processes:
+            child.send_signal(observer._termination_signal)
+        print(DDP_PEER_DIED, file=sys.stderr, flush=True)
+        os._exit(1)
+
+    _ChildProcessObserver._terminate_all = terminate_all

@@ -253,7 +253,10 @@ def plot_lr_control(rows: Sequence[Row], path: Path) -> Path:
     for axis, key, what in ((axes[0], "train_eval_err", "training error"),
                             (axes[1], "test_acc", "test error")):
         for model, by_lr in sorted(by_model.items()):
-            rates = sorted(by_lr)
+            # rates where the model left a value (a diverged run has no error to draw)
+            rates = sorted(lr for lr in by_lr if _present(by_lr[lr], key))
+            if not rates:
+                continue
             stats = [_mean_std([100 * (1 - v if key == "test_acc" else v)
                                 for v in _present(by_lr[lr], key)]) for lr in rates]
             axis.errorbar(rates, [m for m, _ in stats], yerr=[s for _, s in stats], capsize=3,

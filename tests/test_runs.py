@@ -23,8 +23,10 @@ def finished_runs(tmp_path_factory):
     from hydra import compose, initialize_config_dir
 
     from zoo.callbacks import TrainingDivergedError
+    from zoo.config import register_configs
     from zoo.run import train
 
+    register_configs()  # the config schemas, as train.py registers them
     root = tmp_path_factory.mktemp("runs")
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
         done = compose(config_name="train", overrides=TINY)

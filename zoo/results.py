@@ -220,14 +220,18 @@ def redraw_sweep(results_dir: Path, figures_dir: Path) -> list[Path]:
     return [*written, table]
 
 
+def gradient_flow_runs(folder: Path) -> list[Path]:
+    """Run folders copied whole under ``folder`` for their gradient-flow measurements."""
+    return sorted(d for d in folder.iterdir() if (d / "gradient_flow.csv").is_file())
+
+
 def redraw_measurement(results_dir: Path, figures_dir: Path) -> list[Path]:
     """An experiment that is not a training sweep: its own redraw (zoo.experiments), its figures
     then copied into ``figures_dir``. Folders no redraw knows are left alone."""
     import inspect
     import shutil
 
-    runs_with_gradient_flow = sorted(d for d in results_dir.iterdir()
-                                     if (d / "gradient_flow.csv").is_file())
+    runs_with_gradient_flow = gradient_flow_runs(results_dir)
     if runs_with_gradient_flow:  # copied run folders: the gradient-flow-during-training panels
         from zoo.plot import plot_gradient_flow
 
@@ -258,7 +262,7 @@ def redraw(results_root: Path | str = DEFAULT_RESULTS,
         raise FileNotFoundError(f"{results_root} is not a folder of results: run "
                                 "`python -m zoo.results collect RUN_DIRS --out DIR` first")
     own = (results_root / RUNS_FILE).is_file() or (results_root / META_FILE).is_file() or \
-        any((d / "gradient_flow.csv").is_file() for d in results_root.iterdir())
+        bool(gradient_flow_runs(results_root))
     folders = [results_root] if own else sorted(p for p in results_root.iterdir() if p.is_dir())
     written = []
     for folder in folders:

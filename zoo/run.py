@@ -13,7 +13,7 @@ import re
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
@@ -188,19 +188,9 @@ def fit_and_test(
         close_wandb(loggers, trainer, DIVERGED_EXIT_CODE, wandb_summary(record))
         raise
     except BaseException as error:
-        # SIGTERM (in any phase: Lightning's SystemExit) and Ctrl-C (Lightning's sys.exit(1)
-        # after its clean-up) become Preempted, with a message that says what was saved.
-        preempted = stop_signals.preempted(error)
         elapsed = fit_seconds if fit_seconds is not None else time.perf_counter() - fit_started
-        try:
-            recorder.finish("preempted" if preempted else "failed", error=preempted or error,
-                            fit_seconds=elapsed, saved=saved, best_score=best_score)
-        except OSError as record_error:  # a full disk must not hide the error that matters
-            log.warning("could not write run.json: %s", record_error)
-        close_wandb(loggers, trainer, preempted.exit_code if preempted else 1)
-        if preempted is not None:
-            raise preempted from None
-        raise
+        end_stopped_run(error, trainer, recorder, loggers, fit_seconds=elapsed, saved=saved,
+                        best_score=best_score)
     metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
     return metrics, saved, fit_seconds, best_score
 
@@ -216,15 +206,26 @@ def evaluate_only(
     try:
         results = trainer.test(module, datamodule=datamodule, verbose=False)
     except BaseException as error:
-        preempted = stop_signals.preempted(error)
-        recorder.finish("preempted" if preempted else "failed", error=preempted or error,
-                        fit_seconds=0.0)
-        close_wandb(loggers, trainer, preempted.exit_code if preempted else 1)
-        if preempted is not None:
-            raise preempted from None
-        raise
+        end_stopped_run(error, trainer, recorder, loggers, fit_seconds=0.0)
     metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
     return metrics, {"last": "", "best": ""}, 0.0, None
+
+
+def end_stopped_run(error: BaseException, trainer: pl.Trainer, recorder: RunRecorder,
+                    loggers: list[Logger], **facts: Any) -> NoReturn:
+    """A run that a signal or a failure stopped: record it, close W&B, raise.
+
+    SIGTERM (in any phase: Lightning's SystemExit) and Ctrl-C (Lightning's sys.exit(1) after its
+    clean-up) become Preempted, with a message that says what was saved."""
+    preempted = stop_signals.preempted(error)
+    try:
+        recorder.finish("preempted" if preempted else "failed", error=preempted or error, **facts)
+    except OSError as record_error:  # a full disk must not hide the error that matters
+        log.warning("could not write run.json: %s", record_error)
+    close_wandb(loggers, trainer, preempted.exit_code if preempted else 1)
+    if preempted is not None:
+        raise preempted from None
+    raise error
 
 
 def close_wandb(loggers: list[Logger], trainer: pl.Trainer, exit_code: int,

@@ -92,6 +92,12 @@ depth_1000_zero_init() {  # the recipe control: every residual branch's last BN 
     --out "$results/depth_1000"
 }
 
+depth_1000_preact() {  # pre-activation ResNet-1001 (clean identity path, final BN-ReLU: first
+  # loss ~2.3) against pre-activation ResNet-110 and -164 of the same width, data and budget
+  python train.py -m experiment=depth_1000_preact_cpu hydra.sweep.dir="$runs/depth_1000_preact_cpu"
+  python -m zoo.results collect "$runs/depth_1000_preact_cpu" --out "$results/depth_1000_preact"
+}
+
 depth_1000_lr() {  # is ResNet-1202's gap to ResNet-110 a learning-rate artefact? both nets at
   # half and twice the rate of depth_1000 (lr 0.1), 3 seeds; ResNet-1202 at the lower rate one
   # seed only (it trained worse there than at 0.1; session 5 stopped its other seeds for time)
@@ -118,7 +124,8 @@ precision_parity() {  # bf16 against fp32 on the CPU: accuracy (docs/BENCHMARKS.
 }
 
 all() {
-  gradient_at_init; memory; degradation; lr_sweep; lesion; explosion; add_vs_concat; add_vs_concat_lr; add_vs_concat_time; depth_1000; depth_1000_zero_init
+  gradient_at_init; memory; degradation; lr_sweep; lesion; explosion; add_vs_concat; add_vs_concat_lr; add_vs_concat_time
+  depth_1000; depth_1000_zero_init; depth_1000_preact; depth_1000_lr
   precision_parity
   python -m zoo.results redraw "$results"
 }

@@ -411,11 +411,28 @@ def test_drop_path_rates_rise_linearly_and_drop_whole_samples() -> None:
         ("resnet20", {"init_gain": "2"}, "init_gain must be a number"),
         ("plain20", {"zero_init_residual": True}, "needs the skip connection"),
         ("resnet18", {"norm": "none"}, "does not take option"),
+        ("resnet20", {"widths": (8, 16)}, "widths must be three whole numbers"),
+        ("preact_resnet164", {"widths": (4, 0, 16)}, "widths must be three whole numbers"),
     ],
 )
 def test_bad_options(name: str, options: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         zoo.create(name, **options)
+
+
+@pytest.mark.parametrize(("name", "last_channels"),
+                         [("resnet20", 16), ("preact_resnet110", 16), ("preact_resnet164", 64)])
+def test_widths_narrow_every_stage_and_keep_the_depth(name: str, last_channels: int) -> None:
+    # the 1000-layer and degradation experiments narrow the stages to 4/8/16 filters (a
+    # bottleneck outputs 4x) so that depth, not width, is what they vary
+    default, narrow = zoo.create(name), zoo.create(name, widths=(4, 8, 16))
+    assert narrow.linear.in_features == last_channels
+    assert len(narrow.depth_units()) == len(default.depth_units())
+    def count(net):
+        return sum(p.numel() for p in net.parameters())
+    assert count(narrow) < count(default) / 10
+    x = torch.randn(2, 3, 32, 32)
+    assert narrow(x).shape == (2, 10)
 
 
 def test_bad_names() -> None:

@@ -180,7 +180,7 @@ class ResNetConfig(ModelConfig):
 
 @dataclass
 class PreActResNetConfig(ModelConfig):
-    pass
+    widths: list[int] = field(default_factory=lambda: [16, 32, 64])  # inner filters per stage
 
 
 @dataclass

@@ -136,6 +136,7 @@ class PreActResNet(Network):
         in_channels: int = 3,
         skip: bool = True,
         memory_efficient: bool = False,
+        widths: tuple[int, int, int] = (16, 32, 64),
     ) -> None:
         super().__init__()
         per_block = LAYERS_PER_BLOCK[block]
@@ -148,10 +149,10 @@ class PreActResNet(Network):
         block_class = BLOCKS[block]
         self.memory_efficient = memory_efficient
         # No BN-ReLU after the stem conv: the first block pre-activates its input.
-        self.conv1 = nn.Conv2d(in_channels, 16, 3, padding=1, bias=False)
-        in_planes = 16
+        self.conv1 = nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False)
+        in_planes = widths[0]
         stages = []
-        for stage_index, planes in enumerate((16, 32, 64)):
+        for stage_index, planes in enumerate(widths):
             blocks = []
             for index in range(blocks_per_stage):
                 stride = 2 if stage_index > 0 and index == 0 else 1
@@ -226,7 +227,14 @@ def build(
     num_classes: int,
     in_channels: int,
     memory_efficient: bool = False,
+    widths: tuple[int, int, int] | list[int] = (16, 32, 64),
 ) -> PreActResNet:
+    # widths: the stages' inner filters (a bottleneck's output is 4x); narrower nets keep the
+    # depth -- what the 1000-layer experiment is about -- at a fraction of the cost.
+    if len(widths) != 3 or not all(isinstance(w, int) and w >= 1 for w in widths):
+        raise ValueError(
+            f"widths must be three whole numbers >= 1 (filters per stage), got {widths!r}"
+        )
     return PreActResNet(
         variant["block"],
         variant["depth"],
@@ -234,4 +242,5 @@ def build(
         in_channels=in_channels,
         skip=variant["skip"],
         memory_efficient=memory_efficient,
+        widths=tuple(widths),
     )

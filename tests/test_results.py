@@ -119,6 +119,24 @@ def test_the_depth_title_states_what_the_numbers_show(sweep, tmp_path):
     assert title.startswith("Deeper plain and residual nets have a higher training error")
 
 
+def test_pre_activation_nets_are_their_own_series_beside_the_original_resnets():
+    # depth_1000_preact: preact-110 and preact-1001 beside ResNet-110; the two 110-layer nets must
+    # not be averaged into one point
+    rows = [{"model": model, "setting": model, "family": "residual", "depth": depth,
+             "train_eval_err": err}
+            for model, depth, errs in [("resnet110", 110, (0.10, 0.12)),
+                                       ("preact_resnet110", 110, (0.30, 0.32)),
+                                       ("preact_resnet1001", 1001, (0.20, 0.22))]
+            for err in errs]
+    series = results.depth_series(rows, "train_eval_err")
+    assert [point[:2] for point in series[("residual", "")]] == [(110, pytest.approx(11.0))]
+    assert [point[:2] for point in series[("residual", "pre-activation")]] == [
+        (110, pytest.approx(31.0)), (1001, pytest.approx(21.0))]
+    title = results.depth_finding(series, "training error")
+    assert title.startswith("No family's training error rises with depth")
+    assert "residual pre-activation 31.0% at 110 → 21.0% at 1001 layers" in title
+
+
 def test_a_sweep_that_is_not_degradation_gets_curves_and_table_only(sweep, tmp_path):
     results.collect([sweep], tmp_path / "results" / "lr_sweep", argv=[])
     written = results.redraw(tmp_path / "results" / "lr_sweep", tmp_path / "figures")

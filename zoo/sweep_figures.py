@@ -51,8 +51,12 @@ def _setting_groups(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, 
 
 
 def _suffix(row: dict[str, Any]) -> str:
-    """The setting without its model (``optim.lr=0.01``): series of one family share it."""
-    return str(row["setting"])[len(str(row["model"])):].strip()
+    """The setting without its model (``optim.lr=0.01``): series of one family share it.
+    Pre-activation ResNets are a series of their own beside the original ResNets: a depth both
+    have (110) is two points, not one mean over two architectures."""
+    options = str(row["setting"])[len(str(row["model"])):].strip()
+    preact = str(row["model"]).startswith("preact_")
+    return " ".join(["pre-activation"] * preact + [options] * bool(options))
 
 
 def depth_series(rows: Sequence[dict[str, Any]], key: str, complement: bool = False
@@ -73,10 +77,12 @@ def depth_series(rows: Sequence[dict[str, Any]], key: str, complement: bool = Fa
 def depth_finding(series: dict[tuple[str, str], list[tuple[Any, ...]]], what: str) -> str:
     """A title that states what the data show: does the error rise from the shallowest to the
     deepest net, by more than the seed std, in each family? Default settings only, unless a
-    family has none (a sweep over an option): then each of its settings, the option named."""
+    family has fewer than two depths of them (a sweep over an option, pre-activation nets beside
+    one original ResNet): then each of its settings, named."""
     parts, rises = [], {}
     for family in ("plain", "residual", "dense"):
-        suffixes = [""] if (family, "") in series else sorted(
+        default = series.get((family, ""), [])
+        suffixes = [""] if len(default) > 1 else sorted(
             suffix for fam, suffix in series if fam == family)
         for suffix in suffixes:
             points = series.get((family, suffix))

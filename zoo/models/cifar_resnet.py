@@ -34,7 +34,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoo.models.common import DepthUnit, Network, SkipBlock, run_blocks, staged_depth_units
+from zoo.models.common import (
+    DepthUnit,
+    Network,
+    SkipBlock,
+    run_blocks,
+    stage_widths,
+    staged_depth_units,
+)
 
 DEFAULT_NUM_CLASSES = 10
 
@@ -276,12 +283,6 @@ def build(
     zero_init_residual: bool = False,
     widths: tuple[int, int, int] | list[int] = (16, 32, 64),
 ) -> CifarResNet:
-    # widths: filters of the three stages; narrower nets (e.g. 8/16/32) keep the depth -- what
-    # the degradation and 1000-layer experiments are about -- at a fraction of the cost.
-    if len(widths) != 3 or not all(isinstance(w, int) and w >= 1 for w in widths):
-        raise ValueError(
-            f"widths must be three whole numbers >= 1 (filters per stage), got {widths!r}"
-        )
     return CifarResNet(
         variant["depth"],
         num_classes=num_classes,
@@ -292,5 +293,5 @@ def build(
         norm=norm,
         init_gain=init_gain,
         zero_init_residual=zero_init_residual,
-        widths=tuple(widths),
+        widths=stage_widths(widths),
     )

@@ -15,7 +15,7 @@ that turns a residual network into its plain twin.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
@@ -119,6 +119,17 @@ def staged_depth_units(
         for index, block in enumerate(getattr(net, stage_name)):
             units.append(DepthUnit(f"{stage_name}.{index}", stage_name, block))
     return units + [head]
+
+
+def stage_widths(widths: Sequence[int]) -> tuple[int, int, int]:
+    """The filters of a CIFAR net's three stages, checked. Narrower nets (e.g. 4/8/16) keep the
+    depth -- what the degradation and 1000-layer experiments are about -- at a fraction of the
+    cost."""
+    if len(widths) != 3 or not all(isinstance(w, int) and w >= 1 for w in widths):
+        raise ValueError(
+            f"widths must be three whole numbers >= 1 (filters per stage), got {widths!r}"
+        )
+    return tuple(widths)  # type: ignore[return-value]
 
 
 def count_parameters(net: nn.Module) -> int:

@@ -28,7 +28,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from zoo.models.common import DepthUnit, Network, SkipBlock, run_blocks, staged_depth_units
+from zoo.models.common import (
+    DepthUnit,
+    Network,
+    SkipBlock,
+    run_blocks,
+    stage_widths,
+    staged_depth_units,
+)
 
 DEFAULT_NUM_CLASSES = 10
 
@@ -229,12 +236,7 @@ def build(
     memory_efficient: bool = False,
     widths: tuple[int, int, int] | list[int] = (16, 32, 64),
 ) -> PreActResNet:
-    # widths: the stages' inner filters (a bottleneck's output is 4x); narrower nets keep the
-    # depth -- what the 1000-layer experiment is about -- at a fraction of the cost.
-    if len(widths) != 3 or not all(isinstance(w, int) and w >= 1 for w in widths):
-        raise ValueError(
-            f"widths must be three whole numbers >= 1 (filters per stage), got {widths!r}"
-        )
+    # widths: a bottleneck's output is 4x its stage's width
     return PreActResNet(
         variant["block"],
         variant["depth"],
@@ -242,5 +244,5 @@ def build(
         in_channels=in_channels,
         skip=variant["skip"],
         memory_efficient=memory_efficient,
-        widths=tuple(widths),
+        widths=stage_widths(widths),
     )

@@ -25,6 +25,12 @@ def test_unknown_depth_gets_a_stable_colour():
     assert family_of("preact_resnet1001") == "residual" and depth_of("preact_resnet1001") == 1001
 
 
+def test_pre_activation_nets_share_the_depth_colour_but_not_the_line():
+    assert style_for("preact_resnet110")["color"] == style_for("resnet110")["color"]
+    assert style_for("preact_resnet110")["linestyle"] == "-."
+    assert style_for("resnet110")["linestyle"] == "-"
+
+
 def test_save_writes_png_and_closes(tmp_path):
     figure, axis = plt.subplots()
     axis.plot([0, 1], [1, 0], **style_for("plain20"))

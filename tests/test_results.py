@@ -132,6 +132,9 @@ def test_pre_activation_nets_are_their_own_series_beside_the_original_resnets():
     assert [point[:2] for point in series[("residual", "")]] == [(110, pytest.approx(11.0))]
     assert [point[:2] for point in series[("residual", "pre-activation")]] == [
         (110, pytest.approx(31.0)), (1001, pytest.approx(21.0))]
+    assert [point[4] for point in series[("residual", "pre-activation")]] == [
+        "preact_resnet110", "preact_resnet1001"]
+    assert series[("residual", "")][0][4] == "resnet110"
     title = results.depth_finding(series, "training error")
     assert title.startswith("No family's training error rises with depth")
     assert "residual pre-activation 31.0% at 110 → 21.0% at 1001 layers" in title

@@ -29,7 +29,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # after the backend is chosen
 
-__all__ = ["FAMILY_NAMES", "band", "depth_of", "family_of", "legend", "plt", "save", "style_for"]
+__all__ = ["FAMILY_NAMES", "LINESTYLES", "band", "depth_of", "family_of", "legend", "plt", "save",
+           "style_for"]
 
 RC_PARAMS = {
     "figure.figsize": (7.5, 4.5),
@@ -99,8 +100,11 @@ def colour_for(model: str) -> str:
 
 def style_for(model: str) -> dict[str, Any]:
     """``dict(color=..., linestyle=...)`` for ``axis.plot(..., **style_for(name))``:
-    colour by depth, dashed for plain nets, solid for nets with skips."""
-    return {"color": colour_for(model), "linestyle": LINESTYLES[family_of(model)]}
+    colour by depth, dashed for plain nets, solid for nets with skips -- dash-dot for the
+    pre-activation ResNets, so that preact-110 and ResNet-110 (one colour: one depth) stay apart."""
+    preact = model.lower().startswith("preact_resnet")
+    linestyle = "-." if preact else LINESTYLES[family_of(model)]
+    return {"color": colour_for(model), "linestyle": linestyle}
 
 
 def band(axis: Any, x: Sequence[float], mean: Sequence[float], std: Sequence[float],

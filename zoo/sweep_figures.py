@@ -22,7 +22,7 @@ from typing import Any
 
 from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
-from zoo.figures import FAMILY_NAMES, band, family_of, legend, plt, save, style_for
+from zoo.figures import FAMILY_NAMES, LINESTYLES, band, family_of, legend, plt, save, style_for
 
 Row = dict[str, Any]
 
@@ -64,13 +64,14 @@ def depth_series(rows: Sequence[dict[str, Any]], key: str, complement: bool = Fa
     """{(family, setting suffix): [(depth, mean, std, seeds, model)]} of a runs.csv column, in
     percent."""
     values: dict[tuple[str, str], dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
-    models: dict[int, str] = {}
+    models: dict[tuple[tuple[str, str], int], str] = {}
     for row in rows:
         if row[key] not in (None, "") and row["depth"] not in (None, ""):
             value = 1.0 - float(row[key]) if complement else float(row[key])
-            values[(row["family"], _suffix(row))][int(row["depth"])].append(100 * value)
-            models[(row["family"], int(row["depth"]))] = str(row["model"])
-    return {series: [(depth, *mean_std(by_depth[depth]), models[(series[0], depth)])
+            series = (row["family"], _suffix(row))
+            values[series][int(row["depth"])].append(100 * value)
+            models[(series, int(row["depth"]))] = str(row["model"])
+    return {series: [(depth, *mean_std(by_depth[depth]), models[(series, depth)])
                      for depth in sorted(by_depth)] for series, by_depth in values.items()}
 
 
@@ -120,12 +121,20 @@ def plot_against_depth(rows: Sequence[dict[str, Any]], key: str, what: str, path
         # Settings of one family after the first: dotted, so that the lines stay apart.
         first = not any(f == family and k < (family, suffix) for f, k in
                         ((f, (f, x)) for f, x in series))
-        linestyle = style_for(models[0])["linestyle"] if first else ":"
+        own = style_for(models[0])["linestyle"]  # pre-activation nets: dash-dot of their own
+        linestyle = own if first or own not in LINESTYLES.values() else ":"
         axis.errorbar(depths, means, yerr=stds, color="0.3" if family == "plain" else "black",
                       linestyle=linestyle, linewidth=1.4, zorder=1,
                       label=" ".join([FAMILY_NAMES[family], suffix]).strip())
         axis.scatter(depths, means, zorder=2, s=42, marker="s" if family == "plain" else "o",
                      color=[style_for(model)["color"] for model in models])
+        for depth, mean, model in zip(depths, means, models, strict=True):
+            kin = (others for (fam, _), others in series.items() if fam == family)
+            if len({p[4] for others in kin for p in others if p[0] == depth}) > 1:
+                # two nets of one family and depth (ResNet-110, preact-110): one colour and
+                # marker, so name them
+                axis.annotate(model, (depth, mean), textcoords="offset points", xytext=(7, -3),
+                              fontsize=8)
     all_depths = sorted({depth for points in series.values() for depth, *_ in points})
     if all_depths and all_depths[-1] / max(1, all_depths[0]) > 8:
         axis.set_xscale("log")

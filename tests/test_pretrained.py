@@ -137,6 +137,25 @@ def test_compiled_lightning_checkpoint(tmp_path: Path) -> None:
     assert torch.equal(net.linear.weight, source.linear.weight)
 
 
+def test_a_zoo_checkpoint_that_does_not_fit_names_the_options_it_was_trained_with(
+        tmp_path: Path) -> None:
+    # the 1000-layer experiments train narrow nets (model.widths=[4,8,16]); loading one into the
+    # default widths must say which overrides rebuild the network that fits
+    source = zoo.create("preact_resnet110", widths=(4, 8, 16), in_channels=1)
+    model = {"name": "preact_resnet110", "num_classes": 10, "in_channels": 1, "pretrained": None,
+             "memory_efficient": False, "compile": False, "widths": [4, 8, 16]}
+    torch.save({"state_dict": {f"net.{k}": v for k, v in source.state_dict().items()},
+                "hyper_parameters": {"model": model}}, tmp_path / "last.ckpt")
+    with pytest.raises(ArchitectureMismatchError, match=r"shape differs") as error:
+        zoo.create("preact_resnet110", in_channels=1, pretrained=str(tmp_path / "last.ckpt"))
+    assert str(error.value).endswith("It was trained as model=preact_resnet110 "
+                                     "model.num_classes=10 model.in_channels=1 "
+                                     "model.widths=[4,8,16]")
+    net = zoo.create("preact_resnet110", in_channels=1, widths=(4, 8, 16),
+                     pretrained=str(tmp_path / "last.ckpt"))
+    assert torch.equal(net.conv1.weight, source.conv1.weight)
+
+
 @needs_community
 def test_other_num_classes_loads_all_but_the_classifier(caplog: pytest.LogCaptureFixture) -> None:
     path = COMMUNITY / COMMUNITY_FILES["resnet20"]

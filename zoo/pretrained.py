@@ -245,6 +245,19 @@ def _listed(keys: list[str]) -> str:
     return shown + (f", ... and {more} more" if more > 0 else "")
 
 
+def _trained_as(content: Any) -> str:
+    """The model options a zoo checkpoint was trained with, as overrides to repeat (e.g. the
+    narrow ``model.widths`` of the 1000-layer experiments); empty for other files."""
+    hyper_parameters = content.get("hyper_parameters") if isinstance(content, dict) else None
+    model = hyper_parameters.get("model") if isinstance(hyper_parameters, dict) else None
+    if not isinstance(model, dict) or "name" not in model:
+        return ""
+    skipped = {"name", "pretrained", "compile", "memory_efficient"}
+    options = " ".join(f"model.{key}={value}".replace(" ", "") for key, value in model.items()
+                       if key not in skipped)
+    return f". It was trained as model={model['name']} {options}".rstrip()
+
+
 def load_pretrained(net: nn.Module, name: str, source: str | os.PathLike[str]) -> nn.Module:
     """Load ``source`` (a checkpoint path or ``"imagenet"``) into ``net`` (built as ``name``)."""
     if not isinstance(source, (str, os.PathLike)) or not str(source):
@@ -286,7 +299,7 @@ def load_pretrained(net: nn.Module, name: str, source: str | os.PathLike[str]) -
         ]
         raise ArchitectureMismatchError(
             f"{path} does not fit {name} (a checkpoint of another architecture or options?); "
-            + "; ".join(p for p in problems if p)
+            + "; ".join(p for p in problems if p) + _trained_as(content)
         )
     net.load_state_dict(state_dict, strict=True)
     num_classes = own[f"{classifier}.weight"].shape[0] if classifier else 0

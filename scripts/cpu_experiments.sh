@@ -98,6 +98,13 @@ depth_1000_preact() {  # pre-activation ResNet-1001 (clean identity path, final 
   python -m zoo.results collect "$runs/depth_1000_preact_cpu" --out "$results/depth_1000_preact"
 }
 
+depth_1000_long() {  # the original ResNet-1202 at depth_1000_preact's 744 steps: one seed only
+  # so far (29.5 min on the 2 cores, session 6); ResNet-110's 744-step reference is in depth_1000_preact
+  python train.py -m experiment=depth_1000_cpu model=resnet1202 trainer.max_epochs=8 seed=0 \
+    hydra.sweep.dir="$runs/depth_1000_long"
+  python -m zoo.results collect "$runs/depth_1000_long" --out "$results/depth_1000_long"
+}
+
 depth_1000_lr() {  # is ResNet-1202's gap to ResNet-110 a learning-rate artefact? both nets at
   # half and twice the rate of depth_1000 (lr 0.1), 3 seeds; ResNet-1202 at the lower rate one
   # seed only (it trained worse there than at 0.1; session 5 stopped its other seeds for time)
@@ -125,7 +132,7 @@ precision_parity() {  # bf16 against fp32 on the CPU: accuracy (docs/BENCHMARKS.
 
 all() {
   gradient_at_init; memory; degradation; lr_sweep; lesion; explosion; add_vs_concat; add_vs_concat_lr; add_vs_concat_time
-  depth_1000; depth_1000_zero_init; depth_1000_preact; depth_1000_lr
+  depth_1000; depth_1000_zero_init; depth_1000_preact; depth_1000_long; depth_1000_lr
   precision_parity
   python -m zoo.results redraw "$results"
 }

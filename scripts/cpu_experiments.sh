@@ -93,7 +93,7 @@ depth_1000_zero_init() {  # the recipe control: every residual branch's last BN 
 }
 
 depth_1000_preact() {  # pre-activation ResNet-1001 (clean identity path, final BN-ReLU: first
-  # loss ~2.3) against pre-activation ResNet-110 and -164 of the same width, data and budget
+  # loss ~2.3) against pre-activation ResNet-110 and ResNet-110 of the same width, data and budget
   python train.py -m experiment=depth_1000_preact_cpu hydra.sweep.dir="$runs/depth_1000_preact_cpu"
   python -m zoo.results collect "$runs/depth_1000_preact_cpu" --out "$results/depth_1000_preact"
 }

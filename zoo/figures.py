@@ -29,8 +29,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # after the backend is chosen
 
-__all__ = ["FAMILY_NAMES", "LINESTYLES", "band", "depth_of", "family_of", "legend", "plt", "save",
-           "style_for"]
+__all__ = ["FAMILY_NAMES", "LINESTYLES", "band", "depth_of", "family_of", "legend", "plt",
+           "pre_activation", "save", "style_for"]
 
 RC_PARAMS = {
     "figure.figsize": (7.5, 4.5),
@@ -102,9 +102,14 @@ def style_for(model: str) -> dict[str, Any]:
     """``dict(color=..., linestyle=...)`` for ``axis.plot(..., **style_for(name))``:
     colour by depth, dashed for plain nets, solid for nets with skips -- dash-dot for the
     pre-activation ResNets, so that preact-110 and ResNet-110 (one colour: one depth) stay apart."""
-    preact = model.lower().startswith("preact_resnet")
-    linestyle = "-." if preact else LINESTYLES[family_of(model)]
+    family = family_of(model)
+    linestyle = "-." if pre_activation(model) and family == "residual" else LINESTYLES[family]
     return {"color": colour_for(model), "linestyle": linestyle}
+
+
+def pre_activation(model: str) -> bool:
+    """He et al. 2016's nets (``preact_resnet1001``, and their plain twins ``preact_plain*``)."""
+    return model.lower().startswith("preact_")
 
 
 def band(axis: Any, x: Sequence[float], mean: Sequence[float], std: Sequence[float],

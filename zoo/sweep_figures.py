@@ -22,7 +22,17 @@ from typing import Any
 
 from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
-from zoo.figures import FAMILY_NAMES, LINESTYLES, band, family_of, legend, plt, save, style_for
+from zoo.figures import (
+    FAMILY_NAMES,
+    LINESTYLES,
+    band,
+    family_of,
+    legend,
+    plt,
+    pre_activation,
+    save,
+    style_for,
+)
 
 Row = dict[str, Any]
 
@@ -55,7 +65,7 @@ def _suffix(row: dict[str, Any]) -> str:
     Pre-activation ResNets are a series of their own beside the original ResNets: a depth both
     have (110) is two points, not one mean over two architectures."""
     options = str(row["setting"])[len(str(row["model"])):].strip()
-    preact = str(row["model"]).startswith("preact_")
+    preact = pre_activation(str(row["model"]))
     return " ".join(["pre-activation"] * preact + [options] * bool(options))
 
 
@@ -114,6 +124,11 @@ def plot_against_depth(rows: Sequence[dict[str, Any]], key: str, what: str, path
     """Mean ± std over seeds of ``key`` against depth: a line per family (plain dashed,
     residual solid), each depth's point in its colour."""
     series = depth_series(rows, key, complement)
+    # two nets of one family and depth (ResNet-110, preact-110) share colour and marker: named
+    nets_at: dict[tuple[str, int], set[str]] = defaultdict(set)
+    for (family, _), points in series.items():
+        for depth, *_, model in points:
+            nets_at[(family, depth)].add(model)
     figure, axis = plt.subplots(figsize=(7.5, 4.8))
     for (family, suffix), points in sorted(series.items()):
         depths, means, stds, _, models = zip(*points, strict=True)
@@ -129,10 +144,7 @@ def plot_against_depth(rows: Sequence[dict[str, Any]], key: str, what: str, path
         axis.scatter(depths, means, zorder=2, s=42, marker="s" if family == "plain" else "o",
                      color=[style_for(model)["color"] for model in models])
         for depth, mean, model in zip(depths, means, models, strict=True):
-            kin = (others for (fam, _), others in series.items() if fam == family)
-            if len({p[4] for others in kin for p in others if p[0] == depth}) > 1:
-                # two nets of one family and depth (ResNet-110, preact-110): one colour and
-                # marker, so name them
+            if len(nets_at[(family, depth)]) > 1:
                 axis.annotate(model, (depth, mean), textcoords="offset points", xytext=(7, -3),
                               fontsize=8)
     all_depths = sorted({depth for points in series.values() for depth, *_ in points})

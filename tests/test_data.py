@@ -322,6 +322,39 @@ def test_digits_and_fashion_recipes():
     assert datamodule("fashion_mnist", None).recipe.crop_padding == 2
 
 
+@pytest.mark.parametrize("loader", ["device", "torch"])
+def test_crop_padding_overrides_the_recipe(tmp_path, loader):
+    """data.crop_padding=0: the training images are the originals or their mirrors, no shifts;
+    the recipe's pad-2 crop shifts most of them."""
+    write_fashion(tmp_path, train=200)
+    originals = {}
+    for crop_padding, expect_all_unshifted in ((0, True), (None, False)):
+        dm = datamodule("fashion_mnist", tmp_path, val_size=10, batch_size=19, loader=loader,
+                        crop_padding=crop_padding)
+        dm.setup("fit")
+        originals = {image.numpy().tobytes() for image in dm.splits.train.images}
+        x, _ = collect(dm.train_dataloader())
+        images = unnormalise(x, dm)
+        as_is = [image.numpy().tobytes() in originals for image in images]
+        mirrored = [image.flip(-1).numpy().tobytes() in originals for image in images]
+        unshifted = [a or m for a, m in zip(as_is, mirrored, strict=True)]
+        if expect_all_unshifted:
+            assert dm.crop_padding == 0 and all(unshifted)
+            assert 0.3 < sum(mirrored) / len(mirrored) < 0.7  # the flips are still drawn
+        else:
+            assert dm.crop_padding == 2 and sum(unshifted) < len(unshifted) / 2
+
+
+@pytest.mark.parametrize("name, crop_padding, message", [
+    ("fashion_mnist", -1, "must be in 0..27"),
+    ("fashion_mnist", 28, "must be in 0..27"),
+    ("imagenet", 4, "RandomResizedCrop"),
+])
+def test_bad_crop_padding_says_what_is_allowed(name, crop_padding, message):
+    with pytest.raises(ValueError, match=message):
+        datamodule(name, None, crop_padding=crop_padding)
+
+
 def test_reshuffle_each_epoch_reproducible_with_seed():
     split = ImageArrays(torch.from_numpy(indexed_images(200, 1, 8)), torch.arange(200) % 10)
     kw = {"batch_size": 16, "mean": [0.5], "std": [0.5], "shuffle": True, "drop_last": True,

@@ -95,6 +95,7 @@ class DataConfig:
     train_subset: int | None = None
     val_size: int | None = None
     augment: bool = True
+    crop_padding: int | None = None  # None: the dataset's recipe
     download: bool = False
     seed: int = II("seed")
 

@@ -55,6 +55,7 @@ class ZooDataModule(pl.LightningDataModule):
         train_subset: int | None = None,
         val_size: int | None = 5000,
         augment: bool = True,
+        crop_padding: int | None = None,  # None: the dataset's recipe (sources.RECIPES)
         download: bool = False,
         seed: int = 0,
     ) -> None:
@@ -74,6 +75,13 @@ class ZooDataModule(pl.LightningDataModule):
             raise ValueError(f"{name} needs data.val_size (images held out for validation)")
         if len(mean) != in_channels or len(std) != in_channels:
             raise ValueError(f"data.mean and data.std need {in_channels} values (one per channel)")
+        if crop_padding is not None and name == "imagenet":
+            raise ValueError("data.crop_padding is the padded random crop of in-memory datasets; "
+                             "imagenet trains on RandomResizedCrop: leave data.crop_padding=null")
+        if crop_padding is not None and not 0 <= crop_padding < image_size:
+            raise ValueError(f"data.crop_padding must be in 0..{image_size - 1} px (0: flips only; "
+                             f"null: the {name} recipe's {self.recipe.crop_padding}), "
+                             f"got {crop_padding}")
         if batch_size < 1 or num_workers < 0 or seed < 0:
             raise ValueError("data.batch_size must be >= 1, data.num_workers and seed >= 0")
         self.name, self.root = name, root
@@ -82,6 +90,7 @@ class ZooDataModule(pl.LightningDataModule):
         self.batch_size, self.num_workers, self.loader = batch_size, num_workers, loader
         self.train_subset, self.val_size = train_subset, val_size
         self.augment, self.download, self.seed = augment, download, seed
+        self.crop_padding = self.recipe.crop_padding if crop_padding is None else crop_padding
         self.splits: InMemorySplits | None = None
         self.folders: dict[str, Any] | None = None  # ImageNet's ImageFolder datasets
         self.device = torch.device("cpu")
@@ -219,7 +228,7 @@ class ZooDataModule(pl.LightningDataModule):
                                    pin_memory=pin_memory)
         split = getattr(self.splits, split_name)
         augment = training and self.augment
-        crop_padding = self.recipe.crop_padding if augment else 0
+        crop_padding = self.crop_padding if augment else 0
         flip = self.recipe.flip and augment
         if self.loader_kind == "device":
             epoch_fn = batches_done_fn = None

@@ -98,11 +98,13 @@ depth_1000_preact() {  # pre-activation ResNet-1001 (clean identity path, final 
   python -m zoo.results collect "$runs/depth_1000_preact_cpu" --out "$results/depth_1000_preact"
 }
 
-depth_1000_long() {  # the original ResNet-1202 at depth_1000_preact's 744 steps: one seed only
-  # so far (29.5 min on the 2 cores, session 6); ResNet-110's 744-step reference is in depth_1000_preact
-  python train.py -m experiment=depth_1000_cpu model=resnet1202 trainer.max_epochs=8 seed=0 \
+depth_1000_long() {  # the original ResNet-1202 at depth_1000_preact's 744 steps, 3 seeds, beside
+  # ResNet-110's 744-step runs of depth_1000_preact (run that first). Session 6 ran seed 0 alone
+  # (29.5 min), session 7 seeds 1 and 2 side by side at one thread each (OMP_NUM_THREADS=1)
+  python train.py -m experiment=depth_1000_cpu model=resnet1202 trainer.max_epochs=8 seed=0,1,2 \
     hydra.sweep.dir="$runs/depth_1000_long"
-  python -m zoo.results collect "$runs/depth_1000_long" --out "$results/depth_1000_long"
+  python -m zoo.results collect "$runs/depth_1000_long" "$runs"/depth_1000_preact_cpu/*-resnet110-* \
+    --out "$results/depth_1000_long"
 }
 
 depth_1000_lr() {  # is ResNet-1202's gap to ResNet-110 a learning-rate artefact? both nets at

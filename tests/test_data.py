@@ -327,7 +327,6 @@ def test_crop_padding_overrides_the_recipe(tmp_path, loader):
     """data.crop_padding=0: the training images are the originals or their mirrors, no shifts;
     the recipe's pad-2 crop shifts most of them."""
     write_fashion(tmp_path, train=200)
-    originals = {}
     for crop_padding, expect_all_unshifted in ((0, True), (None, False)):
         dm = datamodule("fashion_mnist", tmp_path, val_size=10, batch_size=19, loader=loader,
                         crop_padding=crop_padding)

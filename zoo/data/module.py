@@ -2,7 +2,8 @@
 
 Every architecture sees the same splits and augmentation: splits are fixed by
 ``sources.SPLIT_SEED`` (not the run seed) and the augmentation recipe per dataset lives in
-``sources.RECIPES``. The run ``seed`` only orders the batches and draws the augmentation.
+``sources.RECIPES`` (``data.crop_padding`` overrides its crop, e.g. 0 for flips only in short
+runs). The run ``seed`` only orders the batches and draws the augmentation.
 
 Splits: CIFAR-10/100 45k/5k train/val from the official training set (He et al. 2015) and the
 official test set as test; Fashion-MNIST 55k/5k and its official test set; digits 360 test

@@ -85,6 +85,22 @@ def test_collect_writes_one_row_per_run_and_the_curves(sweep, tmp_path):
     assert meta["machine"]["cpu"] and meta["git_commit"]
 
 
+
+def test_wall_time_of_runs_from_two_sessions_leaves_out_the_gap():
+    from types import SimpleNamespace
+
+    def run(start: str, end: str) -> SimpleNamespace:
+        return SimpleNamespace(record={"started": f"2026-11-28T{start}+00:00",
+                                       "ended": f"2026-11-28T{end}+00:00"})
+
+    # a sweep: 10:00-10:30, and a second run beside it 10:10-10:40; then, a day's hours
+    # later, two runs side by side 18:00-18:20 and 18:05-18:25
+    runs = [run("18:05:00", "18:25:00"), run("10:00:00", "10:30:00"),
+            run("10:10:00", "10:40:00"), run("18:00:00", "18:20:00")]
+    assert results.wall_seconds(runs) == (40 + 25) * 60.0
+    assert results.wall_seconds([run("10:00:00", "10:30:00")]) == 1800.0
+    assert results.wall_seconds([SimpleNamespace(record={})]) is None
+
 def test_redraw_draws_the_degradation_figures_and_a_mean_std_table(sweep, tmp_path):
     out = tmp_path / "results" / "degradation"
     results.collect([sweep], out, argv=[])

@@ -113,10 +113,20 @@ def _reference_lr(run_dir: Path) -> float | None:
 
 
 def wall_seconds(runs: Sequence[Any]) -> float | None:
-    """From the first run's start to the last run's end, as their records say."""
-    starts = [datetime.fromisoformat(r.record["started"]) for r in runs if r.record.get("started")]
-    ends = [datetime.fromisoformat(r.record["ended"]) for r in runs if r.record.get("ended")]
-    return round((max(ends) - min(starts)).total_seconds(), 1) if starts and ends else None
+    """Seconds during which at least one of the runs was running: from the first start to the
+    last end of a sweep, but without the gaps between runs collected from different sessions."""
+    spans = sorted((datetime.fromisoformat(r.record["started"]),
+                    datetime.fromisoformat(r.record["ended"]))
+                   for r in runs if r.record.get("started") and r.record.get("ended"))
+    if not spans:
+        return None
+    total, (start, end) = 0.0, spans[0]
+    for next_start, next_end in spans[1:]:
+        if next_start > end:  # a gap: close the busy stretch so far
+            total += (end - start).total_seconds()
+            start = next_start
+        end = max(end, next_end)
+    return round(total + (end - start).total_seconds(), 1)
 
 
 def collect(paths: Sequence[Path | str], out_dir: Path | str,
@@ -140,7 +150,7 @@ def collect(paths: Sequence[Path | str], out_dir: Path | str,
         "machine": machine(),
         "torch": sorted({str(r.record["torch"]) for r in runs if r.record.get("torch")})
         or [torch.__version__],
-        "wall_seconds": wall_seconds(runs),  # of the sweep, first start to last end
+        "wall_seconds": wall_seconds(runs),  # while any run was running
         "fit_seconds_total": round(sum(row["fit_seconds"] or 0.0 for row in rows), 1),
         "git_commit": git_commit(),
         "collect_seconds": round(time.perf_counter() - started, 2),

@@ -108,13 +108,13 @@ depth_1000_long() {  # the original ResNet-1202 at depth_1000_preact's 744 steps
 }
 
 depth_1000_lr() {  # is ResNet-1202's gap to ResNet-110 a learning-rate artefact? both nets at
-  # half and twice the rate of depth_1000 (lr 0.1), 3 seeds; ResNet-1202 at the lower rate one
-  # seed only (it trained worse there than at 0.1; session 5 stopped its other seeds for time)
+  # half and twice the rate of depth_1000 (lr 0.1), 3 seeds (ResNet-1202 at lr 0.05: seed 0 in
+  # session 5, seeds 1-2 side by side at one thread each in session 7)
   python train.py -m experiment=depth_1000_cpu model=resnet110 optim.lr=0.05,0.2 \
     hydra.sweep.dir="$runs/depth_1000_lr"
   python train.py -m experiment=depth_1000_cpu model=resnet1202 optim.lr=0.2 \
     hydra.sweep.dir="$runs/depth_1000_lr_b"
-  python train.py -m experiment=depth_1000_cpu model=resnet1202 optim.lr=0.05 seed=0 \
+  python train.py -m experiment=depth_1000_cpu model=resnet1202 optim.lr=0.05 \
     hydra.sweep.dir="$runs/depth_1000_lr_c"
   python -m zoo.results collect "$runs/depth_1000_cpu" "$runs/depth_1000_lr" "$runs/depth_1000_lr_b" \
     "$runs/depth_1000_lr_c" --out "$results/depth_1000_lr"

@@ -80,7 +80,7 @@ class ZooDataModule(pl.LightningDataModule):
             raise ValueError("data.crop_padding is the padded random crop of in-memory datasets; "
                              "imagenet trains on RandomResizedCrop: leave data.crop_padding=null")
         if crop_padding is not None and not 0 <= crop_padding < image_size:
-            raise ValueError(f"data.crop_padding must be in 0..{image_size - 1} px (0: flips only; "
+            raise ValueError(f"data.crop_padding must be in 0..{image_size - 1} px (0: no crop; "
                              f"null: the {name} recipe's {self.recipe.crop_padding}), "
                              f"got {crop_padding}")
         if batch_size < 1 or num_workers < 0 or seed < 0:

@@ -85,7 +85,6 @@ def test_collect_writes_one_row_per_run_and_the_curves(sweep, tmp_path):
     assert meta["machine"]["cpu"] and meta["git_commit"]
 
 
-
 def test_wall_time_of_runs_from_two_sessions_leaves_out_the_gap():
     from types import SimpleNamespace
 
@@ -100,6 +99,7 @@ def test_wall_time_of_runs_from_two_sessions_leaves_out_the_gap():
     assert results.wall_seconds(runs) == (40 + 25) * 60.0
     assert results.wall_seconds([run("10:00:00", "10:30:00")]) == 1800.0
     assert results.wall_seconds([SimpleNamespace(record={})]) is None
+
 
 def test_redraw_draws_the_degradation_figures_and_a_mean_std_table(sweep, tmp_path):
     out = tmp_path / "results" / "degradation"

@@ -56,7 +56,7 @@ from IPython.display import Image, Markdown, display
 
 import zoo
 from zoo import experiments, results
-from zoo.experiments.lesion import lesion_finding
+from zoo.experiments.lesion_figures import lesion_finding
 from zoo.experiments.memory import memory_rows
 
 WORK = Path(tempfile.mkdtemp(prefix="skip_connections_"))  # removed by the last cell

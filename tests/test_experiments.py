@@ -14,7 +14,7 @@ import torch
 
 import zoo
 from zoo import experiments, report
-from zoo.experiments import gradients, lesion, memory, tidy
+from zoo.experiments import gradients, lesion, lesion_figures, memory, tidy
 from zoo.experiments.__main__ import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -234,8 +234,9 @@ def test_lesion_and_memory_figures_redraw_from_their_csv_files(tmp_path):
     tidy.write_csv(lesion_dir / "lesion_single.csv", single, lesion.SINGLE_COLUMNS)
     tidy.write_csv(lesion_dir / "lesion_random.csv", randomised, lesion.RANDOM_COLUMNS)
     tidy.write_meta(lesion_dir, "lesion", 1.0, ["lesion"])
-    finding = lesion.lesion_finding(tidy.read_csv(lesion_dir / "lesion_single.csv"))
-    assert "plain20 85% -> median 20%" in finding and "resnet20 95% -> median 91%" in finding
+    finding = lesion_figures.lesion_finding(tidy.read_csv(lesion_dir / "lesion_single.csv"))
+    # 90% of intact: plain20 (mean 0.85) keeps none of u1, u3, u4; resnet20 (0.95) all three
+    assert finding.endswith("plain20 0/3, resnet20 3/3")
     row = {"skip": "x", "device": "cpu", "batch_size": 64, "image_size": 32, "parameters": 1,
            "weights_mb": 1.0, "saved_for_backward_mb": 2.0, "step_time_ms": 1.0, "measured_by": "m"}
     nets = [("resnet56", 56, "comparison", 10.0), ("densenet_bc_40_12", 40, "densenet_depth", 20.0),
@@ -316,11 +317,17 @@ def test_degradation_sweep_tiny_then_report_and_lesion(tmp_path):
     assert "| resnet56 |" in written["summary"].read_text()
 
     checkpoints = [runs[0], runs[2] / "checkpoints" / "last.ckpt"]  # a run directory, a file
-    rows, randomised = experiments.lesion_runs(checkpoints, split="val", max_images=64,
-                                               max_deleted=2, draws=2, bf16=True)
+    rows, randomised = experiments.lesion_runs(
+        checkpoints, split="val", max_images=64, max_deleted=2, draws=2, bf16=True,
+        random_max_images=32, calibration_images=64, gain_images=32)
     assert {(r["model"], r["k"]) for r in randomised} == {
         (m, k) for m in ("plain20", "resnet20") for k in range(3)}
-    assert all(r["images"] == 64 and r["chance"] == 0.1 for r in rows + randomised)
+    assert all(r["images"] == 64 and r["chance"] == 0.1 and r["seed"] == 0 for r in rows)
+    assert all(r["images"] == 32 for r in randomised)  # the k-random subset
+    deletable = [r for r in rows if r["deleted"] != "cannot be deleted"]
+    assert all(0 <= r["accuracy_bn_reestimated"] <= 1 for r in deletable)  # the control ran
+    gains = {r["model"]: r["residual_gain"] for r in rows if r["unit_name"] == "layer1.0"}
+    assert gains["resnet20"] > 0 and math.isnan(gains["plain20"])  # plain blocks have no gain
     assert {r["model"] for r in rows} == {"plain20", "resnet20"}
     resnet_rows = [r for r in rows if r["model"] == "resnet20" and r["unit_index"] >= 0]
     assert [r["deleted"] for r in resnet_rows] == ["shortcut only"] * 9

@@ -149,3 +149,61 @@ def test_deleting_zero_initialised_residual_blocks_keeps_accuracy_exactly():
             assert accuracies == [1.0] * len(accuracies)
         else:
             assert min(accuracies) < 0.9
+
+
+def test_batchnorm_reestimation_uses_the_calibration_images_and_puts_everything_back():
+    torch.manual_seed(0)
+    net = zoo.create("resnet8", num_classes=10, in_channels=1).eval()
+    first_bn = net.bn1
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    images = torch.randn(16, 1, 12, 12) * 3 + 2
+    with experiments.reestimated_batchnorm(net, [(images[:8], None), (images[8:], None)]):
+        assert not net.training
+        # the stem's BN sees conv1's output: its running mean is that output's channel mean
+        # over all 16 images (a cumulative average, not an exponential one of the last batch)
+        expected = net.conv1(images).mean(dim=(0, 2, 3))
+        torch.testing.assert_close(first_bn.running_mean, expected, rtol=1e-4, atol=1e-4)
+    after = net.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert first_bn.momentum == 0.1 and not net.training
+
+
+def test_random_draws_differ_between_training_seeds_and_repeat_for_one():
+    blocks = lesion.deletable_blocks(zoo.create("resnet56", num_classes=10))
+    seed0 = lesion.random_deletions(blocks, 4, 20, seed="0:0")
+    assert seed0 == lesion.random_deletions(blocks, 4, 20, seed="0:0")
+    assert len(seed0) == 4 * 20 and len({names for _, _, names in seed0}) == 80
+    seed1 = lesion.random_deletions(blocks, 4, 20, seed="0:1")
+    # k >= 2: 300+ possible sets, so independent draws of 20 share only a few by chance
+    shared = {n for k, _, n in seed0 if k >= 2} & {n for k, _, n in seed1 if k >= 2}
+    assert len(shared) < 10
+
+
+def test_lesion_statistics_use_the_sample_std_and_the_90_percent_rule():
+    from zoo.experiments import lesion_figures
+
+    assert lesion_figures.mean_std([1.0, 2.0, 3.0]) == (2.0, 1.0)  # n - 1, not n (0.816)
+    rows = [{"run": r, "model": "m", "unit_name": u, "deleted": "intact" if u == "none" else "x",
+             "downsampling": u == "d", "accuracy": a}
+            for r, accs in (("a", (0.9, 0.85, 0.5, 0.80)), ("b", (0.9, 0.83, 0.5, 0.82)))
+            for u, a in zip(("none", "u1", "d", "u2"), accs, strict=True)]
+    # u1: mean 0.84 >= 0.81 kept; u2: 0.81 >= 0.81 kept at the border; d: downsampling, not counted
+    assert lesion_figures.kept_fraction(rows) == (2, 2)
+    assert lesion_figures.kept_fraction(rows, share=0.95) == (0, 2)
+
+
+def test_gain_against_cost_pairs_each_residual_block_with_its_deletion():
+    from zoo.experiments import lesion_figures
+
+    rows = [{"run": "r", "model": "resnet20", "unit_name": f"b{i}", "downsampling": i == 2,
+             "deleted": "intact" if i == 0 else "shortcut only", "accuracy": acc,
+             "residual_gain": gain}
+            for i, (acc, gain) in enumerate([(0.9, math.nan), (0.5, 2.0), (0.1, 9.0),
+                                             (0.85, 0.2), (0.7, 1.0)])]
+    points = lesion_figures.gain_and_cost(rows)
+    assert [(p["unit_name"], round(p["cost"], 6)) for p in points] == [
+        ("b1", 40.0), ("b3", 5.0), ("b4", 20.0)]  # the downsampling b2 is left out
+    assert lesion_figures.spearman([p["gain"] for p in points], [p["cost"] for p in points]) == \
+        pytest.approx(1.0)
+    assert "does not predict" in lesion_figures.gain_finding(0.1)
+    assert "the less its deletion costs" in lesion_figures.gain_finding(0.6)

@@ -21,21 +21,22 @@ from zoo.experiments.gradients import (
 from zoo.experiments.lesion import (
     LesionError,
     ShortcutOnly,
-    lesion_checkpoints,
     lesion_network,
     lesion_random,
     lesion_runs,
     lesioned,
     load_network,
-    plot_lesion,
     random_deletions,
+    reestimated_batchnorm,
 )
+from zoo.experiments.lesion_figures import plot_gain_against_cost, plot_lesion
 from zoo.experiments.memory import measure_memory, plot_memory
 from zoo.experiments.tidy import markdown_table, read_csv, write_csv, write_meta
 
 __all__ = [
-    "LesionError", "ShortcutOnly", "gradient_at_init", "gradient_nets", "lesion_checkpoints",
+    "LesionError", "ShortcutOnly", "gradient_at_init", "gradient_nets",
     "lesion_network", "lesion_random", "lesion_runs", "lesioned", "load_network", "markdown_table",
-    "measure_memory", "plot_gradient_at_init", "plot_lesion", "plot_memory", "random_deletions",
-    "read_csv", "summarise_gradients", "write_csv", "write_meta",
+    "measure_memory", "plot_gain_against_cost", "plot_gradient_at_init", "plot_lesion",
+    "plot_memory", "random_deletions", "read_csv", "reestimated_batchnorm", "summarise_gradients",
+    "write_csv", "write_meta",
 ]

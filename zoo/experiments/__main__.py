@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from zoo.experiments import gradients, lesion, memory
+from zoo.experiments import gradients, lesion, lesion_figures, memory
 from zoo.experiments.tidy import markdown_table, read_csv, read_meta, write_csv, write_meta
 from zoo.schemas import load_group_file
 
@@ -62,6 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="largest k of the k-random curve (0: none)")
     les.add_argument("--draws", type=int, default=10, help="random sets of blocks per k")
     les.add_argument("--seed", type=int, default=0, help="seed of the random draws")
+    les.add_argument("--random-max-images", type=int, default=0,
+                     help="evaluate the k-random draws on the first N images (0: as --max-images)")
+    les.add_argument("--calibration-images", type=int, default=0,
+                     help="also evaluate every deletion with BatchNorm statistics re-estimated "
+                          "on N training images (0: no control)")
+    les.add_argument("--gain-images", type=int, default=512,
+                     help="measure each block's residual gain on N evaluation images (0: none)")
     les.add_argument("--bf16", action="store_true",
                      help="evaluate under bf16 autocast (faster on CPUs)")
     les.add_argument("--device", default=DEFAULT_DEVICE)
@@ -89,7 +96,10 @@ def check_arguments(args: argparse.Namespace) -> None:
     for key, flag in positive.items():
         if getattr(args, key, 1) < 1:
             raise ValueError(f"{flag} must be at least 1")
-    for key, flag in (("max_images", "--max-images"), ("max_deleted", "--max-deleted")):
+    for key, flag in (("max_images", "--max-images"), ("max_deleted", "--max-deleted"),
+                      ("random_max_images", "--random-max-images"),
+                      ("calibration_images", "--calibration-images"),
+                      ("gain_images", "--gain-images")):
         if getattr(args, key, 0) < 0:
             raise ValueError(f"{flag} must be 0 or more")
 
@@ -117,14 +127,17 @@ def run_lesion(args: argparse.Namespace) -> list[str]:
         data_cfg["seed"] = 0  # the seed interpolation points outside the data group
     single, randomised = lesion.lesion_runs(
         args.checkpoints, data_cfg, args.split, args.max_images or None, args.max_deleted,
-        args.draws, args.seed, args.bf16, args.device)
+        args.draws, args.seed, args.bf16, args.device,
+        random_max_images=args.random_max_images or None,
+        calibration_images=args.calibration_images, gain_images=args.gain_images)
     write_csv(args.out / LESION_FILES[0], single, lesion.SINGLE_COLUMNS)
     files = [LESION_FILES[0]]
     if randomised:
         write_csv(args.out / LESION_FILES[1], randomised, lesion.RANDOM_COLUMNS)
         files.append(LESION_FILES[1])
     redraw_lesion(args.out)
-    print(markdown_table(single, ["model", "unit_name", "downsampling", "deleted", "accuracy"]))
+    print(markdown_table(single, ["run", "unit_name", "downsampling", "deleted", "residual_gain",
+                                  "accuracy", "accuracy_bn_reestimated"]))
     return files
 
 
@@ -154,7 +167,10 @@ def redraw_gradients(folder: Path, figures: Path | None = None) -> list[Path]:
 def redraw_lesion(folder: Path, figures: Path | None = None) -> list[Path]:
     random_file = folder / LESION_FILES[1]
     randomised = read_csv(random_file) if random_file.is_file() else []
-    return [lesion.plot_lesion(read_csv(folder / LESION_FILES[0]), figures or folder, randomised)]
+    single = read_csv(folder / LESION_FILES[0])
+    drawn = [lesion_figures.plot_lesion(single, figures or folder, randomised),
+             lesion_figures.plot_gain_against_cost(single, figures or folder)]
+    return [path for path in drawn if path is not None]
 
 
 def redraw_memory(folder: Path, figures: Path | None = None) -> list[Path]:

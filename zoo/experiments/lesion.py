@@ -5,16 +5,23 @@ Networks": deleting one block of a trained ResNet-110 barely changes its CIFAR-1
 (Figure 3, except the downsampling blocks), and the error grows smoothly with the number k of
 blocks deleted at random (Figure 5); the same deletion ruins a plain (VGG-style) net.
 
-Two measurements on a trained checkpoint, evaluated in eval mode under ``torch.inference_mode``
-(optionally in bf16 autocast, for speed), by default on the whole test split:
+Measured on a trained checkpoint in eval mode (optionally in bf16 autocast), by default on the
+whole test split:
 
 * every block deleted in turn (:func:`lesion_network`);
 * k of the non-downsampling blocks deleted at once, several seeded random draws per k
-  (:func:`random_deletions`, :func:`lesion_random`); a plain and a residual net of the same
-  depth get the same draws, since the blocks that can be deleted are at the same places.
+  (:func:`random_deletions`, :func:`lesion_random`), seeded by the run's own training seed so
+  that the seeds of a sweep are independent samples; a plain and a residual net of the same
+  depth and seed get the same draws, since the blocks that can be deleted are at the same places.
+
+Two additions per block: a control that re-estimates the BatchNorm statistics after the
+deletion on training images (:func:`reestimated_batchnorm`: is the block's computation needed, or
+were the layers after it only calibrated to its output statistics?), and the block's residual
+gain ``||f(x)|| / ||x||``, to set "a block that learned to do little" against its deletion's cost.
 
 A deleted residual block keeps its shortcut (``relu(shortcut(x))``, :class:`ShortcutOnly`); a
 deleted plain block is bypassed (the identity), which only a block that keeps the shape allows.
+Figures: :mod:`zoo.experiments.lesion_figures`.
 """
 
 from __future__ import annotations
@@ -23,7 +30,6 @@ import itertools
 import json
 import math
 import random
-import statistics
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -32,13 +38,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from zoo.measure.gradients import residual_gains
 from zoo.models.common import DepthUnit, SkipBlock
 
 Batches = Sequence[tuple[torch.Tensor, torch.Tensor]]
-SINGLE_COLUMNS = ["run", "model", "skip", "split", "images", "chance", "unit_index", "unit_name",
-                  "stage", "downsampling", "deleted", "accuracy"]
-RANDOM_COLUMNS = ["run", "model", "skip", "split", "images", "chance", "k", "draw", "deleted_units",
-                  "accuracy"]
+SINGLE_COLUMNS = ["run", "model", "skip", "seed", "split", "images", "chance", "unit_index",
+                  "unit_name", "stage", "downsampling", "deleted", "residual_gain", "accuracy",
+                  "accuracy_bn_reestimated"]
+RANDOM_COLUMNS = ["run", "model", "skip", "seed", "split", "images", "chance", "k", "draw",
+                  "deleted_units", "accuracy"]
 
 
 class LesionError(ValueError):
@@ -127,7 +135,7 @@ def deletable_blocks(net: nn.Module) -> list[str]:
 
 
 def random_deletions(blocks: Sequence[str], max_deleted: int, draws: int,
-                     seed: int = 0) -> list[tuple[int, int, tuple[str, ...]]]:
+                     seed: int | str = 0) -> list[tuple[int, int, tuple[str, ...]]]:
     """``(k, draw, blocks to delete)`` for k = 1..max_deleted: ``draws`` distinct random sets of
     k blocks per k (all of them when there are fewer), each set in depth order.
 
@@ -160,26 +168,87 @@ def accuracy(net: nn.Module, batches: Batches, bf16: bool = False) -> float:
     return correct / max(1, total)
 
 
-def lesion_network(net: nn.Module, batches: Batches, bf16: bool = False) -> list[dict[str, Any]]:
-    """Accuracy with each unit deleted in turn; ``unit_index`` -1 is the intact network."""
+@contextmanager
+def reestimated_batchnorm(net: nn.Module, batches: Batches | None,
+                          bf16: bool = False) -> Iterator[None]:
+    """BatchNorm running statistics re-estimated on ``batches`` (cumulative averages, train-mode
+    forward passes without gradients) for the ``with`` block, then put back with every module's
+    mode; weights are untouched. Nothing happens when ``batches`` is None."""
+    norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if batches is None or not norms:
+        yield
+        return
+    saved = [(m, m.momentum, {k: b.clone() for k, b in m.named_buffers(recurse=False)})
+             for m in norms]
+    modes = [(module, module.training) for module in net.modules()]
+    try:
+        for norm in norms:
+            norm.reset_running_stats()
+            norm.momentum = None  # a cumulative average over all calibration batches
+        net.train()
+        with torch.no_grad():
+            for images, _ in batches:
+                with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=bf16):
+                    net(images)
+        net.eval()
+        yield
+    finally:
+        for norm, momentum, buffers in saved:
+            norm.momentum = momentum
+            for key, value in buffers.items():
+                getattr(norm, key).copy_(value)
+        for module, training in modes:
+            module.training = training
+
+
+def _gains(net: nn.Module, batches: Batches) -> dict[int, float]:
+    """Residual gain ||f(x)|| / ||x|| of each block with a skip, by depth-unit index, averaged
+    over the evaluation batches (fp32: the gain is a measurement, not a speed-critical pass)."""
+    totals: dict[int, float] = {}
+    for images, _ in batches:
+        for index, _unit, gain in residual_gains(net, images):
+            totals[index] = totals.get(index, 0.0) + gain * len(images)
+    count = sum(len(images) for images, _ in batches)
+    return {index: total / count for index, total in totals.items()}
+
+
+def lesion_network(net: nn.Module, batches: Batches, bf16: bool = False,
+                   calibration: Batches | None = None,
+                   gain_batches: Batches | None = None) -> list[dict[str, Any]]:
+    """Accuracy with each unit deleted in turn; ``unit_index`` -1 is the intact network.
+
+    With ``calibration`` batches, each row also has ``accuracy_bn_reestimated``: the same
+    network (intact or lesioned) with its BatchNorm statistics re-estimated on them. With
+    ``gain_batches``, each residual block's row has its ``residual_gain`` (NaN otherwise).
+    """
+    def measure() -> dict[str, float]:
+        result = {"accuracy": accuracy(net, batches, bf16), "accuracy_bn_reestimated": math.nan}
+        if calibration is not None:
+            with reestimated_batchnorm(net, calibration, bf16):
+                result["accuracy_bn_reestimated"] = accuracy(net, batches, bf16)
+        return result
+
+    gains = _gains(net, gain_batches) if gain_batches is not None else {}
     rows = [{"unit_index": -1, "unit_name": "none", "stage": "", "downsampling": False,
-             "deleted": "intact", "accuracy": accuracy(net, batches, bf16)}]
+             "deleted": "intact", "residual_gain": math.nan, **measure()}]
     for index, unit in enumerate(net.depth_units()):
         if unit.stage in ("stem", "head"):
             continue
         row = {"unit_index": index, "unit_name": unit.name, "stage": unit.stage,
-               "downsampling": not keeps_shape(unit.module)}
+               "downsampling": not keeps_shape(unit.module),
+               "residual_gain": gains.get(index, math.nan)}
         try:
             with lesioned(net, unit.name) as replacement:
                 kind = "shortcut only" if isinstance(replacement, ShortcutOnly) else "bypassed"
-                rows.append({**row, "deleted": kind, "accuracy": accuracy(net, batches, bf16)})
+                rows.append({**row, "deleted": kind, **measure()})
         except LesionError:
-            rows.append({**row, "deleted": "cannot be deleted", "accuracy": math.nan})
+            rows.append({**row, "deleted": "cannot be deleted", "accuracy": math.nan,
+                         "accuracy_bn_reestimated": math.nan})
     return rows
 
 
-def lesion_random(net: nn.Module, batches: Batches, max_deleted: int, draws: int, seed: int = 0,
-                  bf16: bool = False) -> list[dict[str, Any]]:
+def lesion_random(net: nn.Module, batches: Batches, max_deleted: int, draws: int,
+                  seed: int | str = 0, bf16: bool = False) -> list[dict[str, Any]]:
     """Accuracy with k random non-downsampling blocks deleted; k = 0 is the intact network."""
     rows = [{"k": 0, "draw": 0, "deleted_units": "", "accuracy": accuracy(net, batches, bf16)}]
     for k, draw, names in random_deletions(deletable_blocks(net), max_deleted, draws, seed):
@@ -226,6 +295,19 @@ def run_data_config(checkpoint: Path) -> dict[str, Any]:
     return data
 
 
+def _first_images(loader: Any, max_images: int | None,
+                  device: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    batches, count = [], 0
+    for images, labels in loader:
+        if max_images is not None and count + len(labels) > max_images:
+            images, labels = images[: max_images - count], labels[: max_images - count]
+        batches.append((images.to(device), labels.to(device)))
+        count += len(labels)
+        if max_images is not None and count >= max_images:
+            break
+    return batches
+
+
 def evaluation_batches(data_cfg: Any, split: str, max_images: int | None,
                        device: str = "cpu") -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The split's images and labels, on ``device``; all of them when ``max_images`` is None."""
@@ -236,15 +318,35 @@ def evaluation_batches(data_cfg: Any, split: str, max_images: int | None,
     datamodule = build_datamodule(data_cfg)
     datamodule.setup("test")
     loader = datamodule.val_dataloader() if split == "val" else datamodule.test_dataloader()
-    batches, count = [], 0
-    for images, labels in loader:
-        if max_images is not None and count + len(labels) > max_images:
-            images, labels = images[: max_images - count], labels[: max_images - count]
-        batches.append((images.to(device), labels.to(device)))
-        count += len(labels)
-        if max_images is not None and count >= max_images:
-            break
-    return batches
+    return _first_images(loader, max_images, device)
+
+
+def calibration_batches(data_cfg: Any, images: int,
+                        device: str = "cpu") -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``images`` training images (the run's training split, no augmentation, seeded shuffle)
+    for re-estimating BatchNorm statistics; never the evaluation split."""
+    from zoo.data import build_datamodule
+
+    data_cfg = dict(data_cfg)
+    data_cfg.update(num_workers=0, loader="torch", augment=False)
+    datamodule = build_datamodule(data_cfg)
+    datamodule.setup("fit")
+    return _first_images(datamodule.train_dataloader(), images, device)
+
+
+def _run_facts(checkpoint: Path, model_cfg: dict[str, Any], split: str,
+               batches: Batches) -> dict[str, Any]:
+    from zoo.models import describe
+    from zoo.runs import read_run, run_dir_above
+
+    run_dir = run_dir_above(checkpoint)
+    seed = read_run(run_dir).seed if run_dir is not None else None
+    in_run = checkpoint.parent.name == "checkpoints"
+    return {"run": checkpoint.parent.parent.name if in_run else checkpoint.stem,
+            "model": model_cfg["name"], "skip": describe(model_cfg["name"])["skip"],
+            "seed": seed if isinstance(seed, int) else "", "checkpoint": str(checkpoint),
+            "split": split, "images": sum(len(b[1]) for b in batches),
+            "chance": 1.0 / int(model_cfg.get("num_classes") or 10)}
 
 
 def lesion_runs(
@@ -257,141 +359,41 @@ def lesion_runs(
     seed: int = 0,
     bf16: bool = False,
     device: str = "cpu",
+    random_max_images: int | None = None,
+    calibration_images: int = 0,
+    gain_images: int = 0,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Single-block rows and k-random rows (none when ``max_deleted`` is 0) of every checkpoint
-    (a ``.ckpt`` file or a run directory); the data is each run's own unless ``data_cfg``."""
-    from zoo.figures import family_of
+    (a ``.ckpt`` file or a run directory); the data is each run's own unless ``data_cfg``.
 
+    ``random_max_images`` evaluates the k-random draws on the first N images only (None: as
+    many as the single deletions); ``calibration_images`` > 0 adds the BatchNorm re-estimation
+    control on that many training images; ``gain_images`` > 0 measures each block's residual
+    gain on that many evaluation images. The draws are seeded by ``seed`` and the run's own
+    training seed: different subsets for different seeds.
+    """
     single, randomised, cache = [], [], {}
     for path in checkpoints:
         checkpoint = checkpoint_path(path)
         run_data = dict(data_cfg) if data_cfg is not None else run_data_config(checkpoint)
         key = json.dumps(run_data, sort_keys=True, default=str)
-        if key not in cache:  # runs of one sweep share their test set: load it once
-            cache = {key: evaluation_batches(run_data, split, max_images, device)}
-        batches = cache[key]
+        if key not in cache:  # runs of one sweep share their data: load it once
+            cache = {key: {"eval": evaluation_batches(run_data, split, max_images, device)}}
+            if calibration_images > 0:
+                cache[key]["calibration"] = calibration_batches(run_data, calibration_images,
+                                                                device)
+        batches = cache[key]["eval"]
         net, model_cfg = load_network(checkpoint)
         net = net.to(device)
-        in_run = checkpoint.parent.name == "checkpoints"
-        run = checkpoint.parent.parent.name if in_run else checkpoint.stem
-        facts = {"run": run, "model": model_cfg["name"], "skip": family_of(model_cfg["name"]),
-                 "checkpoint": str(checkpoint), "split": split,
-                 "images": sum(len(b[1]) for b in batches),
-                 "chance": 1.0 / int(model_cfg.get("num_classes") or 10)}
-        single += [{**facts, **row} for row in lesion_network(net, batches, bf16)]
+        facts = _run_facts(checkpoint, model_cfg, split, batches)
+        gain_batches = _first_images(batches, gain_images, device) if gain_images > 0 else None
+        single += [{**facts, **row} for row in lesion_network(
+            net, batches, bf16, cache[key].get("calibration"), gain_batches)]
         if max_deleted > 0:
-            rows = lesion_random(net, batches, max_deleted, draws, seed, bf16)
-            randomised += [{**facts, **row} for row in rows]
+            subset = batches if random_max_images is None else \
+                _first_images(batches, random_max_images, device)
+            rows = lesion_random(net, subset, max_deleted, draws, f"{seed}:{facts['seed']}", bf16)
+            images = sum(len(b[1]) for b in subset)
+            randomised += [{**facts, "images": images, **row} for row in rows]
     return single, randomised
 
-
-def lesion_checkpoints(checkpoints: Sequence[Path], data_cfg: Any | None = None,
-                       split: str = "test", max_images: int | None = None) -> list[dict[str, Any]]:
-    """The single-block rows of :func:`lesion_runs` (each block deleted in turn)."""
-    return lesion_runs(checkpoints, data_cfg, split, max_images)[0]
-
-
-# ---------------------------------------------------------------- figure (from tidy rows)
-# Runs of one model (its seeds) are pooled: each point is the mean over runs (and draws), the
-# bar their std, so that a sweep with seeds gives one curve per model.
-
-
-def _by_model(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    return {model: [r for r in rows if r["model"] == model]
-            for model in dict.fromkeys(r["model"] for r in rows)}
-
-
-def _label(model: str, rows: Sequence[dict[str, Any]]) -> str:
-    runs = len({r["run"] for r in rows})
-    return model if runs == 1 else f"{model} ({runs} runs)"
-
-
-def _mean_std(values: Sequence[float]) -> tuple[float, float]:
-    if any(math.isnan(v) for v in values):  # a block that cannot be deleted
-        return math.nan, math.nan
-    return statistics.fmean(values), statistics.pstdev(values) if len(values) > 1 else 0.0
-
-
-def _per_block(mine: Sequence[dict[str, Any]]) -> tuple[float, list[dict[str, Any]]]:
-    """Mean intact accuracy and, per deleted block in depth order, the mean ± std over runs."""
-    intact = statistics.fmean(r["accuracy"] for r in mine if r["deleted"] == "intact")
-    blocks = list(dict.fromkeys(r["unit_name"] for r in mine if r["deleted"] != "intact"))
-    points = []
-    for name in blocks:
-        rows = [r for r in mine if r["unit_name"] == name]
-        mean, std = _mean_std([r["accuracy"] for r in rows])
-        points.append({"mean": mean, "std": std, "downsampling": rows[0]["downsampling"]})
-    return intact, points
-
-
-def lesion_finding(single_rows: Sequence[dict[str, Any]]) -> str:
-    """Per model: the median accuracy with one non-downsampling block deleted, against intact."""
-    parts = []
-    for model, mine in _by_model(single_rows).items():
-        intact, points = _per_block(mine)
-        one = [p["mean"] for p in points if not p["downsampling"] and not math.isnan(p["mean"])]
-        if one:
-            parts.append(f"{model} {intact:.0%} -> median {statistics.median(one):.0%}")
-    chance = single_rows[0]["chance"]
-    return f"One block deleted: {', '.join(parts)} (chance {chance:.0%})"
-
-
-def _draw_single(axis: Any, single_rows: Sequence[dict[str, Any]]) -> None:
-    from zoo.figures import style_for
-
-    for model, mine in _by_model(single_rows).items():
-        style = style_for(model)
-        intact, points = _per_block(mine)
-        xs = list(range(1, len(points) + 1))
-        axis.errorbar(xs, [p["mean"] for p in points], yerr=[p["std"] for p in points],
-                      marker=".", label=f"{_label(model, mine)} (intact {intact:.2f})", **style)
-        axis.axhline(intact, color=style["color"], linestyle=":", linewidth=1)
-        down = [(x, p["mean"]) for x, p in zip(xs, points, strict=True)
-                if p["downsampling"] and not math.isnan(p["mean"])]
-        axis.plot([x for x, _ in down], [a for _, a in down], "o", fillstyle="none",
-                  color=style["color"])
-        refused = [x for x, p in zip(xs, points, strict=True) if math.isnan(p["mean"])]
-        axis.plot(refused, [0.0] * len(refused), "x", color=style["color"])
-    axis.set(xlabel="deleted block (1 = first after the stem; o: downsampling, x: not deletable)",
-             ylabel=f"{single_rows[0]['split']} accuracy", ylim=(0, 1.02),
-             title=lesion_finding(single_rows))
-
-
-def _draw_random(axis: Any, random_rows: Sequence[dict[str, Any]]) -> None:
-    from zoo.figures import style_for
-
-    parts = []
-    for model, mine in _by_model(random_rows).items():
-        ks = sorted({r["k"] for r in mine})
-        points = [_mean_std([r["accuracy"] for r in mine if r["k"] == k]) for k in ks]
-        axis.errorbar(ks, [m for m, _ in points], yerr=[s for _, s in points], marker=".",
-                      label=_label(model, mine), **style_for(model))
-        parts.append(f"{model} {points[-1][0]:.0%} at k={ks[-1]}")
-    counts = [(r["model"], r["k"]) for r in random_rows]
-    most = max(counts.count(key) for key in set(counts))
-    axis.set(xlabel="k: non-downsampling blocks deleted at random", ylim=(0, 1.02),
-             ylabel=f"accuracy (mean ± std over up to {most} runs x draws)",
-             title="k random blocks deleted: " + ", ".join(parts))
-
-
-def plot_lesion(single_rows: Sequence[dict[str, Any]], out_dir: Path,
-                random_rows: Sequence[dict[str, Any]] = ()) -> Path:
-    """Accuracy with each block deleted (left) and with k random blocks deleted (right, when
-    there are k-random rows); chance level drawn in both."""
-    from zoo.figures import legend, plt, save
-
-    panels = 2 if random_rows else 1
-    figure, axes = plt.subplots(1, panels, figsize=(7.5 * panels, 5.0), squeeze=False,
-                                layout="constrained")
-    _draw_single(axes[0, 0], single_rows)
-    if random_rows:
-        _draw_random(axes[0, 1], random_rows)
-    for axis in axes[0]:
-        axis.xaxis.get_major_locator().set_params(integer=True)  # blocks and k are counts
-        axis.axhline(single_rows[0]["chance"], color="0.5", linestyle="-.", linewidth=1,
-                     label="chance")
-        legend(axis, fontsize=7)
-    first = single_rows[0]
-    figure.suptitle(f"Lesion (Veit et al. 2016): accuracy of trained nets with blocks deleted, "
-                    f"{first['split']} split, {first['images']} images")
-    return save(figure, out_dir / "lesion.png")

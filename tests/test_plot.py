@@ -87,3 +87,21 @@ def test_a_run_without_tidy_files_gets_one_line_saying_what_to_do(tmp_path: Path
     assert result.stderr.strip().splitlines() == [
         (f"error: {tmp_path / 'run' / 'residual_gain.csv'} not found: was the run made with the "
          "measurement callbacks on (callbacks=default)?")]
+
+
+def test_in_training_ratio_leaves_out_the_start_and_the_finding_reads_the_ranges(tmp_path):
+    from zoo import plot
+    from zoo.runs import Run
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    rows = ["step,unit_index,unit_name,stage,grad_norm"]
+    for step, stem in ((0, 1000.0), (50, 4.0), (100, 2.0), (150, 3.0)):  # step 0: at init
+        rows += [f"{step},0,conv1,stem,{stem}", f"{step},1,fc,head,1.0"]
+    (run_dir / "gradient_flow.csv").write_text("\n".join(rows) + "\n")
+    assert plot.in_training_ratio(Run(run_dir, {})) == 3.0  # median of 4, 2, 3; not 1000
+    same = [("none", 0.5, 30.0), ("none", 2.0, 20.0), ("add", 1.0, 10.0), ("add", 4.0, 9.0)]
+    assert plot.ratio_finding(same).startswith("plain and residual nets train with stem/head "
+                                               "ratios in the same range (plain 0.5-2, residual")
+    apart = [("none", 50.0, 30.0), ("add", 1.0, 10.0)]
+    assert "different stem/head ratios" in plot.ratio_finding(apart)

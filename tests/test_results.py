@@ -205,6 +205,7 @@ def test_redraw_draws_the_gradient_flow_during_training_from_its_committed_runs(
     for root in (results, tmp_path):  # the folder itself, or the folder of all results
         written = redraw(root, tmp_path / "figures")
         names = sorted(path.name for path in written)
-        assert names == ["gradient_flow_depth.png", "gradient_flow_ratio.png"]
+        assert names == ["gradient_flow_depth.png", "gradient_flow_ratio.png",
+                         "gradient_flow_vs_training_error.png"]
         figures = tmp_path / "figures" / "gradient_flow_training"
         assert all(path.parent == figures for path in written)

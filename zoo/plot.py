@@ -134,6 +134,66 @@ def plot_gradient_flow(run_dirs: Sequence[Path], out_dir: Path, at: str = "both"
             save(ratio_figure, out_dir / "gradient_flow_ratio.png")]
 
 
+def in_training_ratio(run: Run, skip_fraction: float = 0.1) -> float:
+    """Median stem-over-head gradient norm ratio over the logged steps after the first
+    ``skip_fraction`` of training (initialisation and warm-up left out); NaN without steps."""
+    table = read_gradient_flow(run)
+    steps = sorted(table)
+    if not steps:
+        return float("nan")
+    late = [s for s in steps if s >= skip_fraction * steps[-1]] or steps
+    ratios = [_profile(table[s])[1] for s in late]
+    return float(np.nanmedian([y[0] / y[-1] if y[-1] > 0 else np.nan for y in ratios]))
+
+
+def ratio_finding(points: Sequence[tuple[str, float, float]]) -> str:
+    """The title's sentence from (skip, ratio, training error) points: do the two families'
+    ratio ranges overlap while their training errors do not?"""
+    ranges = {}
+    for skip in ("none", "add"):
+        mine = [(r, e) for s, r, e in points if s == skip]
+        if mine:
+            ranges[skip] = (min(r for r, _ in mine), max(r for r, _ in mine),
+                            min(e for _, e in mine), max(e for _, e in mine))
+    if len(ranges) < 2:
+        return "stem/head gradient ratio during training against final training error"
+    plain, residual = ranges["none"], ranges["add"]
+    overlap = max(plain[0], residual[0]) <= min(plain[1], residual[1])
+    return ("plain and residual nets train with stem/head ratios in the same range"
+            if overlap else "plain and residual nets train with different stem/head ratios") + \
+        f" (plain {plain[0]:.2g}-{plain[1]:.2g}, residual {residual[0]:.2g}-{residual[1]:.2g})"
+
+
+def plot_ratio_against_training_error(run_dirs: Sequence[Path], out_dir: Path) -> Path | None:
+    """gradient_flow_vs_training_error.png: each run's in-training stem/head ratio against its
+    final eval-mode training error (``train_eval/err``); None when no run has both."""
+    from zoo.models import describe
+
+    figure, axes = plt.subplots(figsize=(8, 5), layout="constrained")
+    points, seen = [], set()
+    for run in (_read(run_dir) for run_dir in run_dirs):
+        error = (run.record.get("train_eval") or {}).get("train_eval/err")
+        ratio = in_training_ratio(run)
+        if not isinstance(error, int | float) or not np.isfinite(ratio):
+            continue
+        skip = describe(run.model)["skip"]
+        points.append((skip, ratio, 100 * error))
+        axes.plot([ratio], [100 * error], marker="o" if skip == "none" else "s",
+                  color=style_for(run.model)["color"], fillstyle="none" if skip == "none" else
+                  "full", linestyle="none", label=None if run.model in seen else run.model)
+        seen.add(run.model)
+    if not points:
+        plt.close(figure)
+        return None
+    axes.axvline(1.0, color="grey", linewidth=0.8)
+    axes.set(xscale="log", xlabel="stem / head gradient norm, median after the first 10% of steps",
+             ylabel="final training error, eval mode (%)",
+             title=ratio_finding(points) + f"\n{len(points)} runs (open: plain, filled: residual)")
+    axes.grid(True, which="both", alpha=0.3)
+    legend(axes)
+    return save(figure, out_dir / "gradient_flow_vs_training_error.png")
+
+
 def plot_residual_gain(run_dirs: Sequence[Path], out_dir: Path, at: str = "both") -> list[Path]:
     """Write residual_gain.png (gain per block at the first and/or last epoch); return its path."""
     figure, axes = plt.subplots(figsize=(8, 5))

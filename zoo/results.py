@@ -243,9 +243,11 @@ def redraw_measurement(results_dir: Path, figures_dir: Path) -> list[Path]:
 
     runs_with_gradient_flow = gradient_flow_runs(results_dir)
     if runs_with_gradient_flow:  # copied run folders: the gradient-flow-during-training panels
-        from zoo.plot import plot_gradient_flow
+        from zoo.plot import plot_gradient_flow, plot_ratio_against_training_error
 
-        return plot_gradient_flow(runs_with_gradient_flow, figures_dir)
+        drawn = plot_gradient_flow(runs_with_gradient_flow, figures_dir)
+        ratio = plot_ratio_against_training_error(runs_with_gradient_flow, figures_dir)
+        return drawn + ([ratio] if ratio is not None else [])
     try:
         from zoo.experiments.__main__ import EXPERIMENTS
     except ImportError:

@@ -9,6 +9,8 @@ loader that training runs use too. ``pretrained`` is
 * a community CIFAR checkpoint (``{"state_dict": {"module.conv1.weight": ...}, "best_prec1"}``,
   the format of akamaster/pytorch_resnet_cifar10);
 * a Lightning checkpoint of this project (``{"state_dict": {"net.conv1.weight": ...}, ...}``);
+* ``"fashion_mnist"``: the zoo's own trained weights, shipped inside the package with their
+  SHA-256 (:mod:`zoo.weights`, ``docs/WEIGHTS.md``);
 * ``"imagenet"``: torchvision's published ImageNet weights (``IMAGENET1K_V1``) for that name,
   read from the torch hub cache, ``torch.hub.get_dir()/checkpoints/<file>``. A missing file is
   downloaded; offline, loading fails within seconds naming the file and where to put it.
@@ -41,7 +43,7 @@ import torch
 import torchvision
 from torch import nn
 
-from zoo import models
+from zoo import models, weights
 from zoo.models.densenet import remap_legacy_keys
 from zoo.predict import IMAGENET_MEAN, IMAGENET_STD, KNOWN_CLASS_NAMES, Preprocess
 
@@ -258,11 +260,24 @@ def _trained_as(content: Any) -> str:
     return f". It was trained as model={model['name']} {options}".rstrip()
 
 
+def shipped_weights_file(name: str, dataset: str) -> Path:
+    """The zoo's own checked weight file (:mod:`zoo.weights`); its errors as CheckpointErrors."""
+    try:
+        return weights.weights_file(name, dataset)
+    except weights.ShippedWeightsError as error:
+        raise CheckpointError(str(error)) from None
+
+
 def load_pretrained(net: nn.Module, name: str, source: str | os.PathLike[str]) -> nn.Module:
     """Load ``source`` (a checkpoint path or ``"imagenet"``) into ``net`` (built as ``name``)."""
     if not isinstance(source, (str, os.PathLike)) or not str(source):
         raise CheckpointError(f"pretrained must be a checkpoint path or 'imagenet', got {source!r}")
-    path = fetch_imagenet_weights(name) if source == "imagenet" else Path(source)
+    if source == "imagenet":
+        path = fetch_imagenet_weights(name)
+    elif source in weights.datasets():  # the zoo's own, shipped in the package (zoo.weights)
+        path = shipped_weights_file(name, str(source))
+    else:
+        path = Path(source)
     content = safe_load(path)
     state_dict = remap_legacy_keys(_state_dict_of(content, path))
 
@@ -342,15 +357,29 @@ def known_preprocessing(name: str, content: Any, num_classes: int) -> Any:
 def create(
     name: str,
     num_classes: int | None = None,
-    in_channels: int = 3,
+    in_channels: int | None = None,
     pretrained: str | os.PathLike[str] | None = None,
     **options: Any,
 ) -> nn.Module:
     """Build a network by name (:func:`zoo.models.create`) and load ``pretrained`` into it.
 
-    ``pretrained``: a checkpoint path or ``"imagenet"`` (see the module's docstring). The other
-    arguments are :func:`zoo.models.create`'s. This is ``zoo.create``.
+    ``pretrained``: a checkpoint path, ``"imagenet"`` (see the module's docstring) or a dataset
+    the zoo ships its own weights for (``"fashion_mnist"``, :mod:`zoo.weights`; classes, channels
+    and widths then default to the weights'). The other arguments are
+    :func:`zoo.models.create`'s (``in_channels`` 3 when unset). This is ``zoo.create``.
     """
+    if isinstance(pretrained, str) and pretrained in weights.datasets():
+        # the zoo's own weights know their classes, channels and widths: unset ones come from
+        # the manifest, so zoo.create("resnet56", pretrained="fashion_mnist") is enough
+        try:
+            shipped = weights.model_options(name, pretrained)
+        except weights.ShippedWeightsError as error:
+            raise CheckpointError(str(error)) from None
+        num_classes = num_classes if num_classes is not None else shipped.pop("num_classes")
+        in_channels = in_channels if in_channels is not None else shipped.pop("in_channels")
+        options = {**{k: v for k, v in shipped.items()
+                      if k not in ("num_classes", "in_channels")}, **options}
+    in_channels = 3 if in_channels is None else in_channels
     net = models.create(name, num_classes=num_classes, in_channels=in_channels, **options)
     if pretrained:
         load_pretrained(net, name, pretrained)

@@ -1,0 +1,107 @@
+"""The zoo's own trained weights (zoo/weights): every shipped file loads by name in a fresh
+process with its SHA-256 checked, reproduces the table's test accuracy from raw uint8 images
+through the documented prediction call, and an altered or unknown file gets one line."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import zoo
+from zoo import weights
+from zoo.predict import KNOWN_CLASS_NAMES
+from zoo.pretrained import CheckpointError
+from zoo.weights.__main__ import page
+
+REPO = Path(__file__).resolve().parents[1]
+FMNIST = Path("/usr/share/datasets/fashion-mnist")
+needs_fmnist = pytest.mark.skipif(not FMNIST.is_dir(), reason="dataset-fashion-mnist absent "
+                                  "(scripts/test.sh installs it where it can)")
+SHIPPED = weights.manifest()
+# Measured in a fresh process: load by name, predict the first N raw uint8 test images.
+FRESH_PROCESS = """
+import json, sys
+import zoo
+from zoo.data.sources import load_in_memory
+from zoo.predict import predict
+name, count = sys.argv[1], int(sys.argv[2])
+net = zoo.create(name, pretrained="fashion_mnist")
+test = load_in_memory("fashion_mnist", None, 5000).test
+correct = 0
+for start in range(0, count, 1000):
+    stop = min(start + 1000, count)
+    result = predict(net, test.images[start:stop])
+    correct += int((result.indices == test.labels[start:stop]).sum())
+print(json.dumps({"accuracy": correct / count, "names": result.names[:2]}))
+"""
+
+
+def test_the_zoo_ships_weights_for_the_nets_of_the_experiments():
+    names = {e["name"] for e in SHIPPED if e["dataset"] == "fashion_mnist"}
+    assert {"plain20", "plain56", "resnet56"} <= names
+    assert sum(e["bytes"] for e in SHIPPED) < 20e6  # small enough for a wheel
+
+
+@pytest.mark.parametrize("entry", SHIPPED, ids=lambda e: f"{e['name']}-{e['dataset']}")
+def test_each_file_is_the_manifests_and_small(entry):
+    path = weights.weights_file(entry["name"], entry["dataset"])  # checks the SHA-256
+    assert path.stat().st_size == entry["bytes"]
+    assert path.name == f"{entry['name']}-{entry['sha256'][:8]}.pt"  # named like torchvision's
+    assert 0.5 < entry["test_acc"] <= 1 and 0 <= entry["train_err"] < 0.5
+
+
+def test_docs_weights_page_is_the_manifest():
+    assert (REPO / "docs" / "WEIGHTS.md").read_text() == page(), \
+        "run: python -m zoo.weights table --write docs/WEIGHTS.md"
+
+
+@needs_fmnist
+@pytest.mark.parametrize("entry", SHIPPED, ids=lambda e: f"{e['name']}-{e['dataset']}")
+def test_a_fresh_process_reproduces_the_first_1000_test_images_accuracy(entry):
+    result = subprocess.run([sys.executable, "-c", FRESH_PROCESS, entry["name"], "1000"],
+                            cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    measured = json.loads(result.stdout.strip().splitlines()[-1])
+    assert measured["accuracy"] == pytest.approx(entry["test_acc_first_1000"], abs=0.002)
+    assert set(measured["names"]) <= set(KNOWN_CLASS_NAMES["fashion_mnist"])  # names travel
+
+
+@pytest.mark.slow
+@needs_fmnist
+@pytest.mark.parametrize("entry", SHIPPED, ids=lambda e: f"{e['name']}-{e['dataset']}")
+def test_a_fresh_process_reproduces_the_tables_full_test_accuracy(entry):
+    result = subprocess.run([sys.executable, "-c", FRESH_PROCESS, entry["name"], "10000"],
+                            cwd=REPO, capture_output=True, text=True, timeout=900, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    measured = json.loads(result.stdout.strip().splitlines()[-1])
+    assert measured["accuracy"] == pytest.approx(entry["test_acc"], abs=0.002)
+
+
+def test_an_altered_or_missing_file_and_an_unknown_name_get_one_line(tmp_path, monkeypatch):
+    entry = SHIPPED[0]
+    copy = tmp_path / "weights"
+    shutil.copytree(weights.HERE, copy, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    monkeypatch.setattr(weights, "MANIFEST", copy / "manifest.json")
+    altered = copy / entry["file"]
+    altered.write_bytes(altered.read_bytes()[:-1] + b"\x00")
+    with pytest.raises(CheckpointError, match=r"SHA-256 .* is not the manifest's") as error:
+        zoo.create(entry["name"], pretrained="fashion_mnist")
+    assert "\n" not in str(error.value)
+    altered.unlink()
+    with pytest.raises(CheckpointError, match="shipped weights missing; reinstall"):
+        zoo.create(entry["name"], pretrained="fashion_mnist")
+    with pytest.raises(CheckpointError, match="no shipped fashion_mnist weights for resnet1202"):
+        zoo.create("resnet1202", pretrained="fashion_mnist")
+
+
+def test_the_weights_table_is_printed_by_the_models_command():
+    result = subprocess.run([sys.executable, "-m", "zoo.models", "--weights"], cwd=REPO,
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == weights.markdown_table()
+    assert all(f"`{e['name']}`" in result.stdout for e in SHIPPED)

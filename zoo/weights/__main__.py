@@ -1,0 +1,80 @@
+"""``python -m zoo.weights``: export a finished run as a shipped weight, print the table.
+
+    python -m zoo.weights export RUN_DIR [RUN_DIR ...] --machine "2-core AMD EPYC ..."
+    python -m zoo.weights table                      # docs/WEIGHTS.md's table, from the manifest
+    python -m zoo.weights table --write docs/WEIGHTS.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from zoo.weights import MANIFEST, ShippedWeightsError, manifest, markdown_table, provenance_lines
+
+PAGE_HEAD = """# The zoo's own trained weights
+
+Loadable by name, offline, from the installed package: `zoo.create("resnet56",
+pretrained="fashion_mnist")`, or `python train.py model=resnet56 data=fashion_mnist
+model.pretrained=fashion_mnist trainer.max_epochs=0`. The preprocessing and class names travel
+with the weights, so `zoo.predict.predict(net, images)` takes raw uint8 images. Every file's
+SHA-256 is checked on load. Test accuracy (official 10,000 test images, through `predict` from
+the raw uint8 files) and eval-mode training error (the run's 55,000 training images, no
+augmentation) are measured on the shipped bf16 file, not the training checkpoint.
+
+This page is generated from `zoo/weights/manifest.json` by `python -m zoo.weights table --write
+docs/WEIGHTS.md`; a test keeps the two equal.
+
+"""
+
+
+def page() -> str:
+    return f"{PAGE_HEAD}{markdown_table()}\n\nFiles:\n\n{provenance_lines()}\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m zoo.weights", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    export_parser = commands.add_parser("export", help="ship a finished run's weights")
+    export_parser.add_argument("runs", nargs="+", type=Path)
+    export_parser.add_argument("--machine", default=None,
+                               help="the machine the run trained on, for the table")
+    table_parser = commands.add_parser("table", help="the table of shipped weights")
+    table_parser.add_argument("--write", type=Path, default=None, help="write the page here")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "export":
+            from zoo.weights.export import export
+
+            entries = manifest()
+            for run in args.runs:
+                entry = export(run)
+                if args.machine:
+                    entry["machine"] = args.machine
+                for old in entries:  # a re-export replaces the entry and its file
+                    if (old["name"], old["dataset"]) == (entry["name"], entry["dataset"]) and \
+                            old["file"] != entry["file"]:
+                        (MANIFEST.parent / old["file"]).unlink(missing_ok=True)
+                entries = [e for e in entries
+                           if (e["name"], e["dataset"]) != (entry["name"], entry["dataset"])]
+                entries.append(entry)
+                print(f"{entry['file']}: test {entry['test_acc']:.4f}, "
+                      f"training error {entry['train_err']:.4f}")
+            entries.sort(key=lambda e: (e["dataset"], e["name"]))
+            MANIFEST.write_text(json.dumps({"weights": entries}, indent=1) + "\n")
+        elif args.write:
+            args.write.write_text(page())
+            print(args.write)
+        else:
+            print(markdown_table())
+    except (ShippedWeightsError, FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""Writing a shipped weight from a finished run, and measuring it *as shipped*.
+
+``export(run_dir)`` takes the run's ``last.ckpt``, keeps the network's state dict in bf16
+(BatchNorm statistics in fp32: they are few and a variance needs the range), stores the model
+options and data facts beside it, names the file ``NAME-SHA8.pt`` like torchvision's, then loads
+that file back through ``zoo.create(name, pretrained=file)`` and measures what the table shows:
+test accuracy through :func:`zoo.predict.predict` from the raw uint8 test images, and the
+eval-mode training error over the run's training split (He et al.'s "training error").
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from zoo.weights import HERE, sha256_of
+
+# Model options that describe the run, not the network's shape.
+NOT_OPTIONS = ("name", "pretrained", "compile", "memory_efficient")
+FP32_BUFFERS = ("running_mean", "running_var")
+
+
+def compact(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """bf16 for floating weights, fp32 for BatchNorm statistics, integers as they are."""
+    return {key: value.to(torch.bfloat16)
+            if value.is_floating_point() and not key.endswith(FP32_BUFFERS) else value.clone()
+            for key, value in state_dict.items()}
+
+
+def flops_of(net: torch.nn.Module, in_channels: int, image_size: int) -> int:
+    """FLOPs of one image at the weights' own input size (a multiply-add counts 2)."""
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        net.eval()(torch.zeros(1, in_channels, image_size, image_size))
+    return int(counter.get_total_flops())
+
+
+def test_accuracy(net: torch.nn.Module, data_cfg: dict[str, Any], batch: int = 1000,
+                  max_images: int | None = None) -> float:
+    """Accuracy on the dataset's official test set (its first ``max_images``), from raw uint8
+    images through predict()."""
+    from zoo.data.sources import load_in_memory
+    from zoo.predict import predict
+
+    test = load_in_memory(data_cfg["name"], data_cfg.get("root"), data_cfg["val_size"]).test
+    count = len(test.labels) if max_images is None else min(max_images, len(test.labels))
+    correct = 0
+    for start in range(0, count, batch):
+        stop = min(start + batch, count)
+        result = predict(net, test.images[start:stop])  # uint8 (N, C, H, W), as in the files
+        correct += int((result.indices == test.labels[start:stop]).sum())
+    return correct / count
+
+
+def training_error(net: torch.nn.Module, data_cfg: dict[str, Any]) -> float:
+    """Eval-mode error over the run's whole training split, without augmentation."""
+    from zoo.data import build_datamodule
+    from zoo.experiments.lesion import accuracy
+
+    data_cfg = {**data_cfg, "num_workers": 0, "loader": "torch", "augment": False}
+    datamodule = build_datamodule(data_cfg)
+    datamodule.setup("fit")
+    loader = datamodule.train_dataloader()
+    return 1.0 - accuracy(net, [(x, y) for x, y in loader])
+
+
+def export(run_dir: Path, out_root: Path = HERE) -> dict[str, Any]:
+    """Write ``out_root/<dataset>/<name>-<sha8>.pt`` from a finished run; its manifest entry."""
+    import zoo
+    from zoo.experiments.tidy import git_commit
+    from zoo.pretrained import _state_dict_of, safe_load
+    from zoo.runs import read_run
+
+    run = read_run(run_dir)
+    if run.record.get("status") != "done":
+        raise ValueError(f"{run_dir}: the run is not done (status {run.record.get('status')!r})")
+    checkpoint = Path(run_dir) / "checkpoints" / "last.ckpt"
+    content = safe_load(checkpoint)
+    hyper = content["hyper_parameters"]
+    model_cfg, facts = dict(hyper["model"]), dict(hyper["dataset"])
+    name, dataset = model_cfg["name"], facts["name"]
+    options = {k: v for k, v in model_cfg.items() if k not in NOT_OPTIONS}
+    buffer = io.BytesIO()
+    torch.save({"state_dict": compact(_state_dict_of(content, checkpoint)),
+                "hyper_parameters": {"model": {"name": name, **options}, "dataset": facts}},
+               buffer)
+    data = buffer.getvalue()
+    folder = out_root / dataset
+    folder.mkdir(parents=True, exist_ok=True)
+    temporary = folder / f".{name}.pt.partial"
+    temporary.write_bytes(data)
+    sha = sha256_of(temporary)
+    path = folder / f"{name}-{sha[:8]}.pt"
+    os.replace(temporary, path)
+
+    net = zoo.create(name, pretrained=path, **options)
+    data_cfg = {**run.record["data"], "seed": run.seed}
+    return {
+        "name": name, "dataset": dataset, "file": path.relative_to(out_root).as_posix(),
+        "sha256": sha, "bytes": len(data), "dtype": "bfloat16",
+        "model_options": options, "test_acc": test_accuracy(net, data_cfg),
+        "test_acc_first_1000": test_accuracy(net, data_cfg, max_images=1000),
+        "train_err": training_error(net, data_cfg),
+        "parameters": sum(p.numel() for p in net.parameters()),
+        "flops": flops_of(net, facts["in_channels"], facts["image_size"]),
+        "command": "python train.py " + " ".join(run.record.get("overrides") or []),
+        "fit_seconds": run.record.get("fit_seconds"), "steps": run.record.get("global_step"),
+        "run_test_acc": (run.record.get("test") or {}).get("test/acc"),
+        "commit": git_commit(Path(run_dir)), "torch": run.record.get("torch"),
+        "machine": f"{platform.processor() or platform.machine()}, "
+                   f"{os.cpu_count()} cores, torch {run.record.get('torch')}",
+    }

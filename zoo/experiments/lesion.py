@@ -44,7 +44,7 @@ from zoo.models.common import DepthUnit, SkipBlock
 Batches = Sequence[tuple[torch.Tensor, torch.Tensor]]
 SINGLE_COLUMNS = ["run", "model", "skip", "seed", "split", "images", "chance", "unit_index",
                   "unit_name", "stage", "downsampling", "deleted", "residual_gain", "accuracy",
-                  "accuracy_bn_reestimated"]
+                  "control_images", "accuracy_bn_reestimated"]
 RANDOM_COLUMNS = ["run", "model", "skip", "seed", "split", "images", "chance", "k", "draw",
                   "deleted_units", "accuracy"]
 
@@ -202,8 +202,7 @@ def reestimated_batchnorm(net: nn.Module, batches: Batches | None,
 
 
 def _gains(net: nn.Module, batches: Batches) -> dict[int, float]:
-    """Residual gain ||f(x)|| / ||x|| of each block with a skip, by depth-unit index, averaged
-    over the evaluation batches (fp32: the gain is a measurement, not a speed-critical pass)."""
+    """Residual gain ||f(x)|| / ||x|| of each block with a skip, by unit index, over ``batches``."""
     totals: dict[int, float] = {}
     for images, _ in batches:
         for index, _unit, gain in residual_gains(net, images):
@@ -213,19 +212,21 @@ def _gains(net: nn.Module, batches: Batches) -> dict[int, float]:
 
 
 def lesion_network(net: nn.Module, batches: Batches, bf16: bool = False,
-                   calibration: Batches | None = None,
-                   gain_batches: Batches | None = None) -> list[dict[str, Any]]:
+                   calibration: Batches | None = None, gain_batches: Batches | None = None,
+                   control_batches: Batches | None = None) -> list[dict[str, Any]]:
     """Accuracy with each unit deleted in turn; ``unit_index`` -1 is the intact network.
 
     With ``calibration`` batches, each row also has ``accuracy_bn_reestimated``: the same
-    network (intact or lesioned) with its BatchNorm statistics re-estimated on them. With
-    ``gain_batches``, each residual block's row has its ``residual_gain`` (NaN otherwise).
+    network (intact or lesioned) with its BatchNorm statistics re-estimated on them, evaluated
+    on ``control_batches`` (default ``batches``). With ``gain_batches``, each residual block's
+    row has its ``residual_gain`` (NaN otherwise).
     """
     def measure() -> dict[str, float]:
         result = {"accuracy": accuracy(net, batches, bf16), "accuracy_bn_reestimated": math.nan}
         if calibration is not None:
             with reestimated_batchnorm(net, calibration, bf16):
-                result["accuracy_bn_reestimated"] = accuracy(net, batches, bf16)
+                result["accuracy_bn_reestimated"] = accuracy(net, control_batches or batches,
+                                                             bf16)
         return result
 
     gains = _gains(net, gain_batches) if gain_batches is not None else {}
@@ -366,11 +367,10 @@ def lesion_runs(
     """Single-block rows and k-random rows (none when ``max_deleted`` is 0) of every checkpoint
     (a ``.ckpt`` file or a run directory); the data is each run's own unless ``data_cfg``.
 
-    ``random_max_images`` evaluates the k-random draws on the first N images only (None: as
-    many as the single deletions); ``calibration_images`` > 0 adds the BatchNorm re-estimation
-    control on that many training images; ``gain_images`` > 0 measures each block's residual
-    gain on that many evaluation images. The draws are seeded by ``seed`` and the run's own
-    training seed: different subsets for different seeds.
+    ``random_max_images``: the k-random draws and the control on the first N images only (None:
+    all); ``calibration_images`` > 0: the BatchNorm re-estimation control on that many training
+    images; ``gain_images`` > 0: each block's residual gain on that many evaluation images.
+    The draws are seeded by ``seed`` and the run's training seed: other seeds, other subsets.
     """
     single, randomised, cache = [], [], {}
     for path in checkpoints:
@@ -387,11 +387,12 @@ def lesion_runs(
         net = net.to(device)
         facts = _run_facts(checkpoint, model_cfg, split, batches)
         gain_batches = _first_images(batches, gain_images, device) if gain_images > 0 else None
-        single += [{**facts, **row} for row in lesion_network(
-            net, batches, bf16, cache[key].get("calibration"), gain_batches)]
+        subset = batches if random_max_images is None else \
+            _first_images(batches, random_max_images, device)
+        control = {"control_images": sum(len(b[1]) for b in subset) if calibration_images else 0}
+        single += [{**facts, **control, **row} for row in lesion_network(
+            net, batches, bf16, cache[key].get("calibration"), gain_batches, subset)]
         if max_deleted > 0:
-            subset = batches if random_max_images is None else \
-                _first_images(batches, random_max_images, device)
             rows = lesion_random(net, subset, max_deleted, draws, f"{seed}:{facts['seed']}", bf16)
             images = sum(len(b[1]) for b in subset)
             randomised += [{**facts, "images": images, **row} for row in rows]

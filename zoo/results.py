@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shlex
 import sys
 import time
@@ -284,6 +285,29 @@ def redraw(results_root: Path | str = DEFAULT_RESULTS,
     return written
 
 
+# A table in the docs that is a generated file, copied between two markers:
+#   <!-- generated from docs/figures/lesion_long/summary.md -->  ...  <!-- end generated -->
+# `redraw` copies the file in again; tests/test_docs_numbers.py fails when they differ.
+GENERATED_BLOCK = re.compile(r"(<!-- generated from (?P<source>\S+) -->\n)(?P<body>.*?)"
+                             r"(<!-- end generated -->)", re.S)
+GENERATED_DOCS = (Path("docs/RESULTS.md"), Path("README.md"))
+
+
+def generated_blocks(markdown: str) -> list[tuple[str, str]]:
+    """(source file, the text between the markers) of every generated block."""
+    return [(m["source"], m["body"]) for m in GENERATED_BLOCK.finditer(markdown)]
+
+
+def refresh_generated(markdown_path: Path, root: Path = Path(".")) -> bool:
+    """Copy each block's source file in between its markers; True when the page changed."""
+    text = markdown_path.read_text()
+    new = GENERATED_BLOCK.sub(lambda m: m.group(1) + (root / m["source"]).read_text() +
+                              m.group(4), text)
+    if new != text:
+        markdown_path.write_text(new)
+    return new != text
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="python -m zoo.results",
@@ -302,6 +326,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             written = collect(args.runs, args.out, argv)
         else:
             written = redraw(args.results, args.figures)
+            if args.figures == DEFAULT_FIGURES:  # the docs' generated tables follow the figures
+                written += [page for page in GENERATED_DOCS
+                            if page.is_file() and refresh_generated(page)]
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -168,8 +168,12 @@ def redraw_lesion(folder: Path, figures: Path | None = None) -> list[Path]:
     random_file = folder / LESION_FILES[1]
     randomised = read_csv(random_file) if random_file.is_file() else []
     single = read_csv(folder / LESION_FILES[0])
-    drawn = [lesion_figures.plot_lesion(single, figures or folder, randomised),
-             lesion_figures.plot_gain_against_cost(single, figures or folder)]
+    out = figures or folder
+    drawn = [lesion_figures.plot_lesion(single, out, randomised),
+             lesion_figures.plot_gain_against_cost(single, out)]
+    if figures is not None:  # the docs' tables beside the docs' figures
+        (out / "summary.md").write_text(lesion_figures.summary_markdown(single, randomised))
+        drawn.append(out / "summary.md")
     return [path for path in drawn if path is not None]
 
 

@@ -188,3 +188,82 @@ def plot_gain_against_cost(single_rows: Rows, out_dir: Path) -> Path | None:
     axis.axhline(0, color="0.5", linewidth=0.8)
     legend(axis, fontsize=7)
     return save(figure, out_dir / "gain_vs_lesion.png")
+
+
+# ---------------------------------------------------------------- the tables of docs/RESULTS.md
+
+
+def _pm(values: Sequence[float], scale: float = 100.0) -> str:
+    mean, std = mean_std([scale * v for v in values])
+    return "--" if math.isnan(mean) else f"{mean:.1f} ± {std:.1f}"
+
+
+def _kept_control(mine: Rows, share: float = 0.9) -> tuple[int, int]:
+    """As :func:`kept_fraction`, with the BatchNorm statistics re-estimated after each deletion
+    (measured against the intact net's own re-estimated accuracy, on the control's images)."""
+    return kept_fraction([{**r, "accuracy": r.get("accuracy_bn_reestimated")} for r in mine],
+                         share)
+
+
+def single_table(single_rows: Rows) -> str:
+    lines = ["| net | intact test acc. (%) | non-downsampling blocks | deleted alone, keep ≥ 90% "
+             "of intact (per seed) | median acc. after one such deletion (%, per seed) | with "
+             "BatchNorm statistics re-estimated: keep ≥ 90% (per seed) |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for model, mine in _by_model(single_rows).items():
+        runs = [[r for r in mine if r["run"] == run]
+                for run in dict.fromkeys(r["run"] for r in mine)]
+        intact = [_number(r["accuracy"]) for r in mine if r["deleted"] == "intact"]
+        kept = [kept_fraction(run) for run in runs]
+        medians = [statistics.median(p["mean"] for p in per_block(run)[1]
+                                     if not p["downsampling"] and not math.isnan(p["mean"]))
+                   for run in runs]
+        control = [_kept_control(run) for run in runs]
+        has_control = any(c[1] for c in control)
+        lines.append(
+            f"| {model} | {_pm(intact)} | {kept[0][1]} | {', '.join(str(k) for k, _ in kept)} "
+            f"| {', '.join(f'{100 * m:.1f}' for m in medians)} "
+            f"| {', '.join(str(k) for k, _ in control) if has_control else '--'} |")
+    return "\n".join(lines)
+
+
+def random_table(random_rows: Rows) -> str:
+    ks = sorted({r["k"] for r in random_rows})
+    lines = ["| net | " + " | ".join(f"k = {k}" for k in ks) + " |",
+             "|---|" + "---:|" * len(ks)]
+    for model, mine in _by_model(random_rows).items():
+        cells = [_pm([_number(r["accuracy"]) for r in mine if r["k"] == k]) for k in ks]
+        lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def gain_table(single_rows: Rows) -> str:
+    points = gain_and_cost(single_rows)
+    lines = ["| net | run | blocks | residual gain, min-max | accuracy lost, min-max (points) "
+             "| Spearman rho |", "|---|---|---:|---:|---:|---:|"]
+    for run in dict.fromkeys(p["run"] for p in points):
+        mine = [p for p in points if p["run"] == run]
+        gains, costs = [p["gain"] for p in mine], [p["cost"] for p in mine]
+        lines.append(f"| {mine[0]['model']} | {run} | {len(mine)} | {min(gains):.2f}-"
+                     f"{max(gains):.2f} | {min(costs):.1f}-{max(costs):.1f} "
+                     f"| {spearman(gains, costs):.2f} |")
+    if points:
+        rho = spearman([p["gain"] for p in points], [p["cost"] for p in points])
+        lines.append(f"| all | | {len(points)} | | | {rho:.2f} |")
+    return "\n".join(lines)
+
+
+def summary_markdown(single_rows: Rows, random_rows: Rows = ()) -> str:
+    """The lesion's tables: one block deleted, k random blocks deleted, gain against cost.
+    Means ± sample std over seeds (and draws), accuracies in %."""
+    first = single_rows[0]
+    parts = [f"One block deleted ({first['split']} split, {first['images']} images):\n\n"
+             f"{single_table(single_rows)}"]
+    if random_rows:
+        parts.append(f"k random non-downsampling blocks deleted (accuracy %, first "
+                     f"{random_rows[0]['images']} {first['split']} images, mean ± std over "
+                     f"seeds x draws):\n\n{random_table(random_rows)}")
+    if gain_and_cost(single_rows):
+        parts.append("Residual gain of each non-downsampling block against the accuracy its "
+                     f"deletion costs:\n\n{gain_table(single_rows)}")
+    return "\n\n".join(parts) + "\n"

@@ -1,0 +1,45 @@
+"""Numbers in the docs cannot drift from the committed data: every generated table of
+docs/RESULTS.md and README.md is the file it names, and that file is what `python -m zoo.results
+redraw` writes from docs/results/ today."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from zoo import results
+
+REPO = Path(__file__).resolve().parents[1]
+BLOCKS = [(page, source, body) for page in results.GENERATED_DOCS
+          for source, body in results.generated_blocks((REPO / page).read_text())]
+
+
+def test_the_results_page_has_generated_tables():
+    assert any(page == Path("docs/RESULTS.md") for page, _, _ in BLOCKS)
+
+
+@pytest.mark.parametrize("page,source,body", BLOCKS, ids=lambda v: str(v)[:60])
+def test_each_generated_table_is_its_file(page, source, body):
+    assert body == (REPO / source).read_text(), \
+        f"{page} is out of date: run python -m zoo.results redraw"
+
+
+@pytest.mark.parametrize("source", sorted({s for _, s, _ in BLOCKS}))
+def test_each_generated_file_is_what_the_committed_data_give(source, tmp_path):
+    folder = Path(source).parent.name  # docs/figures/<experiment>/summary.md
+    shutil.copytree(REPO / "docs" / "results" / folder, tmp_path / "results" / folder)
+    results.redraw(tmp_path / "results", tmp_path / "figures")
+    assert (tmp_path / "figures" / folder / Path(source).name).read_text() == \
+        (REPO / source).read_text(), f"{source} no longer matches docs/results/{folder}"
+
+
+def test_refresh_copies_the_file_between_the_markers(tmp_path):
+    (tmp_path / "table.md").write_text("| a |\n")
+    page = tmp_path / "page.md"
+    page.write_text("intro\n<!-- generated from table.md -->\nold\n<!-- end generated -->\nend\n")
+    assert results.refresh_generated(page, tmp_path)
+    assert page.read_text() == ("intro\n<!-- generated from table.md -->\n| a |\n"
+                                "<!-- end generated -->\nend\n")
+    assert not results.refresh_generated(page, tmp_path)  # nothing left to change

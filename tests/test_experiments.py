@@ -335,3 +335,11 @@ def test_degradation_sweep_tiny_then_report_and_lesion(tmp_path):
     refused = [r["unit_name"] for r in plain_rows if r["deleted"] == "cannot be deleted"]
     assert refused == ["layer2.0", "layer3.0"]
     assert experiments.plot_lesion(rows, tmp_path / "lesion", randomised).stat().st_size > 0
+
+
+def test_committed_commands_name_paths_as_typed_in_the_repository(tmp_path):
+    argv = [str(tmp_path / "multirun" / "x"), f"--out={tmp_path}/docs/results/y", "/elsewhere/z"]
+    assert tidy.as_typed(argv, tmp_path) == ["multirun/x", "--out=docs/results/y", "/elsewhere/z"]
+    repo = Path(__file__).resolve().parents[1]
+    for meta in (repo / "docs" / "results").rglob("meta.json"):
+        assert "/work/" not in meta.read_text() and "/tmp/" not in meta.read_text(), meta

@@ -36,6 +36,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from zoo.experiments.tidy import as_typed
 from zoo.figures import depth_of, family_of
 
 # The figures of a sweep (re-exported: zoo.results.plot_against_depth as before).
@@ -145,7 +146,7 @@ def collect(paths: Sequence[Path | str], out_dir: Path | str,
     argv = list(sys.argv[1:] if argv is None else argv)
     meta = {
         "experiment": out_dir.name,
-        "command": shlex.join(["python", "-m", "zoo.results", *argv]),
+        "command": shlex.join(["python", "-m", "zoo.results", *as_typed(argv)]),
         "runs": len(rows),
         "run_hosts": sorted({str(r.record["hostname"]) for r in runs if r.record.get("hostname")}),
         "machine": machine(),

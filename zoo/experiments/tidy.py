@@ -104,6 +104,14 @@ def git_dirty(folder: Path | None = None) -> bool | None:
     return bool(result.stdout.strip()) if result.returncode == 0 else None
 
 
+def as_typed(argv: Sequence[str], cwd: Path | None = None) -> list[str]:
+    """Arguments as a user would type them in the repository: absolute paths under the working
+    directory made relative (``/home/me/zoo/multirun/x`` -> ``multirun/x``, also in
+    ``key=value``), so that a committed command names no machine's folders."""
+    prefix = f"{(cwd or Path.cwd()).resolve()}/"
+    return [arg.replace(prefix, "") for arg in argv]
+
+
 def write_meta(out_dir: Path, experiment: str, wall_seconds: float,
                argv: Sequence[str] | None = None, files: Sequence[str] = ()) -> Path:
     """``meta.json``: how the tidy files beside it were made."""
@@ -112,7 +120,7 @@ def write_meta(out_dir: Path, experiment: str, wall_seconds: float,
     argv = list(sys.argv[1:] if argv is None else argv)
     meta = {
         "experiment": experiment,
-        "command": shlex.join([Path(sys.executable).name, "-m", "zoo.experiments", *argv]),
+        "command": shlex.join(["python", "-m", "zoo.experiments", *as_typed(argv)]),
         "machine": machine(),
         "torch": torch.__version__,
         "wall_seconds": round(wall_seconds, 2),

@@ -343,3 +343,10 @@ def test_committed_commands_name_paths_as_typed_in_the_repository(tmp_path):
     repo = Path(__file__).resolve().parents[1]
     for meta in (repo / "docs" / "results").rglob("meta.json"):
         assert "/work/" not in meta.read_text() and "/tmp/" not in meta.read_text(), meta
+
+
+def test_lesion_of_shipped_weights_that_do_not_exist_is_one_line(tmp_path, capsys):
+    assert main(["lesion", "resnet1202:fashion_mnist", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: no shipped fashion_mnist weights for resnet1202")
+    assert err.count("\n") == 1

@@ -23,13 +23,12 @@ from zoo.experiments.lesion import (
     ShortcutOnly,
     lesion_network,
     lesion_random,
-    lesion_runs,
     lesioned,
-    load_network,
     random_deletions,
     reestimated_batchnorm,
 )
 from zoo.experiments.lesion_figures import plot_gain_against_cost, plot_lesion
+from zoo.experiments.lesion_sources import lesion_runs, load_network
 from zoo.experiments.memory import measure_memory, plot_memory
 from zoo.experiments.tidy import markdown_table, read_csv, write_csv, write_meta
 

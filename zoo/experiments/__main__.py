@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from zoo.experiments import gradients, lesion, lesion_figures, memory
+from zoo.experiments import gradients, lesion, lesion_figures, lesion_sources, memory
 from zoo.experiments.tidy import markdown_table, read_csv, read_meta, write_csv, write_meta
 from zoo.schemas import load_group_file
 
@@ -51,7 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     les = commands.add_parser("lesion",
                               help="delete blocks of trained nets: one at a time, k at random")
-    les.add_argument("checkpoints", type=Path, nargs="+", help="run directories or .ckpt files")
+    les.add_argument("checkpoints", nargs="+",
+                     help="run directories, .ckpt files, or shipped weights as NAME:DATASET "
+                          "(resnet56:fashion_mnist; python -m zoo.models --weights)")
     les.add_argument("--out", type=Path, required=True)
     les.add_argument("--data-config", type=Path, default=None,
                      help="data config YAML (configs/data/fashion_mnist.yaml); default: the run's")
@@ -125,7 +127,7 @@ def run_lesion(args: argparse.Namespace) -> list[str]:
             raise FileNotFoundError(f"--data-config {args.data_config} does not exist")
         data_cfg = OmegaConf.to_container(load_group_file(args.data_config), resolve=False)
         data_cfg["seed"] = 0  # the seed interpolation points outside the data group
-    single, randomised = lesion.lesion_runs(
+    single, randomised = lesion_sources.lesion_runs(
         args.checkpoints, data_cfg, args.split, args.max_images or None, args.max_deleted,
         args.draws, args.seed, args.bf16, args.device,
         random_max_images=args.random_max_images or None,

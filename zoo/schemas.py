@@ -44,6 +44,11 @@ OPTIMIZERS = ("sgd", "adamw")
 SCHEDULERS = ("cosine", "onecycle", "step", "none")
 LOADERS = ("auto", "device", "torch")
 PROGRESS_BARS = ("rich", "tqdm", "none")
+# What train.py may return to a Hydra sweeper (``objective`` in train.yaml; zoo/objective.py):
+# the metrics ZooModule logs and the run records.
+OBJECTIVES = ("val/acc", "val/acc5", "val/loss", "test/acc", "test/acc5", "test/loss",
+              "train_eval/err", "train_eval/acc", "train_eval/loss", "train/acc",
+              "train/loss_epoch")
 
 Optimizer = choices("Optimizer", OPTIMIZERS)
 Scheduler = choices("Scheduler", SCHEDULERS)

@@ -131,3 +131,20 @@ def test_optuna_tunes_the_learning_rate_and_reports_the_best_value(tmp_path):
     results = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
     assert results["best_value"] == pytest.approx(records[best_name]["best_val_acc"])
     assert results["best_params"]["optim.lr"] == pytest.approx(rates[best_name])
+
+
+@pytest.mark.slow
+def test_launcher_benchmark_script_times_both_sweeps_and_gives_a_verdict(tmp_path):
+    # A smoke run of scripts/bench_launchers.sh with the smallest sweep; the real numbers come
+    # from the script's defaults on a quiet machine (BENCHMARKS.md).
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    tiny = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
+            "trainer.limit_test_batches=1", "data.loader=device"]
+    result = subprocess.run(["bash", str(REPO / "scripts" / "bench_launchers.sh"), *tiny],
+                            env={**os.environ, "OUT": str(tmp_path / "bench")}, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "8 of 8 run.json written" in result.stdout
+    verdict = result.stdout.strip().splitlines()[-1]
+    assert verdict.startswith("ratio serial/joblib: ") and verdict.endswith(" the target")
+    assert " meets " in verdict or " misses " in verdict

@@ -213,6 +213,13 @@ def register_schemas() -> None:
         store.store(group=group, name=name, node=schema)
 
 
+def schema_defaults(schema: type) -> dict[str, Any]:
+    """A schema's defaults as plain values (``OptimConfig`` -> ``{"name": "sgd", ...}``): what a
+    component built in Python without a config (``ZooModule``) uses, so that it trains as
+    ``train.py`` does."""
+    return OmegaConf.to_container(OmegaConf.structured(schema), enum_to_str=True)
+
+
 def plain(cfg: DictConfig) -> DictConfig:
     """The composed config with every choice a plain string again, still a struct DictConfig.
 

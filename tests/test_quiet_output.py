@@ -1,0 +1,46 @@
+"""What a run prints holds nothing a user cannot act on (issue 25, item 8): the model summary
+lists the network, not the metric objects; the progress bar has no logger version (v_num)."""
+
+from __future__ import annotations
+
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import TQDMProgressBar
+from pytorch_lightning.loggers import CSVLogger
+
+from zoo.compat import quiet_library_noise
+from zoo.data import build_datamodule
+from zoo.module import ZooModule
+from zoo.schemas import plain
+from zoo.trainer_setup import SummaryWithoutMetrics, TQDMBar, build_callbacks
+
+DIGITS = {"name": "digits", "num_classes": 10, "in_channels": 1, "image_size": 8,
+          "mean": [0.3052], "std": [0.3755], "batch_size": 32, "num_workers": 0,
+          "loader": "device", "val_size": 300, "seed": 0}
+
+
+def test_summary_lists_the_network_not_the_metrics_and_the_bar_has_no_v_num(
+        compose, tmp_path, capsys, caplog):
+    cfg = plain(compose("model=resnet8", "data=digits", "callbacks=none",
+                        "callbacks.progress_bar=tqdm"))
+    callbacks, _ = build_callbacks(cfg, tmp_path)
+    bar = next(c for c in callbacks if isinstance(c, TQDMProgressBar))
+    assert isinstance(bar, TQDMBar)
+    module = ZooModule({"name": "resnet8", "num_classes": 10, "in_channels": 1}, batch_size=32,
+                       dataset={"image_size": 8, "in_channels": 1})  # summary with sizes
+    quiet_library_noise()
+    trainer = pl.Trainer(max_steps=1, limit_val_batches=1, accelerator="cpu", devices=1,
+                         num_sanity_val_steps=0, enable_checkpointing=False, log_every_n_steps=1,
+                         logger=CSVLogger(tmp_path, version="7"),  # v_num would be 7
+                         callbacks=[c for c in callbacks if c is bar] + [SummaryWithoutMetrics()])
+    trainer.fit(module, datamodule=build_datamodule(DIGITS))
+    printed = capsys.readouterr()
+    summary = printed.out[:printed.out.index("Total params")]
+    assert " net " in summary and "CifarResNet" in summary
+    for metric in ("train_acc", "val_acc", "test_acc5", "Multiclass"):
+        assert metric not in summary, summary
+    assert "?" not in summary  # the metric rows were the ones without sizes
+    assert "│ 0 │ net" in summary and "│ 1 │" not in summary  # numbered again
+    assert "Trainer already configured" not in printed.out + printed.err + caplog.text
+    # Lightning's own bar would show the logger's version; the zoo's does not
+    assert TQDMProgressBar.get_metrics(bar, trainer, module)["v_num"] == "7"
+    assert "v_num" not in bar.get_metrics(trainer, module)

@@ -1,7 +1,10 @@
-"""What a run prints holds nothing a user cannot act on (issue 25, item 8): the model summary
-lists the network, not the metric objects; the progress bar has no logger version (v_num)."""
+"""What the zoo prints holds nothing a user cannot act on and leaves nothing out (issue 25, item
+8): the model summary lists the network, not the metric objects; the progress bar has no logger
+version (v_num); zoo.report names every file it wrote."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import TQDMProgressBar
@@ -44,3 +47,19 @@ def test_summary_lists_the_network_not_the_metrics_and_the_bar_has_no_v_num(
     # Lightning's own bar would show the logger's version; the zoo's does not
     assert TQDMProgressBar.get_metrics(bar, trainer, module)["v_num"] == "7"
     assert "v_num" not in bar.get_metrics(trainer, module)
+
+
+def test_report_names_every_file_it_wrote(tmp_path, capsys):
+    from test_report import _fake_run
+
+    from zoo import report
+
+    _fake_run(tmp_path / "runs", "0-resnet8-digits-s42", "resnet8", [0.5, 0.9], [0.6, 0.8],
+              losses=[(1, 2.0), (2, 1.5)])
+    assert report.main([str(tmp_path / "runs"), "--out", str(tmp_path / "out")]) == 0
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith("written: ")
+    written = [Path(path) for path in line.removeprefix("written: ").split(", ")]
+    assert sorted(path.name for path in written) == ["error_curves.png", "loss_curves.png",
+                                                     "summary.md"]
+    assert all(path.is_file() for path in written)

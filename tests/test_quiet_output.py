@@ -63,3 +63,21 @@ def test_report_names_every_file_it_wrote(tmp_path, capsys):
     assert sorted(path.name for path in written) == ["error_curves.png", "loss_curves.png",
                                                      "summary.md"]
     assert all(path.is_file() for path in written)
+
+
+def test_bench_table_gives_a_verdict_beside_each_ratio_with_a_target(capsys):
+    from zoo.bench.common import Reporter
+
+    env = {"device_name": "a CPU (2 cores)", "torch": "2", "pytorch_lightning": "2"}
+    reporter = Reporter(env, out=None)
+    for case, ratio, target in (("fast", 0.99, 0.97), ("slow", 0.90, 0.95), ("free", 1.2, None)):
+        reporter.emit({"benchmark": "loop", "case": case, "zoo_img_per_s": 100 * ratio,
+                       "baseline_img_per_s": 100.0, "ratio": ratio, "target": target,
+                       "zoo": "zoo", "baseline": "hand-written"})
+    capsys.readouterr()
+    reporter.print_table()
+    rows = {line.split()[1]: line for line in capsys.readouterr().out.splitlines()
+            if line.startswith("loop")}
+    assert "0.99x  >= 0.97x  meets the target" in rows["fast"]
+    assert "0.90x  >= 0.95x  MISSES the target" in rows["slow"]
+    assert "target" not in rows["free"]

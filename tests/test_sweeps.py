@@ -20,13 +20,15 @@ TINY_RUN = [*FAST_OVERRIDES, "model=resnet8", "logger=csv", "trainer.max_epochs=
             "trainer.limit_test_batches=1"]
 
 
-def run_sweep(sweep_dir: Path, *overrides: str, timeout: float = 600) -> None:
+def run_sweep(sweep_dir: Path, *overrides: str, timeout: float = 600) -> str:
+    """Run ``train.py -m`` on the tiny sweep; returns what it printed."""
     environment = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
     command = [sys.executable, str(REPO / "train.py"), "-m", *TINY_RUN,
                f"hydra.sweep.dir={sweep_dir}", *overrides]
     result = subprocess.run(command, cwd=sweep_dir.parent, env=environment, capture_output=True,
                             text=True, timeout=timeout)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout + result.stderr
 
 
 def job_records(sweep_dir: Path) -> dict[str, dict]:
@@ -108,11 +110,16 @@ def test_a_sweep_through_a_launcher_runs_every_job_to_completion(tmp_path, launc
     pytest.importorskip(f"hydra_plugins.hydra_{launcher.split('_')[0]}_launcher")
     sweep_dir = tmp_path / "sweep"
     extra = ["hydra.launcher.n_jobs=2"] if launcher == "joblib" else []
-    run_sweep(sweep_dir, f"hydra/launcher={launcher}", "seed=1,2", *extra)
+    printed = run_sweep(sweep_dir, f"hydra/launcher={launcher}", "seed=1,2", *extra)
     records = job_records(sweep_dir)
     assert sorted(records) == ["0-resnet8-digits-s1", "1-resnet8-digits-s2"]
     assert [record["status"] for record in records.values()] == ["done", "done"]
     assert [record["seed"] for record in records.values()] == [1, 2]
+    # each worker process silences the library lines train.py silences (its main does it);
+    # submitit's jobs write to their own logs
+    printed += "".join(log.read_text() for log in sweep_dir.glob(".submitit/*/*_log.*"))
+    for noise in ("GPU available", "TPU available", "Tip:", "LeafSpec", "Loading `train_"):
+        assert noise not in printed, noise
 
 
 def test_optuna_tunes_the_learning_rate_and_reports_the_best_value(tmp_path):

@@ -90,15 +90,22 @@ def test_a_run_that_did_not_finish_returns_no_value(tmp_path, compose):
 # ---------------------------------------------------------------- launchers and sweepers
 
 
-def test_slurm_launcher_config_composes_over_the_plugins_schema(compose):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
+def slurm_launcher_config():
+    """hydra.launcher of ``hydra/launcher=slurm hydra.launcher.partition=gpu``."""
+    from hydra import compose, initialize_config_dir
+
+    from zoo.config import register_configs
 
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    register_configs()
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
-        cfg = hydra_compose(config_name="train", return_hydra_config=True,
-                            overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu"])
-    launcher = cfg.hydra.launcher
+        cfg = compose(config_name="train", return_hydra_config=True,
+                      overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu"])
+    return cfg.hydra.launcher
+
+
+def test_slurm_launcher_config_composes_over_the_plugins_schema():
+    launcher = slurm_launcher_config()
     assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
     assert (launcher.partition, launcher.gpus_per_node, launcher.timeout_min) == ("gpu", 1, 240)
     assert launcher.signal_delay_s == 120 and launcher.max_num_timeout == 3
@@ -155,3 +162,28 @@ def test_launcher_benchmark_script_times_both_sweeps_and_gives_a_verdict(tmp_pat
     verdict = result.stdout.strip().splitlines()[-1]
     assert verdict.startswith("ratio serial/joblib: ") and verdict.endswith(" the target")
     assert " meets " in verdict or " misses " in verdict
+
+
+def test_the_slurm_launcher_config_becomes_these_sbatch_lines(tmp_path, monkeypatch):
+    # What hydra-submitit-launcher hands submitit (its launch(): init and queue parameters), and
+    # the sbatch script submitit writes from it; no SLURM here, so srun's presence is faked.
+    launcher = slurm_launcher_config()
+    import submitit
+    from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+    from omegaconf import OmegaConf
+    from submitit.slurm.slurm import SlurmExecutor
+
+    monkeypatch.setattr(SlurmExecutor, "affinity", classmethod(lambda cls: 1))
+    params = OmegaConf.to_container(launcher, resolve=False)
+    params.pop("_target_")
+    params.update(submitit_folder=str(tmp_path / "%j"), name="train")
+    executor = submitit.AutoExecutor(cluster="slurm", folder=params.pop("submitit_folder"),
+                                     slurm_max_num_timeout=params.pop("max_num_timeout"))
+    base = set(OmegaConf.structured(BaseQueueConf).keys())
+    executor.update_parameters(**{key if key in base else f"slurm_{key}": value
+                                  for key, value in params.items()})
+    script = executor._executor._make_submission_file_text("python train.py", "uid")
+    for line in ("#SBATCH --partition=gpu", "#SBATCH --time=240", "#SBATCH --gpus-per-node=1",
+                 "#SBATCH --ntasks-per-node=1", "#SBATCH --cpus-per-task=8",
+                 "#SBATCH --mem=32GB", "#SBATCH --signal=USR2@120"):
+        assert line in script.splitlines(), (line, script)

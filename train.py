@@ -50,12 +50,14 @@ def stop(line: str, exit_code: int) -> None:
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> float | None:
+    """One run; returns its ``objective`` (zoo/objective.py), the value Hydra's sweepers see."""
     from zoo.checkpoint import Preempted, stop_signals
 
+    quiet_library_noise()  # again: joblib's and submitit's workers never ran this file's top
     with stop_signals:  # SIGTERM and Ctrl-C in every phase, not only while Lightning trains
         try:
-            run_one(cfg)
+            value = run_one(cfg)
         except Preempted as stopped:
             stop(str(stopped), stopped.exit_code)
         except (KeyboardInterrupt, SystemExit) as signalled:
@@ -66,14 +68,19 @@ def main(cfg: DictConfig) -> None:
             stop(str(preempted), preempted.exit_code)
         if stop_signals.received:  # arrived while finishing: the run completed, but say so
             stop(stop_signals.stop_message(), 143 if stop_signals.received == "SIGTERM" else 130)
+    return value
 
 
-def run_one(cfg: DictConfig) -> None:
+def run_one(cfg: DictConfig) -> float | None:
     from zoo.callbacks import TrainingDivergedError
+    from zoo.objective import check_objective, objective_value
     from zoo.run import train
 
+    run_dir = HydraConfig.get().runtime.output_dir
     try:
-        train(cfg, run_dir=HydraConfig.get().runtime.output_dir)
+        check_objective(cfg)
+        train(cfg, run_dir=run_dir)
+        return objective_value(run_dir, cfg)
     except TrainingDivergedError as diverged:
         print(f"error: {diverged}", file=sys.stderr, flush=True)
         if HydraConfig.get().mode != RunMode.MULTIRUN:

@@ -1,7 +1,11 @@
 """Build (and with --execute, run and save) notebooks/skip_connections.ipynb.
 
-    python notebooks/make_skip_connections.py --execute            # full size (a few CPU minutes)
+    python notebooks/make_skip_connections.py --execute --out /tmp/skip_connections.ipynb
+    python notebooks/make_skip_connections.py --execute --out notebooks/skip_connections.ipynb \
+        --overwrite                              # the committed notebook (a few CPU minutes)
     ZOO_NOTEBOOK_FAST=1 python notebooks/make_skip_connections.py --execute --out /tmp/nb.ipynb
+
+An existing file (the committed notebook included) is replaced only with --overwrite.
 
 The notebook reads ZOO_NOTEBOOK_FAST=1 in its parameters cell: smaller nets and fewer batches,
 for the test that executes it (tests/test_notebook.py).
@@ -10,6 +14,7 @@ for the test that executes it (tests/test_notebook.py).
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import nbformat
@@ -95,11 +100,13 @@ tidy rows and draws that error against depth (plain dashed, residual solid) and 
     ("code", """from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from zoo.compat import quiet_library_noise
 from zoo.config import register_configs
 from zoo.run import train
 
 CONFIGS = str(Path(zoo.__file__).resolve().parents[1] / "configs")
 register_configs()  # what train.py registers: the config schemas, model names of any depth
+quiet_library_noise()  # and the library lines it silences ("GPU available: False", tips)
 
 
 def train_on_digits(name: str, seed: int = 0) -> Path:
@@ -209,17 +216,25 @@ def execute(notebook: nbformat.NotebookNode, timeout_s: int = 1800) -> nbformat.
     return notebook
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--execute", action="store_true")
-    parser.add_argument("--out", type=Path, default=HERE / "skip_connections.ipynb")
-    args = parser.parse_args()
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--execute", action="store_true", help="run every cell and keep outputs")
+    parser.add_argument("--out", type=Path, required=True,
+                        help="where to write it (notebooks/skip_connections.ipynb: the committed "
+                             "one, with --overwrite)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing file")
+    args = parser.parse_args(argv)
+    if args.out.exists() and not args.overwrite:  # checked before minutes of execution
+        print(f"error: {args.out} exists; add --overwrite to replace it, or choose another --out",
+              file=sys.stderr)
+        return 2
     notebook = build()
     if args.execute:
         execute(notebook)
     nbformat.write(notebook, args.out)
     print(f"written {args.out}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -7,7 +7,6 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
-SHARED = REPO.parent / "shared"
 
 # One intra-op thread per process: tests start several processes at once (DDP, train.py
 # subprocesses) and OpenMP threads spinning on an oversubscribed 2-core machine are 20x slower.

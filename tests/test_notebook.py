@@ -42,6 +42,10 @@ def test_notebook_executes(monkeypatch, tmp_path):
     outputs = [o for c in notebook.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     assert not any(o.get("output_type") == "error" for o in outputs)
     text = "".join(str(o.get("text", "")) for o in outputs)
+    # Library lines a reader cannot act on, which train.py silences too (zoo/compat.py)
+    for noise in ("GPU available", "TPU available", "Tip:", "litlogger",
+                  "Loading `train_dataloader`", "LeafSpec"):
+        assert noise not in text, noise
     tables = "".join(str(o.get("data", {}).get("text/markdown", "")) for o in outputs)
     assert "network restored: same state dict, same outputs" in text
     # The degradation runs measured the eval-mode training error, per family and depth.
@@ -51,3 +55,18 @@ def test_notebook_executes(monkeypatch, tmp_path):
     images = [o for o in outputs if "image/png" in o.get("data", {})]
     assert len(images) >= 6  # 2 gradient figures, error vs depth, curves, lesion, memory
     assert not list(tmp_path.glob("skip_connections_*")), "the notebook left its working folder"
+
+
+def test_the_builder_never_replaces_a_notebook_unless_asked(tmp_path, capsys):
+    builder = _builder()
+    existing = tmp_path / "skip_connections.ipynb"
+    existing.write_text("a notebook with outputs\n")
+    assert builder.main(["--out", str(existing)]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: {existing} exists; add --overwrite to replace it, or choose another --out"]
+    assert existing.read_text() == "a notebook with outputs\n"
+    assert builder.main(["--out", str(existing), "--overwrite"]) == 0
+    assert [c.source for c in nbformat.read(existing, as_version=4).cells] == [
+        c.source for c in builder.build().cells]
+    fresh = tmp_path / "new.ipynb"
+    assert builder.main(["--out", str(fresh)]) == 0 and fresh.is_file()

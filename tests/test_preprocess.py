@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import SHARED
+from community_weights import write_akamaster_file
 
 import zoo
 from zoo.predict import KNOWN_CLASS_NAMES, Preprocess
@@ -96,9 +96,8 @@ def test_progress_bar_shows_this_epochs_train_acc():
     assert shown == pytest.approx(logged)
 
 
-@pytest.mark.skipif(not (SHARED / "checkpoints").is_dir(), reason="community checkpoints absent")
-def test_community_cifar_weights_carry_their_preprocessing():
-    path = SHARED / "checkpoints" / "cifar10-resnet-akamaster" / "resnet20-12fca82f.th"
+def test_community_cifar_weights_carry_their_preprocessing(tmp_path: Path):
+    path = write_akamaster_file(tmp_path, 20)  # the published format (tests/community_weights.py)
     net = zoo.create("resnet20", num_classes=10, in_channels=3, pretrained=str(path))
     assert net.preprocess.class_names == KNOWN_CLASS_NAMES["cifar10"]
     assert net.preprocess.mean == (0.485, 0.456, 0.406) and net.preprocess.image_size == 32

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
+from community_weights import write_akamaster_file
 
 import zoo
 from zoo import pretrained
@@ -21,27 +22,20 @@ from zoo.pretrained import (
     UnsafeCheckpointError,
 )
 
-# The CI clone has shared/ beside the repository: <root>/main/tests/this_file -> <root>/shared.
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-COMMUNITY = SHARED / "checkpoints" / "cifar10-resnet-akamaster"
-COMMUNITY_FILES = {
-    "resnet20": "resnet20-12fca82f.th",
-    "resnet32": "resnet32-d509ac18.th",
-    "resnet44": "resnet44-014dd654.th",
-    "resnet56": "resnet56-4bfd9763.th",
-}
-needs_community = pytest.mark.skipif(
-    not COMMUNITY.is_dir(), reason=f"community checkpoints not found at {COMMUNITY}"
-)
-
-
 # ---------------------------------------------------------------- community CIFAR checkpoints
+# Files in the published format, made by tests/community_weights.py (the real ones are not part
+# of the repository).
 
 
-@needs_community
-@pytest.mark.parametrize("name", sorted(COMMUNITY_FILES))
-def test_community_checkpoint_loads_exactly(name: str) -> None:
-    path = COMMUNITY / COMMUNITY_FILES[name]
+@pytest.fixture(scope="module")
+def resnet20_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_akamaster_file(tmp_path_factory.mktemp("community"), 20)
+
+
+@pytest.mark.parametrize("depth", [20, 32, 44, 56, 110])
+def test_community_checkpoint_loads_exactly(depth: int, tmp_path: Path) -> None:
+    name = f"resnet{depth}"
+    path = write_akamaster_file(tmp_path, depth)
     stored = torch.load(path, weights_only=True, map_location="cpu")["state_dict"]
     net = zoo.create(name, num_classes=10, pretrained=str(path))
     own = net.state_dict()
@@ -52,13 +46,12 @@ def test_community_checkpoint_loads_exactly(name: str) -> None:
         assert torch.equal(own[key[len("module."):]], value), key
 
 
-@needs_community
-def test_community_resnet20_computes_the_reference_network() -> None:
+def test_community_resnet20_computes_the_reference_network(resnet20_file: Path) -> None:
     # A hand-written ResNet-20 from the checkpoint's tensors alone, with the option-A shortcut
     # padding planes // 4 zero channels on *both* sides, must give the same logits.
     import torch.nn.functional as F
 
-    path = COMMUNITY / COMMUNITY_FILES["resnet20"]
+    path = resnet20_file
     weights = {
         k[len("module."):]: v
         for k, v in torch.load(path, weights_only=True, map_location="cpu")["state_dict"].items()
@@ -156,9 +149,10 @@ def test_a_zoo_checkpoint_that_does_not_fit_names_the_options_it_was_trained_wit
     assert torch.equal(net.conv1.weight, source.conv1.weight)
 
 
-@needs_community
-def test_other_num_classes_loads_all_but_the_classifier(caplog: pytest.LogCaptureFixture) -> None:
-    path = COMMUNITY / COMMUNITY_FILES["resnet20"]
+def test_other_num_classes_loads_all_but_the_classifier(
+    caplog: pytest.LogCaptureFixture, resnet20_file: Path
+) -> None:
+    path = resnet20_file
     stored = torch.load(path, weights_only=True, map_location="cpu")["state_dict"]
     torch.manual_seed(0)
     fresh = zoo.create("resnet20", num_classes=100)
@@ -173,9 +167,8 @@ def test_other_num_classes_loads_all_but_the_classifier(caplog: pytest.LogCaptur
     assert "classifier" in records[0].getMessage() and "100" in records[0].getMessage()
 
 
-@needs_community
-def test_other_architecture_lists_keys() -> None:
-    path = COMMUNITY / COMMUNITY_FILES["resnet20"]
+def test_other_architecture_lists_keys(resnet20_file: Path) -> None:
+    path = resnet20_file
     with pytest.raises(ArchitectureMismatchError, match=r"missing \(60\): layer1\.3\.conv1"):
         zoo.create("resnet32", pretrained=str(path))
     with pytest.raises(ArchitectureMismatchError, match=r"unexpected \(\d+\)") as error:
@@ -206,7 +199,7 @@ def test_missing_truncated_and_non_checkpoint_files(tmp_path: Path) -> None:
     torch.save(torch.zeros(3), tensor_only)
     with pytest.raises(CheckpointError, match="holds no state dict"):
         zoo.create("resnet20", pretrained=str(tensor_only))
-    with pytest.raises(CheckpointError, match="checkpoint path or 'imagenet'"):
+    with pytest.raises(CheckpointError, match="checkpoint path, 'imagenet' or 'cifar10'"):
         zoo.create("resnet20", pretrained=True)
 
 

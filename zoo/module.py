@@ -18,7 +18,13 @@ from torchmetrics.classification import MulticlassAccuracy
 import zoo
 from zoo.compat import reset_train_dataloader
 from zoo.models import count_parameters
-from zoo.schemas import OPTIMIZERS, SCHEDULERS
+from zoo.schemas import (
+    OPTIMIZERS,
+    SCHEDULERS,
+    OptimConfig,
+    SchedulerConfig,
+    schema_defaults,
+)
 
 log = logging.getLogger("zoo")
 
@@ -47,8 +53,10 @@ class ZooModule(pl.LightningModule):
         mean, std, image size, channels, class names; ``zoo.predict.data_facts``)."""
         super().__init__()
         model = dict(model)
-        optim = dict(optim or {"name": "sgd", "lr": 0.1})
-        scheduler = dict(scheduler or {"name": "cosine"})
+        # Keys not given take the schemas' defaults, train.yaml's too: built in Python, the module
+        # trains as train.py does (warm-up included).
+        optim = {**schema_defaults(OptimConfig), **(optim or {})}
+        scheduler = {**schema_defaults(SchedulerConfig), **(scheduler or {})}
         if optim.get("name") not in OPTIMIZERS:
             raise ValueError(f"optim.name must be one of {', '.join(OPTIMIZERS)}, "
                              f"got {optim.get('name')!r}")
@@ -157,11 +165,11 @@ class ZooModule(pl.LightningModule):
         (a module built by hand) the rate is used as given.
         """
         optim = self.hparams.optim
-        lr = float(optim.get("lr", 0.1))
+        lr = float(optim["lr"])
         if not math.isfinite(lr) or lr <= 0:
             raise ValueError(f"optim.lr must be a positive finite number, got {lr}")
         batch_size = self.hparams.get("batch_size")
-        reference = optim.get("reference_batch_size", 128)
+        reference = optim["reference_batch_size"]
         if not batch_size or not reference:
             return lr, None
         trainer = self._trainer
@@ -187,15 +195,15 @@ class ZooModule(pl.LightningModule):
         resuming = bool(getattr(self.trainer, "ckpt_path", None))  # the rate comes from it: below
         if global_batch is not None and self.trainer.is_global_zero and self.trainer.max_epochs \
                 and not resuming:
-            reference = optim.get("reference_batch_size", 128)
+            reference = optim["reference_batch_size"]
             log.info(f"learning rate: {lr:.4g} (optim.lr={float(optim['lr']):g} per {reference} "
                      f"images, scaled to a global batch of {global_batch})")
         self.effective_lr = lr
-        weight_decay = float(optim.get("weight_decay", 5e-4))
+        weight_decay = float(optim["weight_decay"])
         if optim["name"] == "sgd":
             optimizer: torch.optim.Optimizer = torch.optim.SGD(
-                self.net.parameters(), lr=lr, momentum=float(optim.get("momentum", 0.9)),
-                nesterov=bool(optim.get("nesterov", True)), weight_decay=weight_decay,
+                self.net.parameters(), lr=lr, momentum=float(optim["momentum"]),
+                nesterov=bool(optim["nesterov"]), weight_decay=weight_decay,
             )
         else:
             optimizer = torch.optim.AdamW(self.net.parameters(), lr=lr, weight_decay=weight_decay)
@@ -211,7 +219,7 @@ class ZooModule(pl.LightningModule):
         if schedule["name"] == "onecycle":
             scheduler: Any = torch.optim.lr_scheduler.OneCycleLR(
                 optimizer, max_lr=lr, total_steps=total_steps,
-                pct_start=float(schedule.get("pct_start", 0.25)),
+                pct_start=float(schedule["pct_start"]),
             )
         else:
             # One LambdaLR of warm-up x shape rather than SequentialLR(LinearLR, ...): its state
@@ -223,8 +231,10 @@ class ZooModule(pl.LightningModule):
 
 
 def lr_factor(schedule: dict[str, Any], total_steps: int) -> Any:
-    """Step -> multiple of the base rate: a linear warm-up, then cosine or step decay."""
-    warmup_steps = int(total_steps * float(schedule.get("warmup_fraction", 0.0)))
+    """Step -> multiple of the base rate: a linear warm-up, then cosine or step decay; keys not
+    in ``schedule`` take the schema's defaults."""
+    schedule = {**schema_defaults(SchedulerConfig), **schedule}
+    warmup_steps = int(total_steps * float(schedule["warmup_fraction"]))
     if schedule["name"] == "cosine":
         def shape(step: int) -> float:
             progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
@@ -232,8 +242,8 @@ def lr_factor(schedule: dict[str, Any], total_steps: int) -> Any:
     else:
         # He et al. 2015: divide by 10 at 32k and 48k of 64k iterations, i.e. at 50% and 75% of
         # training; milestones are fractions of the total steps.
-        milestones = [int(f * total_steps) for f in schedule.get("milestones", (0.5, 0.75))]
-        gamma = float(schedule.get("gamma", 0.1))
+        milestones = [int(f * total_steps) for f in schedule["milestones"]]
+        gamma = float(schedule["gamma"])
 
         def shape(step: int) -> float:
             return gamma ** sum(step >= m for m in milestones)

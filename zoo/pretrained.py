@@ -14,6 +14,9 @@ loader that training runs use too. ``pretrained`` is
 * ``"imagenet"``: torchvision's published ImageNet weights (``IMAGENET1K_V1``) for that name,
   read from the torch hub cache, ``torch.hub.get_dir()/checkpoints/<file>``. A missing file is
   downloaded; offline, loading fails within seconds naming the file and where to put it.
+* ``"cifar10"``: the community CIFAR-10 weights of ResNet-20/32/44/56/110/1202 published in
+  akamaster/pytorch_resnet_cifar10 (:data:`CIFAR10_WEIGHTS`), from the same cache, the same way;
+  the file's SHA-256 must begin with the 8 hex digits in its name.
 
 Files are read with ``torch.load(weights_only=True)`` (:func:`safe_load`, which
 :mod:`zoo.checkpoint` uses too): loading never runs code from the file, and a file that needs
@@ -27,12 +30,11 @@ listing the missing, unexpected and mis-shaped keys.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
-import pickle
 import queue
 import re
-import stat
 import threading
 import urllib.error
 import urllib.request
@@ -46,73 +48,19 @@ from torch import nn
 from zoo import models, weights
 from zoo.models.densenet import remap_legacy_keys
 from zoo.predict import IMAGENET_MEAN, IMAGENET_STD, KNOWN_CLASS_NAMES, Preprocess
+from zoo.weight_files import (  # the file-reading layer; its names are this module's too
+    ArchitectureMismatchError,
+    CheckpointError,
+    PretrainedUnavailableError,
+    UnsafeCheckpointError,
+    safe_load,
+    what_is_there,
+)
 
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 10.0  # seconds to resolve, connect and get headers; offline fails here
 _MAX_LISTED = 8  # keys listed per category in a mismatch error
-
-
-# ---------------------------------------------------------------- reading files safely
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used: missing, truncated, not a checkpoint, or unsafe."""
-
-
-class UnsafeCheckpointError(CheckpointError):
-    """The file asks the unpickler to import or call code: refused, never run."""
-
-
-def what_is_there(path: Path) -> str:
-    """Why ``path`` is not a readable file, in a few words ("is a directory", ...)."""
-    try:
-        mode = path.stat().st_mode
-    except FileNotFoundError:
-        return "does not exist"
-    except OSError as error:  # a parent that is a file, a path too long, no permission
-        return f"cannot be reached ({error.strerror})"
-    for test, kind in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
-                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device")):
-        if test(mode):
-            return f"is {kind}, not a file"
-    return "is not a regular file"
-
-
-def safe_load(path: str | Path) -> Any:
-    """``torch.load`` for files from strangers: data only, with errors that name the file."""
-    path = Path(path)
-    if not path.is_file():
-        what = what_is_there(path)  # checked before opening: reading a FIFO would block
-        if what == "does not exist":
-            raise CheckpointError(f"checkpoint file not found: {path}")
-        raise CheckpointError(f"{path} {what}; give the path of a checkpoint file")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        found = re.search(r"GLOBAL ([\w.]+)", str(error))
-        if found or "global" in str(error).lower():
-            what = f" ({found.group(1)})" if found else ""
-            raise UnsafeCheckpointError(
-                f"refusing to load {path}: it needs pickled code{what}, and loading only "
-                "accepts tensors and plain containers (weights_only=True). If you trust the "
-                "file, re-save just its weights: torch.save(state_dict, 'weights.pth')."
-            ) from None
-        raise CheckpointError(f"cannot read {path}: not a PyTorch checkpoint ({error})") from None
-    except Exception as error:  # noqa: BLE001 - garbage fails anywhere in the unpickler
-        raise CheckpointError(
-            f"cannot read {path}: truncated or not a PyTorch checkpoint "
-            f"({type(error).__name__}: {str(error)[:200]})"
-        ) from None
-
-
-class ArchitectureMismatchError(CheckpointError):
-    """A checkpoint of another architecture: keys or shapes differ beyond the classifier."""
-
-
-class PretrainedUnavailableError(CheckpointError):
-    """Published weights that are neither in the torch hub cache nor downloadable now."""
 
 
 def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
@@ -217,16 +165,69 @@ def _download(url: str, destination: Path) -> None:
 
 def fetch_imagenet_weights(name: str) -> Path:
     """The cached file of torchvision's weights for ``name``; download it if missing."""
-    url = imagenet_weights_url(name)
-    destination = imagenet_weights_file(name)
+    return fetch_published_weights(name, "imagenet")
+
+
+# ---------------------------------------------------------------- community CIFAR-10 weights
+
+# Yerlan Idelbayev, akamaster/pytorch_resnet_cifar10 (BSD-2-Clause): He et al. 2015's CIFAR
+# ResNets (option-A shortcuts) trained on CIFAR-10, test error 8.27/7.37/6.90/6.61/6.32/6.18%
+# as published. The 8 hex digits in each name are the first of the file's SHA-256.
+CIFAR10_WEIGHTS = {
+    "resnet20": "resnet20-12fca82f.th",
+    "resnet32": "resnet32-d509ac18.th",
+    "resnet44": "resnet44-014dd654.th",
+    "resnet56": "resnet56-4bfd9763.th",
+    "resnet110": "resnet110-1d1ed7c2.th",
+    "resnet1202": "resnet1202-f3b1deed.th",
+}
+CIFAR10_WEIGHTS_URL = ("https://github.com/akamaster/pytorch_resnet_cifar10/raw/master/"
+                       "pretrained_models/{file}")
+PUBLISHED = {"imagenet": "torchvision's ImageNet weights", "cifar10": "community CIFAR-10 weights"}
+
+
+def cifar10_weights_file(name: str) -> Path:
+    """Where the torch hub cache keeps the CIFAR-10 weights of ``name`` (put them here offline)."""
+    if name not in CIFAR10_WEIGHTS:
+        raise CheckpointError(f"no published CIFAR-10 weights for {name!r}; pretrained='cifar10' "
+                              f"works for: {', '.join(CIFAR10_WEIGHTS)}")
+    return Path(torch.hub.get_dir()) / "checkpoints" / CIFAR10_WEIGHTS[name]
+
+
+def check_hash_prefix(path: Path) -> None:
+    """The file's SHA-256 must begin with the hex digits of its name (``resnet20-12fca82f.th``):
+    a truncated or replaced file in the cache is refused, not loaded."""
+    expected = re.search(r"-([a-f0-9]{8,})\.", path.name)
+    if expected is None:
+        return
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    if not digest.hexdigest().startswith(expected.group(1)):
+        raise CheckpointError(
+            f"{path} is not the published file: its SHA-256 begins {digest.hexdigest()[:8]}, not "
+            f"{expected.group(1)}; delete it and download it again")
+
+
+def fetch_published_weights(name: str, source: str) -> Path:
+    """The cached file of ``source``'s (``imagenet``, ``cifar10``) weights for ``name``; download
+    it if missing, check the hash in its name."""
+    if source == "imagenet":
+        url, destination = imagenet_weights_url(name), imagenet_weights_file(name)
+    else:
+        destination = cifar10_weights_file(name)
+        url = CIFAR10_WEIGHTS_URL.format(file=destination.name)
     if destination.is_file():
+        if source == "cifar10":  # a file placed by hand; torchvision's come from torch.hub
+            check_hash_prefix(destination)
         return destination
     log.info("downloading %s to %s", url, destination)
     try:
         _download(url, destination)
     except (OSError, TimeoutError) as error:  # URLError, socket.timeout are OSErrors
         raise PretrainedUnavailableError(
-            f"ImageNet weights for {name} are not in the torch hub cache and cannot be "
+            f"{PUBLISHED[source]} for {name} are not in the torch hub cache and cannot be "
             f"downloaded ({error}). Place {destination.name} (from {url}) at {destination} "
             f"(the cache is torch.hub.get_dir(); set TORCH_HOME to move it)."
         ) from None
@@ -260,22 +261,16 @@ def _trained_as(content: Any) -> str:
     return f". It was trained as model={model['name']} {options}".rstrip()
 
 
-def shipped_weights_file(name: str, dataset: str) -> Path:
-    """The zoo's own checked weight file (:mod:`zoo.weights`); its errors as CheckpointErrors."""
-    try:
-        return weights.weights_file(name, dataset)
-    except weights.ShippedWeightsError as error:
-        raise CheckpointError(str(error)) from None
-
-
 def load_pretrained(net: nn.Module, name: str, source: str | os.PathLike[str]) -> nn.Module:
-    """Load ``source`` (a checkpoint path or ``"imagenet"``) into ``net`` (built as ``name``)."""
+    """Load ``source`` (a checkpoint path, ``"imagenet"``, ``"cifar10"`` or a dataset of the zoo's
+    shipped weights) into ``net`` (built as ``name``)."""
     if not isinstance(source, (str, os.PathLike)) or not str(source):
-        raise CheckpointError(f"pretrained must be a checkpoint path or 'imagenet', got {source!r}")
-    if source == "imagenet":
-        path = fetch_imagenet_weights(name)
+        raise CheckpointError("pretrained must be a checkpoint path, 'imagenet', 'cifar10' or "
+                              f"'fashion_mnist', got {source!r}")
+    if source in PUBLISHED:
+        path = fetch_published_weights(name, source)
     elif source in weights.datasets():  # the zoo's own, shipped in the package (zoo.weights)
-        path = shipped_weights_file(name, str(source))
+        path = weights.weights_file(name, str(source))
     else:
         path = Path(source)
     content = safe_load(path)
@@ -363,22 +358,15 @@ def create(
 ) -> nn.Module:
     """Build a network by name (:func:`zoo.models.create`) and load ``pretrained`` into it.
 
-    ``pretrained``: a checkpoint path, ``"imagenet"`` (see the module's docstring) or a dataset
-    the zoo ships its own weights for (``"fashion_mnist"``, :mod:`zoo.weights`; classes, channels
-    and widths then default to the weights'). The other arguments are
-    :func:`zoo.models.create`'s (``in_channels`` 3 when unset). This is ``zoo.create``.
+    ``pretrained``: a checkpoint path, ``"imagenet"`` or ``"cifar10"`` (see the module's
+    docstring), or a dataset the zoo ships its own weights for (``"fashion_mnist"``,
+    :mod:`zoo.weights`; classes, channels and widths then default to the weights'). The other
+    arguments are :func:`zoo.models.create`'s (``in_channels`` 3 when unset). This is
+    ``zoo.create``.
     """
     if isinstance(pretrained, str) and pretrained in weights.datasets():
-        # the zoo's own weights know their classes, channels and widths: unset ones come from
-        # the manifest, so zoo.create("resnet56", pretrained="fashion_mnist") is enough
-        try:
-            shipped = weights.model_options(name, pretrained)
-        except weights.ShippedWeightsError as error:
-            raise CheckpointError(str(error)) from None
-        num_classes = num_classes if num_classes is not None else shipped.pop("num_classes")
-        in_channels = in_channels if in_channels is not None else shipped.pop("in_channels")
-        options = {**{k: v for k, v in shipped.items()
-                      if k not in ("num_classes", "in_channels")}, **options}
+        num_classes, in_channels, options = weights.creation_arguments(
+            name, pretrained, num_classes, in_channels, options)
     in_channels = 3 if in_channels is None else in_channels
     net = models.create(name, num_classes=num_classes, in_channels=in_channels, **options)
     if pretrained:
@@ -387,15 +375,19 @@ def create(
 
 
 __all__ = [
+    "CIFAR10_WEIGHTS",
     "ArchitectureMismatchError",
     "CheckpointError",
     "PretrainedUnavailableError",
     "UnsafeCheckpointError",
+    "cifar10_weights_file",
     "create",
     "fetch_imagenet_weights",
+    "fetch_published_weights",
     "imagenet_weights_file",
     "imagenet_weights_url",
     "load_pretrained",
     "read_checkpoint",
     "safe_load",
+    "what_is_there",
 ]

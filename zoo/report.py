@@ -248,7 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(written["summary"].read_text())
-    print(f"written: {written['figure']}, {written['summary']}", file=sys.stderr)
+    print("written: " + ", ".join(map(str, written.values())), file=sys.stderr)
     return 0
 
 

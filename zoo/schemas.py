@@ -44,6 +44,11 @@ OPTIMIZERS = ("sgd", "adamw")
 SCHEDULERS = ("cosine", "onecycle", "step", "none")
 LOADERS = ("auto", "device", "torch")
 PROGRESS_BARS = ("rich", "tqdm", "none")
+# What train.py may return to a Hydra sweeper (``objective`` in train.yaml; zoo/objective.py):
+# the metrics ZooModule logs and the run records.
+OBJECTIVES = ("val/acc", "val/acc5", "val/loss", "test/acc", "test/acc5", "test/loss",
+              "train_eval/err", "train_eval/acc", "train_eval/loss", "train/acc",
+              "train/loss_epoch")
 
 Optimizer = choices("Optimizer", OPTIMIZERS)
 Scheduler = choices("Scheduler", SCHEDULERS)
@@ -206,6 +211,13 @@ def register_schemas() -> None:
     store = ConfigStore.instance()
     for (group, name), schema in SCHEMAS.items():
         store.store(group=group, name=name, node=schema)
+
+
+def schema_defaults(schema: type) -> dict[str, Any]:
+    """A schema's defaults as plain values (``OptimConfig`` -> ``{"name": "sgd", ...}``): what a
+    component built in Python without a config (``ZooModule``) uses, so that it trains as
+    ``train.py`` does."""
+    return OmegaConf.to_container(OmegaConf.structured(schema), enum_to_str=True)
 
 
 def plain(cfg: DictConfig) -> DictConfig:

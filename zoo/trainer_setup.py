@@ -19,10 +19,12 @@ from pytorch_lightning.callbacks import (
     Callback,
     LearningRateMonitor,
     ModelCheckpoint,
+    RichModelSummary,
     RichProgressBar,
     TQDMProgressBar,
 )
 from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
+from torchmetrics import Metric
 
 from zoo.callbacks import build_measurement_callbacks
 from zoo.checkpoint import AtomicCheckpointIO, PreemptionCheckpoint
@@ -116,6 +118,45 @@ def build_loggers(cfg: DictConfig, run_dir: Path, tags: list[str],
     return loggers
 
 
+# ------------------------------------------------------------------ what the terminal shows
+
+
+class SummaryWithoutMetrics(RichModelSummary):
+    """Lightning's model summary less the rows of the metric objects (``train_acc``, ...): they
+    hold no weights and have no input or output sizes (shown as ``?``)."""
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.metric_names = {name for name, child in pl_module.named_children()
+                             if isinstance(child, Metric)}
+        super().on_fit_start(trainer, pl_module)
+
+    def summarize(self, summary_data: list[tuple[str, list[str]]], *totals: Any,
+                  **options: Any) -> None:
+        names = dict(summary_data)["Name"]
+        kept = [i for i, name in enumerate(names) if name not in self.metric_names]
+        rows = [(header, [values[i] for i in kept]) for header, values in summary_data]
+        rows[0] = (rows[0][0], [str(i) for i in range(len(kept))])  # number the rows again
+        super().summarize(rows, *totals, **options)
+
+
+class _NoVersionNumber:
+    """No ``v_num`` on the progress bar: the logger's version (a W&B run id, ``v_num: qpa_``)
+    means nothing to a reader; the run directory names the run. Lightning's documented way."""
+
+    def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
+        metrics = super().get_metrics(trainer, pl_module)  # type: ignore[misc]
+        metrics.pop("v_num", None)
+        return metrics
+
+
+class RichBar(_NoVersionNumber, RichProgressBar):
+    pass
+
+
+class TQDMBar(_NoVersionNumber, TQDMProgressBar):
+    pass
+
+
 # ---------------------------------------------------------------------------- callbacks
 
 
@@ -145,9 +186,9 @@ def build_callbacks(cfg: DictConfig, run_dir: Path) -> tuple[list[Callback], Mod
         ))
     bar = options.get("progress_bar", "rich")
     if bar == "rich":
-        callbacks.append(RichProgressBar(leave=True))
+        callbacks.append(RichBar(leave=True))
     elif bar == "tqdm":
-        callbacks.append(TQDMProgressBar())
+        callbacks.append(TQDMBar())
     elif bar not in ("none", None):
         raise ValueError(f"callbacks.progress_bar must be one of {', '.join(PROGRESS_BARS)}, "
                          f"got {bar!r}")
@@ -172,6 +213,8 @@ def build_trainer(
     loggers = build_loggers(cfg, run_dir, tags, resumed)
     callbacks, checkpoint = build_callbacks(cfg, run_dir)
     callbacks += [StepLogInterval(), WandbRunIdInCheckpoint()]
+    if cfg.trainer.get("enable_model_summary", True) is not False:
+        callbacks.append(SummaryWithoutMetrics())
     options = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer = pl.Trainer(
         **{key: value for key, value in options.items() if value is not None},

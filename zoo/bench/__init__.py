@@ -26,7 +26,8 @@ every baseline is :class:`zoo.bench.common.TrainStep`.
 Every result is one JSON line on stdout (and appended to ``--out``) with absolute figures, the
 baseline measured in the same run, ``ratio = zoo_img_per_s / baseline_img_per_s`` (above 1: the
 zoo is faster), the device, the CPU model and whether it has ``avx512_bf16`` / ``amx_bf16``,
-core count and torch version; a table of the same results follows at the end. Figures are
+core count and torch version; a table of the same results follows at the end, each ratio
+with its target and the verdict (meets / MISSES the target). Figures are
 medians over ``--repeats`` timed repeats taken after warm-up, contestants alternating so that
 drift in machine load hits all alike; ``ratio_paired_median`` is the median of the per-repeat
 ratios. Timing: CUDA work is asynchronous, so every timed window starts and ends with

@@ -148,6 +148,13 @@ def log(message: str) -> None:
     print(f"[zoo.bench] {message}", file=sys.stderr, flush=True)
 
 
+def verdict(ratio: float, target: float | None) -> str:
+    """Every target of the benchmarks is a least ratio (zoo / baseline): met or missed."""
+    if not target:
+        return ""
+    return "meets the target" if ratio >= target else "MISSES the target"
+
+
 class Reporter:
     """Prints one JSON line per result and appends it to ``out`` (JSONL); :meth:`print_table`
     shows the same results for a person at the end."""
@@ -172,11 +179,11 @@ class Reporter:
         if not rows:
             return
         header = ["benchmark", "case", "precision", "zoo img/s", "baseline img/s", "ratio",
-                  "target", "zoo", "baseline"]
+                  "target", "verdict", "zoo", "baseline"]
         cells = [[r["benchmark"], r["case"], str(r.get("precision", "")),
                   f"{r['zoo_img_per_s']:,.0f}", f"{r['baseline_img_per_s']:,.0f}",
-                  f"{r['ratio']:.2f}x", f"{r['target']:.2f}x" if r.get("target") else "",
-                  r["zoo"], r["baseline"]] for r in rows]
+                  f"{r['ratio']:.2f}x", f">= {r['target']:.2f}x" if r.get("target") else "",
+                  verdict(r["ratio"], r.get("target")), r["zoo"], r["baseline"]] for r in rows]
         widths = [max(len(row[i]) for row in [header, *cells]) for i in range(len(header))]
         env = self.env
         flags = [flag for flag in BF16_CPU_FLAGS if env.get(f"cpu_{flag}")]

@@ -22,11 +22,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+from zoo.weight_files import CheckpointError
+
 HERE = Path(__file__).resolve().parent
 MANIFEST = HERE / "manifest.json"
 
 
-class ShippedWeightsError(ValueError):
+class ShippedWeightsError(CheckpointError):
     """A shipped weight that is unknown, missing or altered: one line says which and what to do."""
 
 
@@ -86,6 +88,17 @@ def weights_file(name: str, dataset: str) -> Path:
 def model_options(name: str, dataset: str) -> dict[str, Any]:
     """``zoo.create`` arguments the weights need (classes, channels, widths ...)."""
     return dict(entry_for(name, dataset)["model_options"])
+
+
+def creation_arguments(name: str, dataset: str, num_classes: int | None, in_channels: int | None,
+                       options: dict[str, Any]) -> tuple[int, int, dict[str, Any]]:
+    """``zoo.create``'s arguments for shipped weights: the ones left unset come from the
+    manifest, so ``zoo.create("resnet56", pretrained="fashion_mnist")`` is enough."""
+    shipped = model_options(name, dataset)
+    num_classes = num_classes if num_classes is not None else shipped["num_classes"]
+    in_channels = in_channels if in_channels is not None else shipped["in_channels"]
+    rest = {k: v for k, v in shipped.items() if k not in ("num_classes", "in_channels")}
+    return num_classes, in_channels, {**rest, **options}
 
 
 def markdown_table(entries: list[dict[str, Any]] | None = None) -> str:

@@ -31,9 +31,12 @@ import pickle
 import queue
 import re
 import stat
+import tempfile
 import threading
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -78,8 +81,36 @@ def what_is_there(path: Path) -> str:
     return "is not a regular file"
 
 
-def safe_load(path: str | Path) -> Any:
-    """``torch.load`` for files from strangers: data only, with errors that name the file."""
+def is_url(source: Any) -> bool:
+    return isinstance(source, str) and source.startswith(("http://", "https://"))
+
+
+@contextmanager
+def local_copy(source: str | os.PathLike[str]) -> Iterator[Path]:
+    """``source`` as a local file: a path as it is, an http(s) URL downloaded into a temporary
+    folder that is removed after (Lightning unpickles URLs with ``weights_only=False``: the zoo
+    reads them itself, as data)."""
+    if not is_url(source):
+        yield Path(source)
+        return
+    with tempfile.TemporaryDirectory(prefix="zoo-download-") as folder:
+        local = Path(folder) / (source.split("?")[0].rsplit("/", 1)[-1] or "checkpoint")
+        try:
+            _download(source, local)
+        except (OSError, TimeoutError) as error:  # URLError, HTTPError, socket.timeout
+            raise CheckpointError(f"cannot download {source} ({error})") from None
+        try:
+            yield local
+        except CheckpointError as error:  # errors name the URL, not the temporary file
+            raise type(error)(str(error).replace(str(local), source)) from None
+
+
+def safe_load(path: str | os.PathLike[str]) -> Any:
+    """``torch.load`` for files from strangers (paths or http(s) URLs): data only, with errors
+    that name the file."""
+    if is_url(path):
+        with local_copy(path) as local:
+            return safe_load(local)
     path = Path(path)
     if not path.is_file():
         what = what_is_there(path)  # checked before opening: reading a FIFO would block
@@ -262,8 +293,12 @@ def load_pretrained(net: nn.Module, name: str, source: str | os.PathLike[str]) -
     """Load ``source`` (a checkpoint path or ``"imagenet"``) into ``net`` (built as ``name``)."""
     if not isinstance(source, (str, os.PathLike)) or not str(source):
         raise CheckpointError(f"pretrained must be a checkpoint path or 'imagenet', got {source!r}")
-    path = fetch_imagenet_weights(name) if source == "imagenet" else Path(source)
+    path = fetch_imagenet_weights(name) if source == "imagenet" else \
+        source if is_url(source) else Path(source)
     content = safe_load(path)
+    from zoo.hparams import check_hyper_parameters  # it imports zoo.predict's Preprocess
+
+    check_hyper_parameters(content, path)
     state_dict = remap_legacy_keys(_state_dict_of(content, path))
 
     own = net.state_dict()
@@ -280,15 +315,9 @@ def load_pretrained(net: nn.Module, name: str, source: str | os.PathLike[str]) -
         for key in head_keys:
             state_dict.pop(key, None)
         net.load_state_dict(state_dict, strict=False)
-        log.warning(
-            "%s: loaded %s except the classifier '%s' (%d classes in the checkpoint, %d in "
-            "the network), which keeps its fresh initialisation",
-            name,
-            path,
-            classifier,
-            found,
-            wanted,
-        )
+        log.warning("%s: loaded %s except the classifier '%s' (%d classes in the checkpoint, %d "
+                    "in the network), which keeps its fresh initialisation", name, path,
+                    classifier, found, wanted)
         return net
     if missing or unexpected or misshapen:
         shapes = [f"{k} {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}" for k in misshapen]
@@ -358,15 +387,7 @@ def create(
 
 
 __all__ = [
-    "ArchitectureMismatchError",
-    "CheckpointError",
-    "PretrainedUnavailableError",
-    "UnsafeCheckpointError",
-    "create",
-    "fetch_imagenet_weights",
-    "imagenet_weights_file",
-    "imagenet_weights_url",
-    "load_pretrained",
-    "read_checkpoint",
-    "safe_load",
+    "ArchitectureMismatchError", "CheckpointError", "PretrainedUnavailableError",
+    "UnsafeCheckpointError", "create", "fetch_imagenet_weights", "imagenet_weights_file",
+    "imagenet_weights_url", "load_pretrained", "local_copy", "read_checkpoint", "safe_load",
 ]

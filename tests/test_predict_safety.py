@@ -233,3 +233,37 @@ def test_a_checkpoint_from_a_url_loads_as_data(http_folder):
     assert len(model.predict(torch.zeros(8, 8, dtype=torch.uint8))) == 1
     with pytest.raises(CheckpointError, match=f"cannot download {url}/missing.ckpt"):
         zoo.load(f"{url}/missing.ckpt")
+
+
+# ---------------------------------------------------------------- the README's example
+
+
+def readme_block(heading: str) -> str:
+    """The first ```python block under ``heading`` in README.md."""
+    from conftest import REPO
+
+    text = (REPO / "README.md").read_text()
+    section = text[text.index(f"## {heading}\n"):]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+@pytest.mark.slow
+def test_the_readmes_prediction_example_runs_as_written(tmp_path: Path):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    trained = subprocess.run([sys.executable, str(REPO / "train.py"), "model=resnet8",
+                              "data=digits", "trainer.max_epochs=1", "logger=csv",
+                              "callbacks.progress_bar=none"], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=600, check=False)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    answer = subprocess.run([sys.executable, "-c", readme_block("Predict with a trained model")],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+                            check=False)
+    assert answer.returncode == 0, answer.stderr[-3000:]
+    names = answer.stdout.splitlines()[0]
+    assert names.startswith("[") and names.count("'") == 10  # five class names, as digits
+    assert "Warning" not in answer.stderr, answer.stderr

@@ -96,9 +96,7 @@ def problems_of(hyper_parameters: Any) -> Iterator[str]:
 def check_hyper_parameters(content: Any, path: str | Path, required: bool = False) -> None:
     """Raise a one-line :class:`CheckpointError` naming ``path`` for the first wrong value of its
     hyper-parameters; ``required``: a checkpoint without them (not the zoo's) is refused too."""
-    if not isinstance(content, dict):
-        raise CheckpointError(f"{path} holds {type(content).__name__}, not a checkpoint (a dict)")
-    if "hyper_parameters" not in content:
+    if not isinstance(content, dict) or "hyper_parameters" not in content:
         if required:
             raise CheckpointError(
                 f"{path} is not a checkpoint of this project (no saved hyper-parameters); load "

@@ -169,8 +169,8 @@ class ZooModule(pl.LightningModule):
         return Preprocess.from_facts(self.hparams.get("dataset"))
 
     def predict(self, images: Any, batch_size: int = 256) -> Any:
-        """Class indices, probabilities and names for raw images (uint8 or [0, 1] tensors, PIL
-        images, lists of them): ``zoo.predict.predict`` with this checkpoint's preprocessing."""
+        """Class indices, probabilities and names for raw images (the layouts :mod:`zoo.predict`
+        lists; never modified): ``zoo.predict.predict`` with this checkpoint's preprocessing."""
         from zoo.predict import predict
 
         return predict(self, images, batch_size=batch_size)

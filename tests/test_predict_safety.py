@@ -267,3 +267,14 @@ def test_the_readmes_prediction_example_runs_as_written(tmp_path: Path):
     names = answer.stdout.splitlines()[0]
     assert names.startswith("[") and names.count("'") == 10  # five class names, as digits
     assert "Warning" not in answer.stderr, answer.stderr
+
+
+def test_a_resume_checkpoint_with_a_string_learning_rate_is_one_line_through_train_py(
+        tmp_path: Path):
+    from conftest import run_train
+
+    path = save_zoo_checkpoint(tmp_path / "odd.ckpt", optim={"name": "sgd", "lr": "fast"})
+    result = run_train(tmp_path / "run", "model=resnet8", f"ckpt_path={path}", check=False)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr[-3000:]
+    assert lines[0].startswith(f"error: {path}: hyper_parameters.optim.lr='fast'")

@@ -181,3 +181,20 @@ def test_python_m_zoo_runs_help_prints_help():
     shown = subprocess.run([sys.executable, "-m", "zoo.runs", "--help"], cwd=REPO,
                            capture_output=True, text=True, timeout=120, check=False)
     assert shown.returncode == 0 and "usage: python -m zoo.runs" in shown.stdout
+
+
+def test_a_config_of_nested_yaml_aliases_is_refused_not_expanded(tmp_path):
+    from zoo.run_files import plain_config
+
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]
+    path = tmp_path / "config.yaml"
+    path.write_text("\n".join(lines) + "\n")  # 10**9 values once expanded
+    with pytest.raises(ValueError, match="more than 100,000 values"):
+        plain_config(path)
+
+
+def test_the_report_says_every_file_it_wrote(tmp_path, capsys):
+    assert report.main([str(_good_run(tmp_path / "sweep")), "--out", str(tmp_path / "out")]) == 0
+    written = capsys.readouterr().err
+    assert all(name in written for name in ("error_curves.png", "loss_curves.png", "summary.md"))

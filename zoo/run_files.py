@@ -28,6 +28,7 @@ from zoo.predict import cut
 
 REFERENCE = re.compile(r"^\$\{([A-Za-z_][\w.]*)\}$")  # ${a.b}: a key, no resolver
 LARGEST_COUNT = 2**53  # steps, epochs, parameters: beyond it a float cannot hold the count
+LARGEST_CONFIG = 100_000  # values in a run's config.yaml; Hydra writes a few hundred
 
 
 def plain_config(path: Path) -> dict[str, Any]:
@@ -42,7 +43,13 @@ def plain_config(path: Path) -> dict[str, Any]:
     if not isinstance(config, dict):
         raise ValueError(f"{path} holds {type(config).__name__}, not a config (a mapping)")
 
+    visited = [0]  # YAML aliases can nest a "billion laughs" into a few lines: bounded walk
+
     def look_up(value: Any, depth: int = 0) -> Any:
+        visited[0] += 1
+        if visited[0] > LARGEST_CONFIG:
+            raise ValueError(f"{path} holds more than {LARGEST_CONFIG:,} values (nested YAML "
+                             "aliases?); not a config of a run")
         if isinstance(value, dict):
             return {key: look_up(item, depth) for key, item in value.items()}
         if isinstance(value, list):

@@ -55,8 +55,8 @@ def test_predict_restores_train_mode_and_names_classes():
     from zoo.predict import predict
 
     net = zoo.create("resnet8", num_classes=10, in_channels=1).train()
-    result = predict(net, torch.zeros(3, 8, 8, dtype=torch.uint8), preprocess=GREY)
-    assert net.training and len(result) == 3
+    result = predict(net, torch.zeros(4, 8, 8, dtype=torch.uint8), preprocess=GREY)
+    assert net.training and len(result) == 4
     assert result.names == [str(i) for i in result.indices.tolist()]
     with pytest.raises(ValueError, match="carries no preprocessing"):
         predict(net, torch.zeros(3, 8, 8, dtype=torch.uint8))

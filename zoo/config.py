@@ -17,11 +17,12 @@ composing) does two things:
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import re
 import sys
 import traceback
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -30,7 +31,7 @@ from hydra.core.plugins import Plugins
 from hydra.errors import HydraException, MissingConfigException
 from hydra.plugins.config_source import ConfigLoadError, ConfigResult, ConfigSource
 from hydra.plugins.search_path_plugin import SearchPathPlugin
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from zoo.schemas import register_schemas
@@ -103,6 +104,49 @@ class ModelNameSearchPath(SearchPathPlugin):
 
 
 _registered = False
+# Hydra callbacks the zoo lets a config name: its own, and code that ships as Hydra or its plugins
+OWN_HYDRA_CALLBACKS = ("zoo.rundir.RunDirectoryCheck",)
+TRUSTED_CALLBACK_PACKAGES = ("hydra.experimental.callbacks.", "hydra_plugins.")
+
+
+def check_hydra_callbacks(config: Any) -> None:
+    """Refuse ``hydra.callbacks`` entries whose ``_target_`` is not a callback the zoo expects.
+
+    Hydra instantiates them before the job, with any ``_target_`` (``shutil.copyfile``,
+    ``torch.load``): an experiment YAML could run code there. Launchers and sweepers need no
+    check: Hydra instantiates only registered plugins for them.
+    """
+    callbacks = OmegaConf.select(config, "hydra.callbacks") if config is not None else None
+    for name, params in (callbacks or {}).items():
+        arguments = OmegaConf.to_container(params, resolve=False) \
+            if isinstance(params, DictConfig) else {}
+        target = str(arguments.pop("_target_", ""))
+        # instantiate() is recursive: a _target_ among the arguments would be called as well
+        nested = "_target_" in repr(arguments)
+        if nested or (target not in OWN_HYDRA_CALLBACKS
+                      and not target.startswith(TRUSTED_CALLBACK_PACKAGES)):
+            raise ValueError(
+                f"hydra.callbacks.{name}._target_={target[:80] or '(none)'}: the zoo runs only "
+                f"its own Hydra callback ({', '.join(OWN_HYDRA_CALLBACKS)}) and Hydra's "
+                "(hydra.experimental.callbacks.*, hydra_plugins.*), with no _target_ among its "
+                "arguments; remove it from the config (docs/RELIABILITY.md, trust model)")
+
+
+def _checked_hydra_callbacks() -> None:
+    """Run :func:`check_hydra_callbacks` before Hydra instantiates its callbacks (Hydra has no
+    hook there: its ``Callbacks`` class is wrapped, once per process)."""
+    from hydra._internal.callbacks import Callbacks
+
+    original = Callbacks.__init__
+    if getattr(original, "zoo_checked", False):
+        return
+
+    def checked(self: Any, config: Any = None, *args: Any, **kwargs: Any) -> None:
+        check_hydra_callbacks(config)
+        original(self, config, *args, **kwargs)
+
+    checked.zoo_checked = True  # type: ignore[attr-defined]
+    Callbacks.__init__ = checked
 
 
 def register_configs() -> None:
@@ -113,10 +157,30 @@ def register_configs() -> None:
     Plugins.instance().register(ModelNameSource)
     Plugins.instance().register(ModelNameSearchPath)
     register_schemas()
+    _checked_hydra_callbacks()
     _registered = True
 
 
 # ------------------------------------------------------------------ errors in one line
+
+
+def _close(name: str, choices: Any) -> str:
+    close = difflib.get_close_matches(name, [str(c) for c in choices], n=3, cutoff=0.6)
+    return f"did you mean {' or '.join(close)}? " if close else ""
+
+
+def _no_such_key(cause: OmegaConfBaseException) -> str:
+    """"Key 'max_epoch' is not in struct": the closest keys, then every key of the parent."""
+    schema = getattr(cause, "object_type", None)
+    parent_node = getattr(cause, "parent_node", None)
+    if dataclasses.is_dataclass(schema):
+        keys = sorted(f.name for f in dataclasses.fields(schema))
+    elif isinstance(parent_node, DictConfig):
+        keys = sorted(str(key) for key in parent_node.keys())
+    else:
+        return str(getattr(cause, "msg", None) or cause).splitlines()[0]
+    parent, _, key = cause.full_key.rpartition(".")
+    return f"no such setting; {_close(key, keys)}{parent or 'the config'} has: {', '.join(keys)}"
 
 
 def config_error_line(error: BaseException) -> str:
@@ -126,18 +190,43 @@ def config_error_line(error: BaseException) -> str:
         # "Value 'x' of type 'str' could not be converted to Integer", "Invalid value 'foo',
         # expected one of [sgd, adamw]": OmegaConf's first line, after the key it is about
         message = str(getattr(cause, "msg", None) or cause).splitlines()[0]
-        schema = getattr(cause, "object_type", None)
-        if (isinstance(cause, (ConfigAttributeError, ConfigKeyError))
-                and dataclasses.is_dataclass(schema)):
-            # "Key 'typo' not in 'CifarResNetConfig'": say which keys there are instead
-            keys = ", ".join(sorted(f.name for f in dataclasses.fields(schema)))
-            parent = cause.full_key.rpartition(".")[0] or "the config"
-            message = f"no such setting; {parent} has: {keys}"
+        if isinstance(cause, (ConfigAttributeError, ConfigKeyError)):
+            message = _no_such_key(cause)
         return f"{cause.full_key}: {message}"
     if isinstance(error, MissingConfigException) and error.options:
         first = str(error).splitlines()[0]
-        return f"{first}; choose one of: {', '.join(error.options)}"
+        # the schemas (_schema, _cifar_resnet_schema) share the groups' folders: not choices
+        options = [option for option in error.options if not option.startswith("_")]
+        missing = str(error.missing_cfg_file or "").rpartition("/")[2]
+        return f"{first}; {_close(missing, options)}choose one of: {', '.join(options)}"
     return " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+
+
+def internal_choice(arguments: Sequence[str]) -> str | None:
+    """The first command-line override that picks a schema as a group's config (``data=_schema``:
+    composed as data, it would fail deep inside the run), as a one-line error, or None."""
+    from hydra.core.config_store import ConfigStore
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import ChoiceSweep
+
+    try:
+        overrides = OverridesParser.create().parse_overrides(
+            [text for text in arguments if "=" in text and not text.startswith("-")])
+    except HydraException:  # Hydra reports a malformed override itself
+        return None
+    repo = ConfigStore.instance().repo
+    for override in overrides:
+        value = override.value()
+        names = value.list if isinstance(value, ChoiceSweep) else [value]
+        group = repo
+        for part in override.key_or_group.split("/"):
+            group = group.get(part, {}) if isinstance(group, dict) else {}
+        for name in names:
+            if isinstance(name, str) and name.startswith("_") and f"{name}.yaml" in group:
+                return (f"{override.key_or_group}={name}: names that start with _ are the zoo's "
+                        f"config schemas, not choices; pick a {override.key_or_group} config "
+                        f"(configs/{override.key_or_group}/)")
+    return None
 
 
 def _raised_in_job(error: BaseException) -> bool:
@@ -152,10 +241,17 @@ def one_line_config_errors(exit_code: int = 2) -> Iterator[None]:
     Hydra prints its composition errors over several lines with a hint about HYDRA_FULL_ERROR;
     here it re-raises them (HYDRA_FULL_ERROR=1) and they become ``error: <key>: <rule>``.
     Errors of the job itself pass through unchanged; ZOO_DEBUG=1 or the user's own
-    HYDRA_FULL_ERROR keeps Hydra's report.
+    HYDRA_FULL_ERROR=1 keeps Hydra's report (any other value of it does not). An override that
+    picks a schema as a config (``data=_schema``) is refused first, in one line.
     """
-    keep_hydra_report = bool(os.environ.get("ZOO_DEBUG") or os.environ.get("HYDRA_FULL_ERROR"))
-    os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+    # Only HYDRA_FULL_ERROR=1 asks for Hydra's report: "0" or "" are not a request for it
+    keep_hydra_report = bool(os.environ.get("ZOO_DEBUG")) or \
+        os.environ.get("HYDRA_FULL_ERROR") == "1"
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises; below decides what is shown
+    internal = None if keep_hydra_report else internal_choice(sys.argv[1:])
+    if internal is not None:
+        print(f"error: {internal}", file=sys.stderr, flush=True)
+        sys.exit(exit_code)
     try:
         yield
     except (HydraException, OmegaConfBaseException, ValueError) as error:

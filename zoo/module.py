@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from typing import Any
 
 import pytorch_lightning as pl
@@ -31,6 +32,11 @@ log = logging.getLogger("zoo")
 # Keys of the model config that are for this module, not for zoo.create.
 MODULE_ONLY_MODEL_KEYS = ("name", "compile", "pretrained")
 
+
+def load_trained(path: str | os.PathLike[str], map_location: Any = "cpu") -> ZooModule:
+    """``zoo.load``: a trained zoo checkpoint (path or http(s) URL), in eval mode, ready for
+    ``model.predict(images)``; read as data only (weights-only, hyper-parameters checked)."""
+    return ZooModule.load_from_checkpoint(path, map_location=map_location).eval()
 
 
 def create_arguments(model: dict[str, Any]) -> dict[str, Any]:
@@ -139,6 +145,29 @@ class ZooModule(pl.LightningModule):
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self._evaluate(batch, "test")
 
+    # ------------------------------------------------------------------ loading
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: Any, map_location: Any = None,
+                             hparams_file: Any = None, strict: bool | None = None,
+                             weights_only: bool | None = None, **kwargs: Any) -> Any:
+        """Lightning's loader, data only: paths and http(s) URLs are read with
+        ``weights_only=True`` (Lightning unpickles URLs with ``weights_only=False``, which runs
+        code from the file), and the hyper-parameters are checked before the net is built."""
+        from zoo.hparams import check_hyper_parameters
+        from zoo.pretrained import local_copy, safe_load
+
+        if weights_only is False or hparams_file is not None:
+            raise ValueError("a zoo checkpoint is loaded as data, with the hyper-parameters it "
+                             "holds: weights_only=False and hparams_file are not accepted")
+        if not isinstance(checkpoint_path, (str, os.PathLike)):
+            raise TypeError(f"checkpoint_path must be a path or an http(s) URL, got "
+                            f"{type(checkpoint_path).__name__}")
+        with local_copy(checkpoint_path) as path:  # a URL is downloaded once, then read as data
+            check_hyper_parameters(safe_load(path), path, required=True)
+            return super().load_from_checkpoint(path, map_location=map_location, strict=strict,
+                                                weights_only=True, **kwargs)
+
     # ------------------------------------------------------------------ prediction
 
     def transforms(self) -> Any:
@@ -148,8 +177,8 @@ class ZooModule(pl.LightningModule):
         return Preprocess.from_facts(self.hparams.get("dataset"))
 
     def predict(self, images: Any, batch_size: int = 256) -> Any:
-        """Class indices, probabilities and names for raw images (uint8 or [0, 1] tensors, PIL
-        images, lists of them): ``zoo.predict.predict`` with this checkpoint's preprocessing."""
+        """Class indices, probabilities and names for raw images (the layouts :mod:`zoo.predict`
+        lists; never modified): ``zoo.predict.predict`` with this checkpoint's preprocessing."""
         from zoo.predict import predict
 
         return predict(self, images, batch_size=batch_size)

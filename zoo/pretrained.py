@@ -53,6 +53,8 @@ from zoo.weight_files import (  # the file-reading layer; its names are this mod
     CheckpointError,
     PretrainedUnavailableError,
     UnsafeCheckpointError,
+    is_url,
+    local_copy,
     safe_load,
     what_is_there,
 )
@@ -271,9 +273,12 @@ def load_pretrained(net: nn.Module, name: str, source: str | os.PathLike[str]) -
         path = fetch_published_weights(name, source)
     elif source in weights.datasets():  # the zoo's own, shipped in the package (zoo.weights)
         path = weights.weights_file(name, str(source))
-    else:
-        path = Path(source)
+    else:  # a path, or an http(s) URL that safe_load reads as data
+        path = source if is_url(source) else Path(source)
     content = safe_load(path)
+    from zoo.hparams import check_hyper_parameters  # it imports zoo.predict's Preprocess
+
+    check_hyper_parameters(content, path)
     state_dict = remap_legacy_keys(_state_dict_of(content, path))
 
     own = net.state_dict()
@@ -290,15 +295,9 @@ def load_pretrained(net: nn.Module, name: str, source: str | os.PathLike[str]) -
         for key in head_keys:
             state_dict.pop(key, None)
         net.load_state_dict(state_dict, strict=False)
-        log.warning(
-            "%s: loaded %s except the classifier '%s' (%d classes in the checkpoint, %d in "
-            "the network), which keeps its fresh initialisation",
-            name,
-            path,
-            classifier,
-            found,
-            wanted,
-        )
+        log.warning("%s: loaded %s except the classifier '%s' (%d classes in the checkpoint, %d "
+                    "in the network), which keeps its fresh initialisation", name, path,
+                    classifier, found, wanted)
         return net
     if missing or unexpected or misshapen:
         shapes = [f"{k} {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}" for k in misshapen]
@@ -386,7 +385,9 @@ __all__ = [
     "fetch_published_weights",
     "imagenet_weights_file",
     "imagenet_weights_url",
+    "is_url",
     "load_pretrained",
+    "local_copy",
     "read_checkpoint",
     "safe_load",
     "what_is_there",

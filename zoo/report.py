@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from zoo.figures import FAMILY_NAMES, family_of, legend, plt, save, style_for
-from zoo.runs import HYDRA_CONFIG_FILE, METRICS_FILE, Run, find_run_dirs, label_runs, read_run
+from zoo.runs import HYDRA_CONFIG_FILE, METRICS_FILE, Run, label_runs, read_runs
 
 TABLE_COLUMNS = ["run", "model", "params", "epochs", "steps", "final train loss",
                  "final train error", "train-eval error", "best val acc", "test acc", "seconds",
@@ -39,8 +39,10 @@ MARKERS = ["o", "s", "^", "D", "v", "P", "X"]  # sweep siblings of one model: sa
 
 def error_curves(run: Run) -> dict[str, dict[int, float]]:
     """Per-epoch running training error and validation error of a run, from its metrics."""
-    return {"train": {epoch: 1.0 - acc for epoch, acc in run.series("train/acc").items()},
-            "val": {epoch: 1.0 - acc for epoch, acc in run.series("val/acc").items()}}
+    return {"train": {epoch: 1.0 - acc for epoch, acc in run.series("train/acc").items()
+                      if math.isfinite(acc)},
+            "val": {epoch: 1.0 - acc for epoch, acc in run.series("val/acc").items()
+                    if math.isfinite(acc)}}
 
 
 def loss_curve(run: Run) -> dict[int, float]:
@@ -174,7 +176,7 @@ def summary_rows(runs: Sequence[Run]) -> list[dict[str, Any]]:
             "run": run.name,
             "model": run.label or run.model,
             "params": parameters(run),
-            "epochs": len(train),
+            "epochs": len(train) if run.metrics() else None,  # unknown, not 0
             "steps": steps_trained(run),
             "final train loss": losses[max(losses)] if losses else None,
             "final train error": train[max(train)] if train else None,
@@ -212,13 +214,18 @@ def markdown_summary(rows: Sequence[dict[str, Any]]) -> str:
 def write_report(paths: Sequence[Path | str], out_dir: Path | str) -> dict[str, Path]:
     """Figures and ``summary.md`` for the runs at or below ``paths``; returns what was written."""
     out_dir = Path(out_dir)
-    runs = [read_run(run_dir) for run_dir in find_run_dirs(paths)]
+    runs = read_runs(paths, skip_unreadable=True)  # a bad file: one line, the run left out
     runs = [run for run in runs if run.metrics() or run.record.get("status")]
     if not runs:
         raise FileNotFoundError(
-            f"no runs under {', '.join(map(str, paths))} (a run holds run.json or "
+            f"no runs under {', '.join(map(str, paths))} could be read (a run holds run.json or "
             f".hydra/config.yaml and csv/metrics.csv: train with logger=csv or the default "
             f"loggers)")
+    for run in runs:
+        if not run.metrics():  # its record has the numbers, no file has its curves
+            print(f"note: {run.path} has no {METRICS_FILE} and no TensorBoard event files "
+                  f"(logger=wandb or none?): its curves are left out, its table row comes from "
+                  f"run.json", file=sys.stderr, flush=True)
     label_runs(runs)
     figure = plot_error_curves(runs, out_dir / "error_curves.png")
     loss_figure = plot_loss_curves(runs, out_dir / "loss_curves.png")

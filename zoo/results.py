@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import shlex
 import sys
@@ -74,10 +75,10 @@ def run_rows(paths: Sequence[Path | str]) -> tuple[list[Row], list[Row], list[An
     from zoo.report import parameters, steps_trained
     from zoo.runs import read_runs, setting_labels
 
-    runs = read_runs(paths)
+    runs = read_runs(paths, skip_unreadable=True)  # a bad file: one line, the run left out
     if not runs:
-        raise FileNotFoundError(f"no runs under {', '.join(map(str, paths))}: pass run directories "
-                                "or the sweep folder above them")
+        raise FileNotFoundError(f"no runs under {', '.join(map(str, paths))} could be read: pass "
+                                "run directories or the sweep folder above them")
     rows, curves = [], []
     for run, setting in zip(runs, setting_labels(runs, ignore=("seed",)), strict=True):
         val = run.series("val/acc")
@@ -104,14 +105,15 @@ def run_rows(paths: Sequence[Path | str]) -> tuple[list[Row], list[Row], list[An
 
 
 def _reference_lr(run_dir: Path) -> float | None:
-    """``optim.lr`` as the run's config holds it (the rate per 128 images, before scaling)."""
-    from omegaconf import OmegaConf
-
+    """``optim.lr`` as the run's config holds it (the rate per 128 images, before scaling); read
+    as data, so an interpolation there (``${oc.env:...}``) is never resolved: None."""
+    from zoo.run_files import plain_config
     from zoo.runs import HYDRA_CONFIG_FILE
 
     path = run_dir / HYDRA_CONFIG_FILE
-    lr = OmegaConf.select(OmegaConf.load(path), "optim.lr") if path.is_file() else None
-    return None if lr is None else float(lr)
+    optim = plain_config(path).get("optim") if path.is_file() else None
+    lr = optim.get("lr") if isinstance(optim, dict) else None
+    return float(lr) if isinstance(lr, (int, float)) and not isinstance(lr, bool) else None
 
 
 def wall_seconds(runs: Sequence[Any]) -> float | None:
@@ -196,15 +198,58 @@ def summary_table(rows: Sequence[dict[str, Any]]) -> str:
 
 # ---------------------------------------------------------------------------- redraw
 
+RUN_NUMBERS = ("depth", "seed", "steps", "train_eval_err", "test_acc", "best_val_acc",
+               "fit_seconds", "parameters", "lr")
+
+
+def checked_rows(rows: list[Row], path: Path, texts: Sequence[str],
+                 numbers: Sequence[str]) -> list[Row]:
+    """Rows of a committed tidy file whose columns hold what the figures read: ``texts`` present
+    (as text), ``numbers`` empty or finite numbers, ``family`` one the figures know; else one
+    ValueError naming the file, the line and the value."""
+    from zoo.figures import FAMILY_NAMES
+    from zoo.predict import cut
+
+    for line, row in enumerate(rows, start=2):
+        for column in texts:
+            if row.get(column) in (None, ""):
+                raise ValueError(f"{path} line {line}: no {column}")
+            row[column] = str(row[column])  # read_csv reads a name like "56" as a number
+        for column in numbers:
+            value = row.get(column)
+            if value not in (None, "") and not (isinstance(value, (int, float))
+                                                and not isinstance(value, bool)
+                                                and math.isfinite(value) and abs(value) < 2**53):
+                raise ValueError(f"{path} line {line}: {column}={cut(value)} is not a finite "
+                                 "number")
+        if "family" in row and row["family"] not in FAMILY_NAMES:
+            raise ValueError(f"{path} line {line}: family={cut(row['family'])} is not one of "
+                             f"{', '.join(FAMILY_NAMES)}")
+    return rows
+
+
+def read_meta(path: Path) -> dict[str, Any]:
+    """``meta.json`` as a mapping whose ``torch`` is a list; one ValueError naming it if not."""
+    try:
+        meta = json.loads(path.read_text())
+    except (ValueError, RecursionError) as error:  # JSON's errors, over-long numbers, bad bytes
+        raise ValueError(f"{path} is not valid JSON ({str(error)[:80]})") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path} holds {type(meta).__name__}, not a mapping")
+    torch_versions = meta.get("torch") or []
+    meta["torch"] = torch_versions if isinstance(torch_versions, list) else [torch_versions]
+    return meta
+
+
 
 def _meta_line(results_dir: Path) -> str:
     path = results_dir / META_FILE
     if not path.is_file():
         return ""
-    meta = json.loads(path.read_text())
-    cpu = (meta.get("machine") or {}).get("cpu", "?")
+    meta = read_meta(path)
+    cpu = meta["machine"].get("cpu", "?") if isinstance(meta.get("machine"), dict) else "?"
     return (f"\n\nCommand: `{meta.get('command')}`; {meta.get('runs', '?')} runs, wall time "
-            f"{meta.get('wall_seconds')} s on {cpu}, torch {', '.join(meta.get('torch') or [])}, "
+            f"{meta.get('wall_seconds')} s on {cpu}, torch {', '.join(map(str, meta['torch']))}, "
             f"commit {str(meta.get('git_commit', '?'))[:10]}.")
 
 
@@ -212,8 +257,11 @@ def redraw_sweep(results_dir: Path, figures_dir: Path) -> list[Path]:
     """The figures and summary table of a training sweep, from its runs.csv and curves.csv."""
     from zoo.experiments.tidy import read_csv
 
-    rows = read_csv(results_dir / RUNS_FILE)
-    curves = read_csv(results_dir / CURVES_FILE) if (results_dir / CURVES_FILE).is_file() else []
+    rows = checked_rows(read_csv(results_dir / RUNS_FILE), results_dir / RUNS_FILE,
+                        ("run", "model", "setting", "status"), RUN_NUMBERS)
+    curves_file = results_dir / CURVES_FILE
+    curves = checked_rows(read_csv(curves_file), curves_file, ("setting", "model", "metric"),
+                          ("step", "epoch", "seed")) if curves_file.is_file() else []
     written = []
     if results_dir.name.endswith("_lr"):  # a learning-rate control: error against the rate
         written.append(plot_lr_control(rows, figures_dir / "error_vs_lr.png"))
@@ -254,7 +302,7 @@ def redraw_measurement(results_dir: Path, figures_dir: Path) -> list[Path]:
         from zoo.experiments.__main__ import EXPERIMENTS
     except ImportError:
         return []
-    experiment = json.loads((results_dir / META_FILE).read_text()).get("experiment") \
+    experiment = read_meta(results_dir / META_FILE).get("experiment") \
         if (results_dir / META_FILE).is_file() else results_dir.name
     if experiment not in EXPERIMENTS:
         print(f"skipped {results_dir}: no redraw for experiment {experiment!r}", file=sys.stderr)
@@ -278,11 +326,20 @@ def redraw(results_root: Path | str = DEFAULT_RESULTS,
     own = (results_root / RUNS_FILE).is_file() or (results_root / META_FILE).is_file() or \
         bool(gradient_flow_runs(results_root))
     folders = [results_root] if own else sorted(p for p in results_root.iterdir() if p.is_dir())
-    written = []
+    written, skipped = [], []
     for folder in folders:
         out = figures_root / folder.name
         is_sweep = (folder / RUNS_FILE).is_file()
-        written += redraw_sweep(folder, out) if is_sweep else redraw_measurement(folder, out)
+        try:
+            written += redraw_sweep(folder, out) if is_sweep else redraw_measurement(folder, out)
+        except (ValueError, OSError) as error:  # one bad folder: said, and the others drawn
+            from zoo.figures import plt
+
+            plt.close("all")
+            skipped.append(folder)
+            print(f"warning: skipped {folder}: {error}", file=sys.stderr, flush=True)
+    if skipped and not written:
+        raise ValueError(f"nothing could be redrawn from {results_root}: every folder was skipped")
     return written
 
 

@@ -31,6 +31,7 @@ from zoo.checkpoint import (
 )
 from zoo.compat import wandb_run_is_offline
 from zoo.data import build_datamodule
+from zoo.hparams import check_hyper_parameters
 from zoo.module import ZooModule
 from zoo.precision import check_accelerator, choose_channels_last, choose_precision
 from zoo.predict import data_facts
@@ -135,6 +136,7 @@ def check_resume_compatible(ckpt_path: str, model_cfg: dict[str, Any],
 
     Returns the checkpoint (read once: it also names the W&B run to continue)."""
     checkpoint = safe_load(ckpt_path)
+    check_hyper_parameters(checkpoint, ckpt_path, required=True)  # one line, not a traceback
     saved = None
     if isinstance(checkpoint, dict):
         saved = (checkpoint.get("hyper_parameters") or {}).get("model")

@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import os
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from zoo.predict import cut
+from zoo.run_files import checked_record, plain_config
 
 RUN_RECORD_FILE = "run.json"
 DIVERGED_EXIT_CODE = 3  # the run itself failed, not its input: a distinct code for sweeps
@@ -30,6 +33,7 @@ STATUSES = ("done", "diverged", "preempted", "failed")
 METRICS_FILE = Path("csv") / "metrics.csv"
 HYDRA_CONFIG_FILE = Path(".hydra") / "config.yaml"
 HYDRA_OVERRIDES_FILE = Path(".hydra") / "overrides.yaml"
+TENSORBOARD_FOLDER = "tensorboard"  # logger=tensorboard's event files (zoo/trainer_setup.py)
 GRADIENT_FLOW_FILE = "gradient_flow.csv"
 RESIDUAL_GAIN_FILE = "residual_gain.csv"
 
@@ -74,17 +78,6 @@ def find_run_dirs(paths: Iterable[Path | str]) -> list[Path]:
 # ---------------------------------------------------------------------------- one run
 
 
-def _load_hydra_config(run_dir: Path) -> dict[str, Any]:
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    config = OmegaConf.load(run_dir / HYDRA_CONFIG_FILE)
-    try:
-        return OmegaConf.to_container(config, resolve=True)
-    except OmegaConfBaseException:  # an interpolation that needs Hydra's resolvers at run time
-        return OmegaConf.to_container(config, resolve=False)
-
-
 def read_overrides(run_dir: Path) -> list[str]:
     """The command-line overrides Hydra saved for the run (``.hydra/overrides.yaml``), or []."""
     import yaml
@@ -92,7 +85,13 @@ def read_overrides(run_dir: Path) -> list[str]:
     path = run_dir / HYDRA_OVERRIDES_FILE
     if not path.is_file():
         return []
-    return [str(item) for item in (yaml.safe_load(path.read_text()) or [])]
+    try:
+        overrides = yaml.safe_load(path.read_text()) or []
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is not valid YAML ({cut(str(error))})") from None
+    if not isinstance(overrides, list):
+        raise ValueError(f"{path} holds {type(overrides).__name__}, not a list of overrides")
+    return [str(item) for item in overrides]
 
 
 @dataclass
@@ -140,9 +139,15 @@ class Run:
         return options
 
     def metrics(self) -> list[dict[str, float]]:
-        """Rows of ``csv/metrics.csv`` with the empty cells left out ([] without the file)."""
+        """Rows of ``csv/metrics.csv`` with the empty cells left out; without it, the scalars of
+        the run's TensorBoard event files, one row per step; [] without either. A malformed file
+        is a ValueError naming it (:mod:`zoo.run_files`)."""
         if self._metrics is None:
-            self._metrics = read_metrics(self.path / METRICS_FILE)
+            from zoo.run_files import read_metrics_csv, read_tensorboard
+
+            table = self.path / METRICS_FILE  # else a logger=tensorboard run's event files
+            self._metrics = read_metrics_csv(table) if table.is_file() else \
+                read_tensorboard(self.path / TENSORBOARD_FOLDER)
         return self._metrics
 
     def series(self, key: str, by: str = "epoch") -> dict[int, float]:
@@ -168,39 +173,41 @@ class Run:
             return list(csv.DictReader(handle))
 
 
-def read_metrics(path: Path) -> list[dict[str, float]]:
-    if not path.is_file():
-        return []
-    rows = []
-    with path.open(newline="") as handle:
-        for row in csv.DictReader(handle):
-            numbers = {key: float(value) for key, value in row.items() if value not in (None, "")}
-            rows.append({key: value for key, value in numbers.items() if not math.isnan(value)})
-    return rows
-
-
 def read_run(run_dir: Path | str) -> Run:
     """The run at ``run_dir``: ``run.json``, falling back to ``.hydra/config.yaml`` (older runs)."""
     run_dir = Path(run_dir)
     record_path = run_dir / RUN_RECORD_FILE
     if record_path.is_file():
-        try:
-            return Run(run_dir, json.loads(record_path.read_text()))
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{record_path} is not valid JSON ({error}); delete it to read the "
-                             "run from its .hydra/config.yaml") from None
+        try:  # ValueError: JSON's own errors, and numbers of more than 4,300 digits
+            record = json.loads(record_path.read_text())
+        except (ValueError, RecursionError) as error:
+            raise ValueError(f"{record_path} is not valid JSON ({cut(str(error))}); delete it to "
+                             "read the run from its .hydra/config.yaml") from None
+        return Run(run_dir, checked_record(record, record_path))
     if not (run_dir / HYDRA_CONFIG_FILE).is_file():
         raise FileNotFoundError(f"{run_dir} is not a run directory (no {RUN_RECORD_FILE} and no "
                                 f"{HYDRA_CONFIG_FILE})")
-    config = _load_hydra_config(run_dir)
+    config = plain_config(run_dir / HYDRA_CONFIG_FILE)  # no resolver of the file ever runs
     record = {"model": config.get("model") or {}, "data": config.get("data") or {},
               "seed": config.get("seed"), "overrides": read_overrides(run_dir)}
     return Run(run_dir, record)
 
 
-def read_runs(paths: Iterable[Path | str]) -> list[Run]:
-    """Every run at or below ``paths``, labelled (:func:`label_runs`)."""
-    runs = [read_run(run_dir) for run_dir in find_run_dirs(paths)]
+def read_runs(paths: Iterable[Path | str], skip_unreadable: bool = False) -> list[Run]:
+    """Every run at or below ``paths``, labelled (:func:`label_runs`). ``skip_unreadable``: a run
+    with a malformed file is left out with one line on stderr naming the file (tools that read
+    many runs finish the rest); otherwise its ValueError is raised."""
+    runs = []
+    for run_dir in find_run_dirs(paths):
+        try:
+            run = read_run(run_dir)
+            run.metrics()  # read now, so that a bad metrics file is found here
+        except (ValueError, OSError) as error:
+            if not skip_unreadable:
+                raise
+            print(f"warning: skipped {run_dir}: {error}", file=sys.stderr, flush=True)
+            continue
+        runs.append(run)
     label_runs(runs)
     return runs
 
@@ -363,3 +370,28 @@ def wandb_summary(record: dict[str, Any]) -> dict[str, Any]:
         summary.update(diverged=True, diverged_at_step=record["diverged"]["step"],
                        diverged_unit=record["diverged"]["unit"], diverged_message=record["message"])
     return {key: value for key, value in summary.items() if value is not None}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m zoo.runs PATH...``: a line per run (label, status, steps, test accuracy)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m zoo.runs", description="List the runs at or below PATH: directory, "
+        "label, status, steps, test accuracy (read as data; nothing in a run's files is run).")
+    parser.add_argument("paths", nargs="+", type=Path, help="run directories or folders above")
+    args = parser.parse_args(argv)
+    try:
+        runs = read_runs(args.paths, skip_unreadable=True)
+    except FileNotFoundError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    for run in runs:
+        accuracy = run.last("test/acc")
+        print(f"{run.path}  {run.label}  {run.status}  steps={run.record.get('global_step', '-')}"
+              f"  test/acc={'-' if accuracy is None else f'{accuracy:.4f}'}")
+    return 0 if runs else 2  # non-zero only when nothing could be read
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -9,9 +9,13 @@ No Lightning here, so that ``import zoo`` stays light.
 
 from __future__ import annotations
 
+import os
 import pickle
 import re
 import stat
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +46,38 @@ def what_is_there(path: Path) -> str:
     return "is not a regular file"
 
 
-def safe_load(path: str | Path) -> Any:
-    """``torch.load`` for files from strangers: data only, with errors that name the file."""
+def is_url(source: Any) -> bool:
+    return isinstance(source, str) and source.startswith(("http://", "https://"))
+
+
+@contextmanager
+def local_copy(source: str | os.PathLike[str]) -> Iterator[Path]:
+    """``source`` as a local file: a path as it is, an http(s) URL downloaded into a temporary
+    folder that is removed after (Lightning unpickles URLs with ``weights_only=False``: the zoo
+    reads them itself, as data)."""
+    if not is_url(source):
+        yield Path(source)
+        return
+    from zoo.pretrained import _download  # the one bounded download of the zoo
+
+    with tempfile.TemporaryDirectory(prefix="zoo-download-") as folder:
+        local = Path(folder) / (source.split("?")[0].rsplit("/", 1)[-1] or "checkpoint")
+        try:
+            _download(source, local)
+        except (OSError, TimeoutError) as error:  # URLError, HTTPError, socket.timeout
+            raise CheckpointError(f"cannot download {source} ({error})") from None
+        try:
+            yield local
+        except CheckpointError as error:  # errors name the URL, not the temporary file
+            raise type(error)(str(error).replace(str(local), source)) from None
+
+
+def safe_load(path: str | os.PathLike[str]) -> Any:
+    """``torch.load`` for files from strangers (paths or http(s) URLs): data only, with errors
+    that name the file."""
+    if is_url(path):
+        with local_copy(path) as local:
+            return safe_load(local)
     path = Path(path)
     if not path.is_file():
         what = what_is_there(path)  # checked before opening: reading a FIFO would block

@@ -6,6 +6,7 @@ by name from the config only (a config cannot name a class to run).
 
 from __future__ import annotations
 
+import logging
 import netrc
 import os
 import warnings
@@ -25,8 +26,9 @@ from pytorch_lightning.callbacks import (
 from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
 
 from zoo.callbacks import build_measurement_callbacks
-from zoo.checkpoint import AtomicCheckpointIO, PreemptionCheckpoint
+from zoo.checkpoint import AtomicCheckpointIO
 from zoo.compat import drop_wandb_anonymous
+from zoo.preemption import PreemptionCheckpoint
 from zoo.resume import ContinuingCSVLogger, Resumed, WandbRunIdInCheckpoint
 from zoo.runlog import StepLogInterval
 from zoo.schemas import PROGRESS_BARS
@@ -132,6 +134,10 @@ def build_callbacks(cfg: DictConfig, run_dir: Path) -> tuple[list[Callback], Mod
         mode="max" if "acc" in monitor else "min",
         save_top_k=int(checkpoint_options.get("save_top_k", 1)),
         save_last=True,  # at every epoch end
+        # A resumed run must go on replacing last.ckpt: with the counter, a checkpoint saved on
+        # a signal (which Lightning's callback does not know of) made the resumed run write
+        # last-v1.ckpt and ckpt_path=last went back to the stale last.ckpt (issue 24, item 3).
+        enable_version_counter=False,
     )
     callbacks: list[Callback] = [checkpoint, PreemptionCheckpoint(run_dir / "checkpoints")]
     every_n_steps = checkpoint_options.get("every_n_train_steps")
@@ -171,6 +177,8 @@ def build_trainer(
     checkpoint callback (to read the best and last checkpoints)."""
     loggers = build_loggers(cfg, run_dir, tags, resumed)
     callbacks, checkpoint = build_callbacks(cfg, run_dir)
+    if resumed is not None:
+        quiet_resume_noise(resumed.ckpt_path)
     callbacks += [StepLogInterval(), WandbRunIdInCheckpoint()]
     options = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer = pl.Trainer(
@@ -180,6 +188,41 @@ def build_trainer(
         callbacks=callbacks,
         enable_progress_bar=any(isinstance(c, (RichProgressBar, TQDMProgressBar))
                                 for c in callbacks),
-        plugins=[AtomicCheckpointIO()],
+        plugins=[AtomicCheckpointIO(), *slurm_plugins()],
     )
     return trainer, loggers, checkpoint
+
+
+def slurm_plugins() -> list[Any]:
+    """Under SLURM, Lightning's own requeue is off: on SIGUSR1 it wrote ``hpc_ckpt_N.ckpt`` (a
+    second lineage beside last.ckpt) and restored it over last.ckpt on the next start. The zoo
+    handles SIGUSR1 as it does SIGTERM (save last.ckpt, exit, ``scontrol requeue``;
+    :mod:`zoo.checkpoint`)."""
+    from lightning_fabric.plugins.environments import SLURMEnvironment
+
+    return [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
+
+
+class _DropResumeEcho(logging.Filter):
+    """Lightning's "Restoring states from ..." and "Restored all states from ..." repeat the
+    zoo's own "resuming ..." line."""
+
+    def __init__(self, ckpt_path: str) -> None:
+        super().__init__()
+        self.ckpt_path = ckpt_path
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (message.startswith(("Restoring states from the checkpoint path at ",
+                                        "Restored all states from the checkpoint at "))
+                    and message.endswith(self.ckpt_path))
+
+
+def quiet_resume_noise(ckpt_path: str) -> None:
+    """A resume writes into a run directory that holds checkpoints by design; say nothing twice."""
+    target = logging.getLogger("pytorch_lightning.utilities.rank_zero")
+    for old in [f for f in target.filters if isinstance(f, _DropResumeEcho)]:
+        target.removeFilter(old)
+    target.addFilter(_DropResumeEcho(ckpt_path))
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+    warnings.filterwarnings("ignore", message=r"The dirpath has changed from")

@@ -89,7 +89,8 @@ runpy.run_path(train, run_name="__main__")
 
 
 def start_train(tmp_path: Path, run_dir: Path, *overrides: str, faults: dict | None = None,
-                fast: bool = True, **popen) -> tuple[subprocess.Popen, Path]:
+                fast: bool = True, env: dict | None = None,
+                **popen) -> tuple[subprocess.Popen, Path]:
     """Start ``train.py`` with ``faults``; returns the process and the folder of its marks."""
     marks = tmp_path / "marks"
     marks.mkdir(exist_ok=True)
@@ -97,7 +98,7 @@ def start_train(tmp_path: Path, run_dir: Path, *overrides: str, faults: dict | N
     runner.write_text(RUNNER)
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONUNBUFFERED": "1",
            "ZOO_FAULTS": json.dumps(faults or {}), "ZOO_MARKS": str(marks),
-           "ZOO_TRAIN_PY": str(REPO / "train.py")}
+           "ZOO_TRAIN_PY": str(REPO / "train.py"), **(env or {})}
     command = [sys.executable, str(runner), *(FAST_OVERRIDES if fast else []),
                f"hydra.run.dir={run_dir}", *overrides]
     process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE,

@@ -157,6 +157,19 @@ class StopSignals:
 stop_signals = StopSignals()  # signals are per process; train.py installs it around each run
 
 
+class _NotSigtermWhenItWasNot(logging.Filter):
+    """SIGUSR1 and SIGHUP go through Lightning's SIGTERM handler (to stop at the next step
+    boundary); its "Received SIGTERM" line would name the wrong signal."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (stop_signals.received in STOP_LIKE_SIGTERM.values()
+                    and "Received SIGTERM" in record.getMessage())
+
+
+logging.getLogger("pytorch_lightning.trainer.connectors.signal_connector").addFilter(
+    _NotSigtermWhenItWasNot())
+
+
 class PreemptionCheckpoint(Callback):
     """On SIGTERM (SLURM pre-emption, spot instances, ``kill``) or Ctrl-C: save ``last.ckpt``.
 
@@ -211,7 +224,7 @@ class PreemptionCheckpoint(Callback):
         if not fitting or trainer.sanity_checking or trainer.global_step == 0:
             return
         path = self.dirpath / "last.ckpt"
-        trainer.save_checkpoint(path)
+        trainer.save_checkpoint(path, weights_only=False)  # all of it: optimizer, loops, callbacks
         stop_signals.saved_now = path
 
 

@@ -102,7 +102,9 @@ def run_one(cfg: DictConfig) -> None:
                 stop(f"error: {error.strerror}", DISK_FULL_EXIT_CODE)
             path = error.filename or run_dir
             stop(disk_full_line(path, f"writing it: {error.strerror}"), DISK_FULL_EXIT_CODE)
-        if not os.path.isdir(run_dir):  # deleted while the run wrote into it: not bad input
+        # deleted while the run wrote into it (a checkpoint save may have made it again): not
+        # bad input
+        if not os.path.isdir(os.path.join(run_dir, ".hydra")):
             stop(f"error: the run directory {run_dir} was removed while the run was writing "
                  f"into it ({error.strerror or error}): nothing more can be saved; run again", 1)
         if isinstance(error, PermissionError) and run_dir_part(error.filename, run_dir):

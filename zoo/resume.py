@@ -104,10 +104,15 @@ def wandb_run_id(checkpoint: dict[str, Any], ckpt_path: str) -> str | None:
 def resumed_from(checkpoint: dict[str, Any], ckpt_path: str, run_dir: Path) -> Resumed:
     """Say what a resumed run continues and where it writes; the facts the loggers need."""
     run_id = wandb_run_id(checkpoint, ckpt_path)
-    same_dir = Path(ckpt_path).resolve().parent.parent == run_dir.resolve()
+    own_dir = Path(ckpt_path).resolve().parent.parent
+    if own_dir == run_dir.resolve():
+        where = ""
+    elif (own_dir / ".hydra").is_dir() and Path(ckpt_path).parent.name == "checkpoints":
+        where = " (a new run directory: hydra.run.dir was given)"
+    else:
+        where = " (a new run directory: the checkpoint is not in a run directory of the zoo)"
     log.info("resuming %s (epoch %s, step %s): writing into %s%s%s", ckpt_path,
-             checkpoint.get("epoch"), checkpoint.get("global_step"), run_dir,
-             "" if same_dir else " (a new run directory: hydra.run.dir was given)",
+             checkpoint.get("epoch"), checkpoint.get("global_step"), run_dir, where,
              f", continuing W&B run {run_id}" if run_id else "")
     return Resumed(ckpt_path=ckpt_path, wandb_run_id=run_id)
 

@@ -62,6 +62,10 @@ def build_wandb_logger(options: dict[str, Any], run_dir: Path, config: dict[str,
         mode = {"dryrun": "offline", "run": "online"}.get(mode, mode)
     if mode == "disabled":
         return None
+    if not os.environ.get("HOME") and not os.environ.get("XDG_CACHE_HOME"):
+        # W&B's service keeps its logs under $XDG_CACHE_HOME or $HOME/.cache; with neither (a
+        # batch system, a container) it printed ~20 log lines on the terminal (issue 24)
+        os.environ["XDG_CACHE_HOME"] = str(run_dir / "wandb" / ".cache")
     if mode not in ("online", "offline"):
         raise ValueError(
             f"logger.wandb.mode must be auto, online, offline or disabled, got {mode!r}"

@@ -138,3 +138,20 @@ def test_a_sweep_runs_every_job_it_can_and_ends_with_a_summary(tmp_path):
         "error: 1 of 3 jobs of the sweep did not finish (1 bad input)")
     for job in ("0-resnet8-digits-s42", "2-resnet8-digits-s42"):
         assert json.loads((sweep / job / "run.json").read_text())["status"] == "done"
+
+
+def test_a_resume_drops_the_metrics_rows_logged_after_its_checkpoint(tmp_path):
+    """After a SIGKILL the CSV can hold steps the checkpoint does not: the resumed run logs them
+    again, so the earlier rows of those steps go (they would appear twice)."""
+    from zoo.resume import ContinuingCSVLogger
+
+    metrics = tmp_path / "csv" / "metrics.csv"
+    metrics.parent.mkdir()
+    metrics.write_text("epoch,step,train/loss_step\n" + "".join(
+        f"0,{step},{1.0 / (step + 1)}\n" for step in range(11)))
+    logger = ContinuingCSVLogger(save_dir=str(tmp_path), name="csv", version="", resume_step=6)
+    logger.log_metrics({"train/loss_step": 0.5, "epoch": 0}, step=7)
+    logger.save()
+    with open(metrics) as file:
+        steps = [int(row["step"]) for row in csv.DictReader(file)]
+    assert steps == [0, 1, 2, 3, 4, 5, 6, 7]

@@ -82,3 +82,16 @@ def test_the_upload_hint_after_a_resume_syncs_every_offline_session(tmp_path):
     (wandb_dir / "offline-run-20260101_100000-abc123" / "files").rmdir()
     (wandb_dir / "offline-run-20260101_100000-abc123").rmdir()
     assert wandb_sync_command(str(newest)) == f"wandb sync '{newest.parent}'"
+
+
+def test_a_fresh_start_under_slurm_refuses_lightnings_hpc_checkpoints(tmp_path, monkeypatch):
+    import pytest
+
+    from zoo.preemption import refuse_lightning_hpc_checkpoints
+
+    (tmp_path / "hpc_ckpt_1.ckpt").write_bytes(b"")
+    refuse_lightning_hpc_checkpoints(tmp_path)  # outside SLURM Lightning never restores them
+    monkeypatch.setenv("SLURM_NTASKS", "1")
+    monkeypatch.setenv("SLURM_JOB_NAME", "zoo-train")
+    with pytest.raises(ValueError, match="hpc_ckpt_1.ckpt, a checkpoint of Lightning's own"):
+        refuse_lightning_hpc_checkpoints(tmp_path)

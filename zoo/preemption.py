@@ -249,3 +249,18 @@ def requeue_slurm_job(signal_name: str | None) -> str:
         why = (done.stderr or done.stdout).strip().splitlines()[-1:] or [f"exit {done.returncode}"]
         return f"; scontrol requeue {job} failed ({why[0][:200]}): requeue it yourself"
     return f"; SLURM job {job} requeued: its next start resumes (ckpt_path=auto)"
+
+
+def refuse_lightning_hpc_checkpoints(run_dir: Path) -> None:
+    """A fresh start under SLURM must not be one of Lightning's: given no checkpoint, Lightning
+    restores the newest ``hpc_ckpt_N.ckpt`` of the run directory (written by its own requeue,
+    which the zoo turns off), over last.ckpt and with earlier rows of metrics.csv deleted."""
+    from lightning_fabric.plugins.environments import SLURMEnvironment
+
+    stale = sorted(Path(run_dir).glob("hpc_ckpt_*.ckpt"))
+    if stale and SLURMEnvironment.detect():
+        raise ValueError(
+            f"{run_dir} holds {stale[-1].name}, a checkpoint of Lightning's own SLURM requeue, "
+            "which Lightning would restore instead of starting fresh: resume with "
+            f"ckpt_path={shlex.quote(str(stale[-1]))} or ckpt_path=auto (last.ckpt), or move the "
+            "hpc_ckpt files out of the run directory")

@@ -53,6 +53,7 @@ class Resumed:
 
     ckpt_path: str
     wandb_run_id: str | None
+    global_step: int | None = None  # the checkpoint's: metrics.csv rows after it are dropped
 
 
 # ---------------------------------------------------------------------------- run directory
@@ -114,7 +115,9 @@ def resumed_from(checkpoint: dict[str, Any], ckpt_path: str, run_dir: Path) -> R
     log.info("resuming %s (epoch %s, step %s): writing into %s%s%s", ckpt_path,
              checkpoint.get("epoch"), checkpoint.get("global_step"), run_dir, where,
              f", continuing W&B run {run_id}" if run_id else "")
-    return Resumed(ckpt_path=ckpt_path, wandb_run_id=run_id)
+    step = checkpoint.get("global_step")
+    return Resumed(ckpt_path=ckpt_path, wandb_run_id=run_id,
+                   global_step=step if isinstance(step, int) else None)
 
 
 class WandbRunIdInCheckpoint(pl.Callback):
@@ -131,23 +134,53 @@ class WandbRunIdInCheckpoint(pl.Callback):
 
 
 class _AppendingWriter(ExperimentWriter):
+    def __init__(self, log_dir: str, resume_step: int | None = None) -> None:
+        self.resume_step = resume_step
+        super().__init__(log_dir=log_dir)
+
     def _check_log_dir_exists(self) -> None:
         # Lightning deletes an existing metrics.csv here; a resumed run keeps the earlier rows
         # and adds columns after them (Lightning rewrites the header when new keys appear).
-        if self._fs.isfile(self.metrics_file_path):
-            with self._fs.open(self.metrics_file_path, "r", newline="") as file:
-                self.metrics_keys = sorted(next(csv.reader(file), []))
+        if not self._fs.isfile(self.metrics_file_path):
+            return
+        with self._fs.open(self.metrics_file_path, "r", newline="") as file:
+            reader = csv.DictReader(file)
+            keys, rows = list(reader.fieldnames or []), list(reader)
+        self.metrics_keys = sorted(keys)
+        # Rows past the checkpoint's step were logged by training that a kill threw away; the
+        # resumed run logs those steps again, so they would appear twice.
+        kept = [row for row in rows if not self._after_resume_step(row.get("step"))]
+        if len(kept) < len(rows):
+            log.info("metrics.csv: %d row(s) logged after step %s (not in the checkpoint) "
+                     "are replaced by the resumed run's", len(rows) - len(kept), self.resume_step)
+            temporary = Path(self.metrics_file_path).with_name(".metrics.csv.tmp")
+            with open(temporary, "w", newline="") as file:
+                writer = csv.DictWriter(file, fieldnames=keys)
+                writer.writeheader()
+                writer.writerows(kept)
+            os.replace(temporary, self.metrics_file_path)
+
+    def _after_resume_step(self, step: str | None) -> bool:
+        try:
+            return self.resume_step is not None and int(float(step or "")) > self.resume_step
+        except ValueError:
+            return False
 
 
 class ContinuingCSVLogger(CSVLogger):
     """CSVLogger that appends to the metrics.csv of the run it resumes."""
+
+    def __init__(self, *args: Any, resume_step: int | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.resume_step = resume_step
 
     @property
     @rank_zero_experiment
     def experiment(self) -> ExperimentWriter:
         if self._experiment is None:
             self._fs.makedirs(self.root_dir, exist_ok=True)
-            self._experiment = _AppendingWriter(log_dir=self.log_dir)
+            self._experiment = _AppendingWriter(log_dir=self.log_dir,
+                                                resume_step=self.resume_step)
         return self._experiment
 
 

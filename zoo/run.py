@@ -32,7 +32,7 @@ from zoo.data import build_datamodule
 from zoo.module import ZooModule
 from zoo.precision import check_accelerator, choose_channels_last, choose_precision
 from zoo.predict import data_facts
-from zoo.preemption import stop_signals
+from zoo.preemption import refuse_lightning_hpc_checkpoints, stop_signals
 from zoo.pretrained import load_pretrained
 from zoo.resume import Resumed, resumed_from
 from zoo.runlog import print_and_log
@@ -246,6 +246,7 @@ def load_starting_weights(cfg: DictConfig, module: ZooModule,
         optim_cfg = OmegaConf.to_container(cfg.optim, resolve=True)
         checkpoint = check_resume_compatible(ckpt_path, model_cfg, optim_cfg, str(cfg.data.name))
         return ckpt_path, resumed_from(checkpoint, ckpt_path, run_dir)
+    refuse_lightning_hpc_checkpoints(run_dir)
     if model_cfg.get("pretrained"):
         # The network was built without them (ZooModule leaves pretrained out, so that loading
         # one of its checkpoints does not need the original weights); the loader is zoo.create's.

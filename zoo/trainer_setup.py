@@ -113,9 +113,12 @@ def build_loggers(cfg: DictConfig, run_dir: Path, tags: list[str],
         if wandb_logger is not None:
             loggers.append(wandb_logger)
     if "csv" in chosen:
-        csv_logger = ContinuingCSVLogger if resumed else CSVLogger  # resumed: append its rows
         name = chosen["csv"].get("name", "csv")
-        loggers.append(csv_logger(save_dir=str(run_dir), name=name, version=""))
+        if resumed:  # append to its rows
+            loggers.append(ContinuingCSVLogger(save_dir=str(run_dir), name=name, version="",
+                                               resume_step=resumed.global_step))
+        else:
+            loggers.append(CSVLogger(save_dir=str(run_dir), name=name, version=""))
     if "tensorboard" in chosen:
         name = chosen["tensorboard"].get("name", "tensorboard")
         loggers.append(TensorBoardLogger(save_dir=str(run_dir), name=name, version=""))

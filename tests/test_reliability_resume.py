@@ -155,3 +155,10 @@ def test_a_resume_drops_the_metrics_rows_logged_after_its_checkpoint(tmp_path):
     with open(metrics) as file:
         steps = [int(row["step"]) for row in csv.DictReader(file)]
     assert steps == [0, 1, 2, 3, 4, 5, 6, 7]
+
+
+def test_ckpt_path_auto_without_a_run_directory_given_starts_fresh_in_a_new_one(tmp_path):
+    from zoo.resume import resume_dir
+
+    assert resume_dir("auto", "resnet8-digits-s42", "outputs/new") == "outputs/new"
+    assert resume_dir(None, "resnet8-digits-s42", "outputs/new") == "outputs/new"

@@ -123,7 +123,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 def resolve_ckpt_path(ckpt_path: str | None, run_name: str,
                       search_roots: tuple[str, ...] = ("outputs", "multirun"),
-                      run_dir: Path | str | None = None) -> str | None:
+                      run_dir: Path | str | None = None, quiet: bool = False) -> str | None:
     """``None``, an existing file, ``"last"``: the newest ``last.ckpt`` of a run of that name,
     or ``"auto"``: ``<run_dir>/checkpoints/last.ckpt`` if it exists, else None (a fresh start:
     one job script that starts the first time and resumes after every requeue).
@@ -136,7 +136,7 @@ def resolve_ckpt_path(ckpt_path: str | None, run_name: str,
     if ckpt_path == "auto":
         last = Path(run_dir) / "checkpoints" / "last.ckpt" if run_dir is not None else None
         if last is None or not last.is_file():
-            if last is not None:
+            if last is not None and not quiet:
                 log.info("ckpt_path=auto: no checkpoint in %s yet, starting a fresh run",
                          last.parent)
             return None
@@ -152,7 +152,9 @@ def resolve_ckpt_path(ckpt_path: str | None, run_name: str,
                 f"{', '.join(search_roots)}/; give the checkpoint's path instead"
             )
         newest = max(candidates, key=lambda p: p.stat().st_mtime)
-        log.info("ckpt_path=last: resuming from %s (the newest of %d)", newest, len(candidates))
+        if not quiet:
+            log.info("ckpt_path=last: resuming from %s (the newest of %d)", newest,
+                     len(candidates))
         return str(newest)
     if not Path(ckpt_path).is_file():
         raise CheckpointError(

@@ -64,9 +64,12 @@ def checkpoint_run_dir(ckpt_path: str | None, run_name: str) -> Path | None:
     if ckpt_path in (None, "", "null", "None"):
         return None
     try:
-        path = Path(resolve_ckpt_path(str(ckpt_path), run_name=run_name))
+        found = resolve_ckpt_path(str(ckpt_path), run_name=run_name, quiet=True)
     except CheckpointError:
         return None  # train() says what is wrong, in one line
+    if found is None:  # ckpt_path=auto: the run directory decides, and it is a new one
+        return None
+    path = Path(found)
     run_dir = path.parent.parent
     # only a run directory of this project: never write into wherever a checkpoint was copied
     if path.parent.name == "checkpoints" and (run_dir / ".hydra").is_dir():
@@ -314,7 +317,7 @@ def prepare_resume(config: DictConfig) -> None:
         # resolved once: ${now:} must not move when ckpt_path changes below
         config.hydra.run.dir = str(config.hydra.run.dir)
     ckpt_path = resolve_ckpt_path(str(asked), run_name=str(config.run_name),
-                                  run_dir=config.hydra.run.dir)
+                                  run_dir=config.hydra.run.dir, quiet=str(asked) == "auto")
     if ckpt_path is None:  # ckpt_path=auto, nothing saved yet
         given = any(o.startswith("hydra.run.dir=") for o in config.hydra.overrides.hydra)
         print(f"ckpt_path=auto: no checkpoint in {config.hydra.run.dir}/checkpoints yet, starting "

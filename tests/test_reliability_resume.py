@@ -79,6 +79,7 @@ def test_a_checkpoint_path_alone_resumes_a_non_default_run_in_its_own_directory(
     ("data=fashion_mnist", "data=fashion_mnist cannot change on resume"),
     ("optim.lr=0.5", "optim.lr=0.5 cannot change on resume (the optimizer and its schedule"),
     ("data.batch_size=16", "data.batch_size=16 cannot change on resume"),
+    ("trainer.max_epochs=0", "trainer.max_epochs=0 evaluates without training"),
 ])
 def test_a_refused_resume_is_one_line_and_leaves_the_finished_run_as_it_was(
         finished_run, tmp_path, override, named):

@@ -338,6 +338,9 @@ def prepare_resume(config: DictConfig) -> None:
                 config[key] = value
             config.hydra.runtime.choices = choices
             config.hydra.overrides.task = overrides
+    from zoo.run import check_config  # zoo.run imports this module
+
+    check_config(config)  # bad values (trainer.max_epochs=0, ...): before Hydra writes anything
     check_against_checkpoint(config, ckpt_path)
 
 

@@ -163,3 +163,13 @@ def test_ckpt_path_auto_without_a_run_directory_given_starts_fresh_in_a_new_one(
 
     assert resume_dir("auto", "resnet8-digits-s42", "outputs/new") == "outputs/new"
     assert resume_dir(None, "resnet8-digits-s42", "outputs/new") == "outputs/new"
+
+
+def test_a_run_folder_whose_config_asks_for_a_resolver_is_refused(tmp_path):
+    from omegaconf import OmegaConf
+
+    from zoo.resume import ResumeRefused, refuse_resolvers
+
+    refuse_resolvers(OmegaConf.create({"model": {"num_classes": "${data.num_classes}"}}), tmp_path)
+    with pytest.raises(ResumeRefused, match="asks for a resolver"):
+        refuse_resolvers(OmegaConf.create({"tags": ["${oc.env:HOME}"]}), tmp_path)

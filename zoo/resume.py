@@ -244,6 +244,7 @@ def resume_settings(config: Any, run_dir: Path, ckpt_path: str) -> tuple[Any, di
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     saved = OmegaConf.load(run_dir / ".hydra" / "config.yaml")  # a safe YAML loader, no resolving
+    refuse_resolvers(saved, run_dir / ".hydra" / "config.yaml")
     hydra_file = run_dir / ".hydra" / "hydra.yaml"
     saved_hydra = yaml.safe_load(hydra_file.read_text()) if hydra_file.is_file() else {}
     saved_choices = dict(((saved_hydra or {}).get("hydra") or {}).get("runtime", {})
@@ -277,6 +278,20 @@ def resume_settings(config: Any, run_dir: Path, ckpt_path: str) -> tuple[Any, di
             OmegaConf.update(saved, key, value, merge=False, force_add=True)
     saved.ckpt_path = ckpt_path
     return saved, saved_choices, merged_overrides(run_dir, given, ckpt_path)
+
+
+def refuse_resolvers(saved: Any, path: Path) -> None:
+    """A run folder's settings are data: the zoo's own configs interpolate keys only
+    (``${data.num_classes}``), so a resolver (``${oc.env:...}``) in one is refused, not run."""
+    pending: list[Any] = [OmegaConf.to_container(saved, resolve=False)]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, dict | list):
+            pending.extend(node.values() if isinstance(node, dict) else node)
+        elif isinstance(node, str) and re.search(r"\$\{[^}]*:", node):
+            raise ResumeRefused(f"{path} asks for a resolver ({_shown(node)}); a run folder's "
+                                "settings are data and run nothing: give the settings on the "
+                                "command line with model.pretrained=<checkpoint> instead")
 
 
 def merged_overrides(run_dir: Path, given: list[str], ckpt_path: str) -> list[str]:

@@ -11,6 +11,11 @@ line). Faults:
   disk fails them (``zoo.checkpoint._WriteRecorder`` is where the checkpoint IO writes).
 * ``fail``: ``["module:Class.method", ...]``: each call raises ``RuntimeError`` (a W&B write
   that fails, say).
+* ``at_call``: ``{"spec": "module:Class.method", "n": N, "do": WHAT}``: at the N-th call (sanity
+  check included) WHAT happens: ``out_of_memory`` (the call raises torch's
+  ``OutOfMemoryError``), ``remove_run_dir`` (the run directory is deleted, then the call goes on).
+* ``read_only_at_save``: N: from the N-th checkpoint save on, creating the file fails with
+  ``EACCES``, as in a folder made read-only mid-run (root ignores a real ``chmod``).
 """
 
 from __future__ import annotations
@@ -82,6 +87,40 @@ if faults.get("full_disk_at_save"):
     checkpoint._WriteRecorder.__init__ = count
     checkpoint._WriteRecorder.write = write
 
+if faults.get("at_call"):
+    import shutil
+
+    import torch
+
+    at = faults["at_call"]
+    calls = []
+
+    def at_call(original, name):
+        def call(*args, **kwargs):
+            calls.append(name)
+            if len(calls) == at["n"] and at["do"] == "out_of_memory":
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+            if len(calls) == at["n"] and at["do"] == "remove_run_dir":
+                given = [a for a in sys.argv if a.startswith("hydra.run.dir=")]
+                shutil.rmtree(given[-1].split("=", 1)[1])
+            return original(*args, **kwargs)
+        return call
+
+    patch(at["spec"], at_call)
+if faults.get("read_only_at_save"):
+    import zoo.checkpoint as checkpoint
+
+    tries = []
+    open_exclusive = checkpoint._open_exclusive
+
+    def read_only(directory, name):
+        tries.append(name)
+        if len(tries) >= faults["read_only_at_save"]:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(directory / name))
+        return open_exclusive(directory, name)
+
+    checkpoint._open_exclusive = read_only
+
 train = os.environ["ZOO_TRAIN_PY"]
 sys.argv = [train, *sys.argv[1:]]
 runpy.run_path(train, run_name="__main__")
@@ -89,7 +128,8 @@ runpy.run_path(train, run_name="__main__")
 
 
 def start_train(tmp_path: Path, run_dir: Path, *overrides: str, faults: dict | None = None,
-                fast: bool = True, **popen) -> tuple[subprocess.Popen, Path]:
+                fast: bool = True, env: dict | None = None,
+                **popen) -> tuple[subprocess.Popen, Path]:
     """Start ``train.py`` with ``faults``; returns the process and the folder of its marks."""
     marks = tmp_path / "marks"
     marks.mkdir(exist_ok=True)
@@ -97,7 +137,7 @@ def start_train(tmp_path: Path, run_dir: Path, *overrides: str, faults: dict | N
     runner.write_text(RUNNER)
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONUNBUFFERED": "1",
            "ZOO_FAULTS": json.dumps(faults or {}), "ZOO_MARKS": str(marks),
-           "ZOO_TRAIN_PY": str(REPO / "train.py")}
+           "ZOO_TRAIN_PY": str(REPO / "train.py"), **(env or {})}
     command = [sys.executable, str(runner), *(FAST_OVERRIDES if fast else []),
                f"hydra.run.dir={run_dir}", *overrides]
     process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE,

@@ -282,7 +282,8 @@ def test_a_diverged_job_does_not_stop_its_sweep(tmp_path):
     assert "Traceback" not in result.stderr
     assert result.stderr.count("error: training diverged at step 0") == 1
     assert result.stderr.strip().splitlines()[-1].startswith(
-        "error: 1 run(s) of the sweep diverged: resnet8-digits-s42")
+        "error: 1 of 2 jobs of the sweep did not finish (1 diverged)")
+    assert "     0  diverged      3  0-resnet8-digits-s42" in result.stdout
     jobs = sorted(job for job in sweep.iterdir() if job.is_dir() and job.name[0].isdigit())
     assert len(jobs) == 2
     diverged, trained = (read_run(run_file(job)) for job in jobs)

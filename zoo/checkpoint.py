@@ -14,18 +14,14 @@ import errno
 import logging
 import os
 import secrets
-import signal
-import sys
-import threading
+import shlex
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
-from pytorch_lightning.callbacks import Callback
-from pytorch_lightning.trainer.states import TrainerFn
-from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from zoo.hparams import check_hyper_parameters
 from zoo.pretrained import CheckpointError, safe_load, what_is_there
 from zoo.pretrained import UnsafeCheckpointError as UnsafeCheckpointError  # for importers
 
@@ -127,14 +123,25 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 def resolve_ckpt_path(ckpt_path: str | None, run_name: str,
-                      search_roots: tuple[str, ...] = ("outputs", "multirun")) -> str | None:
-    """``None``, an existing file, or ``"last"``: the newest ``last.ckpt`` of a run of that name.
+                      search_roots: tuple[str, ...] = ("outputs", "multirun"),
+                      run_dir: Path | str | None = None, quiet: bool = False) -> str | None:
+    """``None``, an existing file, ``"last"``: the newest ``last.ckpt`` of a run of that name,
+    or ``"auto"``: ``<run_dir>/checkpoints/last.ckpt`` if it exists, else None (a fresh start:
+    one job script that starts the first time and resumes after every requeue).
 
     Saves replace ``last.ckpt`` atomically, so the newest one is whole even while its run is
     still writing (it is then that run's latest state, which the log line names).
     """
     if ckpt_path in (None, "", "null"):
         return None
+    if ckpt_path == "auto":
+        last = Path(run_dir) / "checkpoints" / "last.ckpt" if run_dir is not None else None
+        if last is None or not last.is_file():
+            if last is not None and not quiet:
+                log.info("ckpt_path=auto: no checkpoint in %s yet, starting a fresh run",
+                         last.parent)
+            return None
+        return str(last)
     if ckpt_path == "last":
         candidates = [
             p for root in search_roots if Path(root).is_dir()
@@ -146,205 +153,74 @@ def resolve_ckpt_path(ckpt_path: str | None, run_name: str,
                 f"{', '.join(search_roots)}/; give the checkpoint's path instead"
             )
         newest = max(candidates, key=lambda p: p.stat().st_mtime)
-        log.info("ckpt_path=last: resuming from %s (the newest of %d)", newest, len(candidates))
+        if not quiet:
+            log.info("ckpt_path=last: resuming from %s (the newest of %d)", newest,
+                     len(candidates))
         return str(newest)
     if not Path(ckpt_path).is_file():
         raise CheckpointError(
             f"ckpt_path {ckpt_path} {what_is_there(Path(ckpt_path))}; "
-            "give the path of a .ckpt file or ckpt_path=last"
+            "give the path of a .ckpt file, ckpt_path=last or ckpt_path=auto"
         )
     return str(ckpt_path)
 
 
-def check_resume_optimizer(checkpoint: dict[str, Any], optim: dict[str, Any],
-                           ckpt_path: str) -> None:
-    """Resuming restores the optimizer's state: another optimizer cannot take it, and the
-    checkpoint's learning rate and schedule replace a new ``optim.lr`` (said, not done silently)."""
-    saved = (checkpoint.get("hyper_parameters") or {}).get("optim") or {}
-    if saved.get("name") and saved.get("name") != optim.get("name"):
+def check_resume_compatible(ckpt_path: str, model_cfg: dict[str, Any],
+                            optim_cfg: dict[str, Any] | None = None,
+                            data_name: str | None = None) -> dict:
+    """A checkpoint of another network, model options, dataset or optimizer settings gets one
+    clear line before anything is built or written (not a 96-line ``state_dict`` traceback).
+
+    Returns the checkpoint (read once: it also names the W&B run to continue)."""
+    checkpoint = safe_load(ckpt_path)
+    check_hyper_parameters(checkpoint, ckpt_path, required=True)  # one line, not a traceback
+    hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
+    saved = hparams.get("model") if isinstance(hparams, dict) else None
+    if not isinstance(saved, dict) or "state_dict" not in checkpoint:
         raise CheckpointError(
-            f"{ckpt_path} was trained with optim.name={saved['name']} and holds its state; this "
-            f"run asks for optim.name={optim.get('name')}. Resume with optim.name={saved['name']}, "
-            f"or start fresh from its weights with model.pretrained={ckpt_path} (and no ckpt_path)"
+            f"{ckpt_path} is not a checkpoint of this project (no saved model hyperparameters)"
         )
-    both_lr = saved.get("lr") is not None and optim.get("lr") is not None
-    if both_lr and float(saved["lr"]) != float(optim["lr"]):
-        log.warning(
-            "optim.lr=%s is not used on resume: the optimizer and its schedule continue from %s "
-            "(optim.lr=%s). To train with another rate, start fresh from its weights: "
-            "model.pretrained=%s and no ckpt_path", optim["lr"], ckpt_path, saved["lr"], ckpt_path,
-        )
+    for key in ("name", "num_classes", "in_channels"):
+        if model_cfg.get(key) is not None and saved.get(key) != model_cfg.get(key):
+            raise CheckpointError(
+                f"{ckpt_path} holds {saved.get('name')} ({saved.get('num_classes')} classes, "
+                f"{saved.get('in_channels')} input channels) but this run builds "
+                f"{model_cfg.get('name')} ({model_cfg.get('num_classes')} classes, "
+                f"{model_cfg.get('in_channels')} channels): "
+                f"resume with model={saved.get('name')} and the same data, or start fresh with "
+                "model.pretrained=<checkpoint> to fine-tune"
+            )
+    _check_same_settings("model", saved, model_cfg, ckpt_path, ignore=("pretrained",))
+    dataset = hparams.get("dataset")
+    trained_on = dataset.get("name") if isinstance(dataset, dict) else None
+    if data_name and trained_on and trained_on != data_name:
+        raise CheckpointError(
+            f"{ckpt_path} was trained on {trained_on}, this run asks for data={data_name}: resume "
+            f"with data={trained_on}, or start a new run from its weights with "
+            f"model.pretrained={shlex.quote(str(ckpt_path))} (and no ckpt_path)")
+    if optim_cfg is not None:
+        _check_same_settings("optim", hparams.get("optim") or {}, optim_cfg, ckpt_path)
+    return checkpoint
 
 
-# ---------------------------------------------------------------------------- signals
-
-SIGNAL_EXIT_CODES = {"SIGTERM": 143, "Ctrl-C": 130}  # 128 + the signal's number, as shells say
-
-
-class Preempted(RuntimeError):
-    """The run was stopped by SIGTERM or Ctrl-C; the message says what was saved and how to
-    resume."""
-
-    def __init__(self, message: str, signal_name: str, checkpoint_path: Path | None) -> None:
-        super().__init__(message)
-        self.exit_code = SIGNAL_EXIT_CODES[signal_name]
-        self.checkpoint_path = checkpoint_path
-
-
-class StopSignals:
-    """SIGTERM and Ctrl-C over a whole run, not only while Lightning trains.
-
-    Lightning handles them only inside ``trainer.fit``/``test`` (SIGTERM: a ``SIGTERMException``,
-    a ``SystemExit`` with code 0, at the next step boundary; Ctrl-C: ``sys.exit(1)``). Elsewhere
-    SIGTERM killed the process without a word. ``train.py`` installs this for the whole run:
-
-    * while Lightning's handler is installed it calls this one after its own: SIGTERM is only
-      recorded here, and Lightning stops at the next step boundary as before;
-    * elsewhere the first signal raises at once (``SIGTERMException``, ``KeyboardInterrupt``),
-      except once testing is done: the report and the W&B upload finish first (seconds);
-    * later signals are ignored: the checkpoint save and the resume line must finish.
-
-    The callback :class:`PreemptionCheckpoint` keeps ``phase`` and ``saved_now`` up to date.
-    """
-
-    def __init__(self) -> None:
-        self.new_run(None)
-        self._previous: dict[int, Any] = {}
-
-    def new_run(self, checkpoint_dir: Path | None) -> None:
-        self.received: str | None = None
-        self.phase = "set-up"
-        self.checkpoint_dir = checkpoint_dir
-        self.saved_now: Path | None = None
-
-    def __enter__(self) -> None:
-        self.new_run(None)
-        if threading.current_thread() is threading.main_thread():
-            self._previous = {signal.SIGTERM: signal.getsignal(signal.SIGTERM),
-                              signal.SIGINT: signal.getsignal(signal.SIGINT)}
-            signal.signal(signal.SIGTERM, self._on_sigterm)
-            signal.signal(signal.SIGINT, self._on_sigint)
-
-    def __exit__(self, *exc_info: object) -> None:
-        for signum, handler in self._previous.items():
-            # Once stopping, a second Ctrl-C must not cut the exit short: Python's shutdown
-            # resets handlers written in Python to the default (die at once), not SIG_IGN.
-            signal.signal(signum, handler if self.received is None else signal.SIG_IGN)
-        self._previous = {}
-
-    def _on_sigterm(self, signum: int, frame: Any) -> None:
-        first = self.received is None
-        self.received = self.received or "SIGTERM"
-        lightning_in_charge = signal.getsignal(signal.SIGTERM) != self._on_sigterm
-        if first and not lightning_in_charge and self.phase != "finishing":
-            raise SIGTERMException()
-
-    def _on_sigint(self, signum: int, frame: Any) -> None:
-        if self.received is not None:
-            print("already stopping: the checkpoint save and the resume line come next "
-                  "(kill -9 ends at once, without them)", file=sys.stderr, flush=True)
-            return
-        self.received = "Ctrl-C"
-        if self.phase != "finishing":
-            raise KeyboardInterrupt
-
-    def raise_if_received(self) -> None:
-        """After ``trainer.fit``: a signal that arrived as training ended still stops the run."""
-        if self.received == "SIGTERM":
-            raise SIGTERMException()
-        if self.received == "Ctrl-C":
-            raise KeyboardInterrupt
-
-    def preempted(self, error: BaseException) -> Preempted | None:
-        """``error`` as a :class:`Preempted` when a signal caused it, else None."""
-        if self.received is None:
-            if isinstance(error, SIGTERMException):
-                self.received = "SIGTERM"
-            elif isinstance(error, KeyboardInterrupt):
-                self.received = "Ctrl-C"
-            else:  # Lightning's sys.exit(1) after Ctrl-C is recognised by `received` only
-                return None
-        return Preempted(self.stop_message(), self.received,
-                         self.saved_now or self.newest_checkpoint())
-
-    def newest_checkpoint(self) -> Path | None:
-        last = self.checkpoint_dir / "last.ckpt" if self.checkpoint_dir is not None else None
-        return last if last is not None and last.is_file() else None
-
-    def stop_message(self) -> str:
-        where = f"stopped by {self.received} during {self.phase}"
-        newest = self.newest_checkpoint()
-        if self.phase == "finishing":
-            return (f"{where}: the run had finished testing and completed its report (above); "
-                    f"its checkpoints are in {self.checkpoint_dir}")
-        if self.saved_now is not None:
-            return (f"{where}; progress saved in {self.saved_now}. "
-                    f"Resume with: python train.py ... ckpt_path={self.saved_now}")
-        if newest is not None:
-            rerun = " (training had finished: only the test runs again)" \
-                if self.phase in ("testing", "the end of training") else ""
-            return (f"{where}; nothing newer was saved, the newest checkpoint is {newest}. "
-                    f"Resume with: python train.py ... ckpt_path={newest}{rerun}")
-        return (f"{where}, before any checkpoint was saved: nothing to resume, run the same "
-                "command again")
+def _check_same_settings(group: str, saved: dict[str, Any], asked: dict[str, Any],
+                         ckpt_path: str, ignore: tuple[str, ...] = ()) -> None:
+    """Keys of ``group`` the checkpoint and this run both name must agree: the network's options
+    shape its ``state_dict``; Lightning restores the optimizer's state and schedule, so another
+    ``optim.lr`` would be recorded but not used."""
+    differ = [key for key in saved if key in asked and key not in ignore
+              and asked[key] is not None and saved[key] != asked[key]]
+    if not differ:
+        return
+    trained = ", ".join(f"{group}.{key}={_short(saved[key])}" for key in differ)
+    now = ", ".join(f"{group}.{key}={_short(asked[key])}" for key in differ)
+    raise CheckpointError(
+        f"{ckpt_path} was trained with {trained}; this run asks for {now}. Resume with "
+        f"{trained} (a checkpoint in its run directory brings its own settings: leave them "
+        f"out), or start fresh from its weights with model.pretrained="
+        f"{shlex.quote(str(ckpt_path))} (and no ckpt_path)")
 
 
-stop_signals = StopSignals()  # signals are per process; train.py installs it around each run
-
-
-class PreemptionCheckpoint(Callback):
-    """On SIGTERM (SLURM pre-emption, spot instances, ``kill``) or Ctrl-C: save ``last.ckpt``.
-
-    Lightning turns SIGTERM into a ``SIGTERMException`` at the next step boundary, in training
-    and in validation; this callback saves the state there, so a resumed run loses nothing. It
-    saves during fit once a step has been trained (not in the sanity check: nothing to keep),
-    never while testing (training is done and saved). Other exceptions (a diverged run, a bug)
-    save nothing: the last good checkpoint must not be replaced by a broken state. It also tells
-    :data:`stop_signals` the phase, so that the stop message says what happened.
-    """
-
-    def __init__(self, dirpath: str | Path) -> None:
-        self.dirpath = Path(dirpath)
-        stop_signals.new_run(self.dirpath)
-
-    @property
-    def saved_path(self) -> Path | None:
-        return stop_signals.saved_now
-
-    def _phase(self, phase: str) -> None:
-        stop_signals.phase = phase
-
-    def on_sanity_check_start(self, trainer: Any, pl_module: Any) -> None:
-        self._phase("the sanity check")
-
-    def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
-        self._phase("training")
-
-    def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
-        if not trainer.sanity_checking:
-            self._phase("validation")
-
-    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
-        if not trainer.sanity_checking:
-            self._phase("training")
-
-    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
-        self._phase("the end of training")
-
-    def on_test_start(self, trainer: Any, pl_module: Any) -> None:
-        self._phase("testing")
-
-    def on_test_end(self, trainer: Any, pl_module: Any) -> None:
-        self._phase("finishing")
-
-    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
-        if not isinstance(exception, (SIGTERMException, KeyboardInterrupt)):
-            return
-        stop_signals.received = stop_signals.received or (
-            "Ctrl-C" if isinstance(exception, KeyboardInterrupt) else "SIGTERM")
-        fitting = trainer.state.fn == TrainerFn.FITTING
-        if not fitting or trainer.sanity_checking or trainer.global_step == 0:
-            return
-        path = self.dirpath / "last.ckpt"
-        trainer.save_checkpoint(path)
-        stop_signals.saved_now = path
+def _short(value: Any) -> str:
+    text = str(value).replace(" ", "").replace("'", "")
+    return text if len(text) <= 60 else text[:57] + "..."

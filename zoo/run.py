@@ -10,6 +10,7 @@ import logging
 import math
 import os
 import re
+import shlex
 import time
 import warnings
 from pathlib import Path
@@ -23,18 +24,15 @@ from pytorch_lightning.loggers import Logger, WandbLogger
 import zoo
 from zoo.callbacks import TrainingDivergedError
 from zoo.checkpoint import (
-    CheckpointError,
-    check_resume_optimizer,
+    check_resume_compatible,
     resolve_ckpt_path,
-    safe_load,
-    stop_signals,
 )
 from zoo.compat import wandb_run_is_offline
 from zoo.data import build_datamodule
-from zoo.hparams import check_hyper_parameters
 from zoo.module import ZooModule
 from zoo.precision import check_accelerator, choose_channels_last, choose_precision
 from zoo.predict import data_facts
+from zoo.preemption import refuse_lightning_hpc_checkpoints, stop_signals
 from zoo.pretrained import load_pretrained
 from zoo.resume import Resumed, resumed_from
 from zoo.runlog import print_and_log
@@ -127,36 +125,6 @@ def check_optim_numbers(optim: Any) -> None:
         number = value if is_number else math.nan
         if not math.isfinite(number) or number < 0 or (key == "lr" and number == 0):
             raise ValueError(f"optim.{key} must be a finite number {smallest}, got {value!r}")
-
-
-def check_resume_compatible(ckpt_path: str, model_cfg: dict[str, Any],
-                            optim_cfg: dict[str, Any] | None = None) -> dict:
-    """A checkpoint of another network, class count or optimizer gets a clear error before
-    training starts.
-
-    Returns the checkpoint (read once: it also names the W&B run to continue)."""
-    checkpoint = safe_load(ckpt_path)
-    check_hyper_parameters(checkpoint, ckpt_path, required=True)  # one line, not a traceback
-    saved = None
-    if isinstance(checkpoint, dict):
-        saved = (checkpoint.get("hyper_parameters") or {}).get("model")
-    if not isinstance(saved, dict) or "state_dict" not in checkpoint:
-        raise CheckpointError(
-            f"{ckpt_path} is not a checkpoint of this project (no saved model hyperparameters)"
-        )
-    for key in ("name", "num_classes", "in_channels"):
-        if saved.get(key) != model_cfg.get(key):
-            raise CheckpointError(
-                f"{ckpt_path} holds {saved.get('name')} ({saved.get('num_classes')} classes, "
-                f"{saved.get('in_channels')} input channels) but this run builds "
-                f"{model_cfg.get('name')} ({model_cfg.get('num_classes')} classes, "
-                f"{model_cfg.get('in_channels')} channels): "
-                f"resume with model={saved.get('name')} and the same data, or start fresh with "
-                "model.pretrained=<checkpoint> to fine-tune"
-            )
-    if optim_cfg is not None:
-        check_resume_optimizer(checkpoint, optim_cfg, ckpt_path)
-    return checkpoint
 
 
 def fit_and_test(
@@ -272,11 +240,13 @@ def load_starting_weights(cfg: DictConfig, module: ZooModule,
     A resumed run ignores ``model.pretrained``: the checkpoint's weights replace them anyway.
     """
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
-    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), run_name=str(cfg.run_name))
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), run_name=str(cfg.run_name),
+                                  run_dir=run_dir)
     if ckpt_path is not None:
         optim_cfg = OmegaConf.to_container(cfg.optim, resolve=True)
-        checkpoint = check_resume_compatible(ckpt_path, model_cfg, optim_cfg)
+        checkpoint = check_resume_compatible(ckpt_path, model_cfg, optim_cfg, str(cfg.data.name))
         return ckpt_path, resumed_from(checkpoint, ckpt_path, run_dir)
+    refuse_lightning_hpc_checkpoints(run_dir)
     if model_cfg.get("pretrained"):
         # The network was built without them (ZooModule leaves pretrained out, so that loading
         # one of its checkpoints does not need the original weights); the loader is zoo.create's.
@@ -325,6 +295,16 @@ def train(cfg: DictConfig, run_dir: Path | str) -> dict[str, float]:
     return metrics
 
 
+def wandb_sync_command(files_dir: str) -> str:
+    """``wandb sync`` for every offline folder of the run: a resumed run has one per session
+    (W&B cannot resume offline runs in place), and the earlier ones hold the earlier history."""
+    folder = Path(files_dir.rsplit("/files", 1)[0])
+    sessions = sorted(folder.parent.glob("offline-run-*"))
+    if len(sessions) <= 1:
+        return f"wandb sync {shlex.quote(str(folder))}"
+    return f"wandb sync {shlex.quote(str(folder.parent))}/offline-run-*"
+
+
 def report_paths(
     run_dir: Path, saved: dict[str, str], loggers: list[Logger], metrics: dict[str, float],
     fit_seconds: float,
@@ -341,7 +321,7 @@ def report_paths(
             run = logger.experiment
             if wandb_run_is_offline(run):
                 lines.append(f"W&B offline run: {run.dir.rsplit('/files', 1)[0]}")
-                lines.append(f"  upload it later with: wandb sync {run.dir.rsplit('/files', 1)[0]}")
+                lines.append(f"  upload it later with: {wandb_sync_command(run.dir)}")
             else:
                 lines.append(f"W&B run: {run.url}")
     print_and_log("\n".join(lines))  # the terminal and the run's train.log

@@ -64,5 +64,8 @@ def also_in_log_file(text: str, level: int = logging.INFO) -> None:
 
 def print_and_log(text: str, error: bool = False) -> None:
     """Print ``text`` as it is (stdout, or stderr for an error) and keep it in the run's log."""
-    print(text, file=sys.stderr if error else sys.stdout, flush=True)
+    try:
+        print(text, file=sys.stderr if error else sys.stdout, flush=True)
+    except OSError:  # the terminal is gone (SIGHUP after an ssh session closed): the log has it
+        pass
     also_in_log_file(text, logging.ERROR if error else logging.INFO)

@@ -6,6 +6,7 @@ by name from the config only (a config cannot name a class to run).
 
 from __future__ import annotations
 
+import logging
 import netrc
 import os
 import warnings
@@ -27,8 +28,9 @@ from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger, Wand
 from torchmetrics import Metric
 
 from zoo.callbacks import build_measurement_callbacks
-from zoo.checkpoint import AtomicCheckpointIO, PreemptionCheckpoint
+from zoo.checkpoint import AtomicCheckpointIO
 from zoo.compat import drop_wandb_anonymous
+from zoo.preemption import PreemptionCheckpoint
 from zoo.resume import ContinuingCSVLogger, Resumed, WandbRunIdInCheckpoint
 from zoo.runlog import StepLogInterval
 from zoo.schemas import PROGRESS_BARS
@@ -62,6 +64,10 @@ def build_wandb_logger(options: dict[str, Any], run_dir: Path, config: dict[str,
         mode = {"dryrun": "offline", "run": "online"}.get(mode, mode)
     if mode == "disabled":
         return None
+    if not os.environ.get("HOME") and not os.environ.get("XDG_CACHE_HOME"):
+        # W&B's service keeps its logs under $XDG_CACHE_HOME or $HOME/.cache; with neither (a
+        # batch system, a container) it printed ~20 log lines on the terminal (issue 24)
+        os.environ["XDG_CACHE_HOME"] = str(run_dir / "wandb" / ".cache")
     if mode not in ("online", "offline"):
         raise ValueError(
             f"logger.wandb.mode must be auto, online, offline or disabled, got {mode!r}"
@@ -109,9 +115,12 @@ def build_loggers(cfg: DictConfig, run_dir: Path, tags: list[str],
         if wandb_logger is not None:
             loggers.append(wandb_logger)
     if "csv" in chosen:
-        csv_logger = ContinuingCSVLogger if resumed else CSVLogger  # resumed: append its rows
         name = chosen["csv"].get("name", "csv")
-        loggers.append(csv_logger(save_dir=str(run_dir), name=name, version=""))
+        if resumed:  # append to its rows
+            loggers.append(ContinuingCSVLogger(save_dir=str(run_dir), name=name, version="",
+                                               resume_step=resumed.global_step))
+        else:
+            loggers.append(CSVLogger(save_dir=str(run_dir), name=name, version=""))
     if "tensorboard" in chosen:
         name = chosen["tensorboard"].get("name", "tensorboard")
         loggers.append(TensorBoardLogger(save_dir=str(run_dir), name=name, version=""))
@@ -173,6 +182,10 @@ def build_callbacks(cfg: DictConfig, run_dir: Path) -> tuple[list[Callback], Mod
         mode="max" if "acc" in monitor else "min",
         save_top_k=int(checkpoint_options.get("save_top_k", 1)),
         save_last=True,  # at every epoch end
+        # A resumed run must go on replacing last.ckpt: with the counter, a checkpoint saved on
+        # a signal (which Lightning's callback does not know of) made the resumed run write
+        # last-v1.ckpt and ckpt_path=last went back to the stale last.ckpt (issue 24, item 3).
+        enable_version_counter=False,
     )
     callbacks: list[Callback] = [checkpoint, PreemptionCheckpoint(run_dir / "checkpoints")]
     every_n_steps = checkpoint_options.get("every_n_train_steps")
@@ -212,6 +225,8 @@ def build_trainer(
     checkpoint callback (to read the best and last checkpoints)."""
     loggers = build_loggers(cfg, run_dir, tags, resumed)
     callbacks, checkpoint = build_callbacks(cfg, run_dir)
+    if resumed is not None:
+        quiet_resume_noise(resumed.ckpt_path)
     callbacks += [StepLogInterval(), WandbRunIdInCheckpoint()]
     if cfg.trainer.get("enable_model_summary", True) is not False:
         callbacks.append(SummaryWithoutMetrics())
@@ -223,6 +238,41 @@ def build_trainer(
         callbacks=callbacks,
         enable_progress_bar=any(isinstance(c, (RichProgressBar, TQDMProgressBar))
                                 for c in callbacks),
-        plugins=[AtomicCheckpointIO()],
+        plugins=[AtomicCheckpointIO(), *slurm_plugins()],
     )
     return trainer, loggers, checkpoint
+
+
+def slurm_plugins() -> list[Any]:
+    """Under SLURM, Lightning's own requeue is off: on SIGUSR1 it wrote ``hpc_ckpt_N.ckpt`` (a
+    second lineage beside last.ckpt) and restored it over last.ckpt on the next start. The zoo
+    handles SIGUSR1 as it does SIGTERM (save last.ckpt, exit, ``scontrol requeue``;
+    :mod:`zoo.checkpoint`)."""
+    from lightning_fabric.plugins.environments import SLURMEnvironment
+
+    return [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
+
+
+class _DropResumeEcho(logging.Filter):
+    """Lightning's "Restoring states from ..." and "Restored all states from ..." repeat the
+    zoo's own "resuming ..." line."""
+
+    def __init__(self, ckpt_path: str) -> None:
+        super().__init__()
+        self.ckpt_path = ckpt_path
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (message.startswith(("Restoring states from the checkpoint path at ",
+                                        "Restored all states from the checkpoint at "))
+                    and message.endswith(self.ckpt_path))
+
+
+def quiet_resume_noise(ckpt_path: str) -> None:
+    """A resume writes into a run directory that holds checkpoints by design; say nothing twice."""
+    target = logging.getLogger("pytorch_lightning.utilities.rank_zero")
+    for old in [f for f in target.filters if isinstance(f, _DropResumeEcho)]:
+        target.removeFilter(old)
+    target.addFilter(_DropResumeEcho(ckpt_path))
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+    warnings.filterwarnings("ignore", message=r"The dirpath has changed from")

@@ -197,7 +197,7 @@ def test_lesion_bypasses_a_plain_sub_block_and_runs_over_every_sub_block():
 def test_any_size_patch_and_depth_by_name_and_a_bad_name_gets_the_rule():
     with torch.device("meta"):
         assert len(zoo.create("plain_vit_small_p8_d5").blocks) == 5
-    with pytest.raises(ValueError, match="size one of tiny, small, base"):
+    with pytest.raises(ValueError, match="size one of mini, tiny, small, base"):
         zoo.create("vit_huge_p4_d8")
 
 

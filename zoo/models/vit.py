@@ -15,7 +15,8 @@ each sub-block. Xiong et al. (2020) show that post-LN's gradients near the outpu
 initialisation (hence its warm-up) and pre-LN's are not; Dong et al. (2021) that without skips
 the tokens collapse towards rank one with depth (``docs/RESULTS.md``, section 8).
 
-Sizes as in timm (``tiny``: 192 wide, 3 heads; ``small``: 384, 6; ``base``: 768, 12), MLP 4x
+Sizes as in timm (``tiny``: 192 wide, 3 heads; ``small``: 384, 6; ``base``: 768, 12; and the
+zoo's ``mini``, 64 wide with 4 heads, for training on a CPU), MLP 4x
 wide, GELU, LayerNorm eps 1e-6, qkv with bias; timm's initialisation (truncated normal, std
 0.02, for the linear layers and the position embedding; class token N(0, 1e-6)). Names carry
 size, patch and depth: ``vit_tiny_p4_d8`` (32 px: 64 tokens; 28 px: 49 tokens), its plain twin
@@ -41,7 +42,8 @@ DEFAULT_NUM_CLASSES = 10
 DEFAULT_IMAGE_SIZE = 32
 NORMS = ("pre", "post", "none")
 POOLS = ("token", "mean")  # the class token's output (timm's default), or the tokens' mean
-SIZES = {"tiny": (192, 3), "small": (384, 6), "base": (768, 12)}  # (width, heads), as timm's
+# (width, heads): timm's tiny, small, base; mini is the zoo's own, for training runs on a CPU
+SIZES = {"mini": (64, 4), "tiny": (192, 3), "small": (384, 6), "base": (768, 12)}
 LAYER_NORM_EPS = 1e-6  # timm's VisionTransformer
 
 # ---------------------------------------------------------------- helpers

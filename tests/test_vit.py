@@ -101,6 +101,10 @@ def test_tokens_and_logits_for_the_three_input_sizes(name, image_size, channels,
 def test_an_image_of_another_size_says_how_to_build_for_it():
     with pytest.raises(ValueError, match="image_size=28"):
         small()(torch.randn(1, 3, 28, 28))
+    with pytest.raises(ValueError, match=r"patch that divides it \(1, 2, 4, 7, 14, 28\)"):
+        zoo.create("vit_tiny_p5_d1", image_size=28)
+    with pytest.raises(ValueError, match=r"heads that divide it \(1, 2, 3, 4, 6, 8, 12,"):
+        zoo.create("vit_tiny_p4_d1", heads=5)
 
 
 @pytest.mark.parametrize("norm", ["pre", "none"])
@@ -264,3 +268,42 @@ def test_pure_attention_without_skips_collapses_the_tokens_and_with_skips_does_n
         with torch.no_grad():
             residuals[skip] = float(rank_one_residual(net.forward_features(x)))
     assert residuals[False] < 0.05 < 0.5 < residuals[True]
+
+
+# ---------------------------------------------------------------- experiments without training
+
+
+def test_a_transformer_blocks_gradient_norm_is_its_sub_blocks_together():
+    from zoo.experiments.vit_init import block_norms
+
+    rows = [{"seed": 0, "stage": "stem", "unit_name": "patch_embed", "grad_norm": 9.0},
+            {"seed": 0, "stage": "attn", "unit_name": "blocks.0.attn", "grad_norm": 3.0},
+            {"seed": 0, "stage": "mlp", "unit_name": "blocks.0.mlp", "grad_norm": 4.0},
+            {"seed": 0, "stage": "attn", "unit_name": "blocks.1.attn", "grad_norm": 1.0},
+            {"seed": 0, "stage": "head", "unit_name": "head", "grad_norm": 7.0}]
+    assert block_norms(rows) == {0: [5.0, 1.0]}
+
+
+@pytest.mark.slow  # ~25 s on the loaded 2-core machine, mostly drawing
+def test_vit_experiments_write_tidy_files_and_redraw_the_same_figures(tmp_path):
+    from zoo.experiments.__main__ import main
+    from zoo.experiments.tidy import read_csv
+
+    grads, rank = tmp_path / "gradients", tmp_path / "rank"
+    assert main(["vit_gradients", "--out", str(grads), "--depths", "1", "2", "--seeds", "1",
+                 "--batch-size", "2", "--norms", "post"]) == 0
+    assert main(["vit_rank", "--out", str(rank), "--depth", "3", "--seeds", "1",
+                 "--batch-size", "2", "--inits", "timm", "--norms", "pre"]) == 0
+    summary = read_csv(grads / "vit_gradients_summary.csv")
+    assert len(summary) == 2 * 2 * 2  # init x skip x depth
+    assert {(r["init"], r["norm"], r["skip"]) for r in summary} == {
+        (i, "post", s) for i in ("timm", "xavier") for s in (True, False)}
+    rows = read_csv(rank / "vit_rank.csv")
+    assert {r["layer"] for r in rows} == {0, 1, 2, 3}
+    plain_end = [r["rank_residual"] for r in rows if r["layer"] == 3 and not r["skip"]]
+    skip_end = [r["rank_residual"] for r in rows if r["layer"] == 3 and r["skip"]]
+    assert max(plain_end) < 0.01 < 0.5 < min(skip_end)  # the collapse, at 3 blocks already
+    figures = [grads / "vit_gradients_at_init.png", rank / "vit_rank_at_init.png"]
+    before = [path.read_bytes() for path in figures]
+    assert main(["redraw", str(grads), str(rank)]) == 0
+    assert [path.read_bytes() for path in figures] == before

@@ -49,6 +49,11 @@ LAYER_NORM_EPS = 1e-6  # timm's VisionTransformer
 # ---------------------------------------------------------------- helpers
 
 
+def divisors(number: int) -> str:
+    """The choices an error message offers: ``"1, 2, 4, 7, 14, 28"``."""
+    return ", ".join(str(d) for d in range(1, number + 1) if number % d == 0)
+
+
 def init_linear(module: nn.Module) -> None:
     """timm's ViT initialisation of a linear layer: truncated normal, std 0.02, zero bias."""
     if isinstance(module, nn.Linear):
@@ -64,7 +69,8 @@ class PatchEmbedding(nn.Module):
                  class_token: bool) -> None:
         super().__init__()
         if image_size % patch != 0:
-            raise ValueError(f"image_size {image_size} is not a multiple of the patch size {patch}")
+            raise ValueError(f"image_size {image_size} is not a multiple of the patch {patch}: "
+                             f"use a patch that divides it ({divisors(image_size)})")
         self.image_size = image_size
         self.proj = nn.Conv2d(in_channels, width, patch, stride=patch)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, width)) if class_token else None
@@ -90,7 +96,8 @@ class Attention(nn.Module):
     def __init__(self, width: int, heads: int) -> None:
         super().__init__()
         if width % heads != 0:
-            raise ValueError(f"width {width} is not divisible by heads {heads}")
+            raise ValueError(f"width {width} is not divisible by heads {heads}: use heads that "
+                             f"divide it ({divisors(width)})")
         self.heads = heads
         self.qkv = nn.Linear(width, 3 * width)
         self.proj = nn.Linear(width, width)

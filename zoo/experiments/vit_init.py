@@ -129,24 +129,29 @@ def summarise_vit_gradients(rows: Sequence[dict[str, Any]]) -> list[dict[str, An
     return summary
 
 
-def _gradient_finding(summary: Sequence[dict[str, Any]], init: str) -> str:
-    """One line per init, from the numbers: how the last block's gradient changes from the
-    shallowest to the deepest net in post-LN and pre-LN, and post-LN's over pre-LN's there."""
-    def last(norm: str, pick: Any) -> dict[str, Any] | None:
-        mine = [r for r in summary if r["norm"] == norm and r["skip"] and r["init"] == init]
-        return pick(mine, key=lambda r: r["depth"]) if mine else None
+def depth_exponent(summary: Sequence[dict[str, Any]], init: str, norm: str) -> float | None:
+    """The exponent a of ``last block's gradient ~ depth^a`` between the shallowest and the
+    deepest net with skips (Xiong et al. 2020, Theorem 1: -1/2 for pre-LN, 0 for post-LN)."""
+    mine = sorted((r for r in summary if r["init"] == init and r["norm"] == norm and r["skip"]),
+                  key=lambda r: r["depth"])
+    if len(mine) < 2:
+        return None
+    shallow, deep = mine[0], mine[-1]
+    return (math.log(deep["last_block_grad_norm"] / shallow["last_block_grad_norm"])
+            / math.log(deep["depth"] / shallow["depth"]))
 
-    ends = {(norm, pick.__name__): last(norm, pick) for norm in ("pre", "post")
-            for pick in (min, max)}
-    if None in ends.values():
+
+def _gradient_finding(summary: Sequence[dict[str, Any]], init: str) -> str:
+    """One row's title, from the numbers: both exponents, and post-LN's last-block gradient
+    over pre-LN's in the deepest nets."""
+    pre, post = (depth_exponent(summary, init, norm) for norm in ("pre", "post"))
+    if pre is None or post is None:
         return f"{init} init"
-    grad = {key: row["last_block_grad_norm"] for key, row in ends.items()}
-    grow = {norm: grad[norm, "max"] / grad[norm, "min"] for norm in ("pre", "post")}
-    deep = ends["pre", "max"]["depth"]
-    ratio = grad["post", "max"] / grad["pre", "max"]
-    return (f"{init} init, {ends['pre', 'min']['depth']} -> {deep} blocks: last block's gradient "
-            f"x{grow['post']:.2g} post-LN, x{grow['pre']:.2g} pre-LN; at {deep}: post-LN "
-            f"{ratio:.2g}x pre-LN")
+    deepest = {r["norm"]: r for r in summary if r["init"] == init and r["skip"]
+               and r["depth"] == max(x["depth"] for x in summary)}
+    ratio = deepest["post"]["last_block_grad_norm"] / deepest["pre"]["last_block_grad_norm"]
+    return (f"{init} init: last block's gradient ~ depth^{pre:+.2f} pre-LN, depth^{post:+.2f} "
+            f"post-LN; at {deepest['pre']['depth']} blocks post-LN's is {ratio:.2g}x pre-LN's")
 
 
 def plot_vit_gradients(rows: Sequence[dict[str, Any]], out_dir: Path) -> list[Path]:
@@ -164,8 +169,14 @@ def plot_vit_gradients(rows: Sequence[dict[str, Any]], out_dir: Path) -> list[Pa
         panels[0].set_title(_gradient_finding(summary, init), loc="left")
     legend(axes[0, 0], fontsize=7)
     seeds = max(r["seeds"] for r in summary)
-    figure.suptitle("ViT at initialisation: pre-LN's last-block gradient falls like 1/sqrt(depth), "
-                    f"post-LN's does not (Xiong et al. 2020) ({seeds} seeds)")
+    exponents = {norm: [depth_exponent(summary, init, norm) for init in inits]
+                 for norm in ("pre", "post")}
+    if all(e is not None for values in exponents.values() for e in values):
+        spans = {norm: f"{min(values):+.2f} to {max(values):+.2f}"
+                 for norm, values in exponents.items()}
+        figure.suptitle(f"ViT at initialisation: the last block's gradient goes as depth^("
+                        f"{spans['pre']}) in pre-LN, depth^({spans['post']}) in post-LN "
+                        f"(Xiong et al. 2020: -0.5 and 0) ({seeds} seeds)")
     return [save(figure, out_dir / "vit_gradients_at_init.png")]
 
 
@@ -261,14 +272,24 @@ def blocks_to_collapse(layers: Sequence[int], values: Sequence[float],
 
 
 def _rank_finding(curves: dict[Curve, tuple[list[int], list[float]]]) -> str:
-    plain = [blocks_to_collapse(*c) for (_, _, skip, _), c in curves.items() if not skip]
-    residual = [values[-1] for (_, _, skip, _), (_, values) in curves.items() if skip]
+    """Two lines from the numbers: when the nets without skips collapse, and how far from rank
+    one the nets with skips stay -- naming those with skips that collapse too."""
     depth = max(layers[-1] for layers, _ in curves.values())
-    if not plain or not residual or None in plain:
+    plain = [blocks_to_collapse(*c) for (_, _, skip, _), c in curves.items() if not skip]
+    kept = [values[-1] for (_, _, skip, _), (layers, values) in curves.items()
+            if skip and blocks_to_collapse(layers, values) is None]
+    collapsed = {(norm, init): blocks_to_collapse(*c) for (init, norm, skip, _), c in curves.items()
+                 if skip and blocks_to_collapse(*c) is not None}
+    if not plain or None in plain or not kept:
         return f"Distance of the tokens from rank one at initialisation ({depth} blocks)"
-    return (f"At initialisation, without skips the tokens come within 0.001 of rank one after "
-            f"{max(plain)} blocks or fewer;\nwith skips they are still {min(residual):.2f} or "
-            f"more from it after {depth} blocks (Dong et al. 2021)")
+    line = (f"At initialisation, without skips the tokens come within 0.001 of rank one after "
+            f"{max(plain)} blocks or fewer;\nwith skips they stay {min(kept):.2f} or more from it "
+            f"after {depth} blocks")
+    if collapsed:
+        names = ", ".join(f"{NORM_LABELS[norm]} ({init} init)" for norm, init in collapsed)
+        line += (f", except {names}: collapsed by block {min(collapsed.values())}-"
+                 f"{max(collapsed.values())}")
+    return line
 
 
 def plot_vit_rank(rows: Sequence[dict[str, Any]], out_dir: Path) -> list[Path]:

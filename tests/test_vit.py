@@ -307,3 +307,21 @@ def test_vit_experiments_write_tidy_files_and_redraw_the_same_figures(tmp_path):
     before = [path.read_bytes() for path in figures]
     assert main(["redraw", str(grads), str(rank)]) == 0
     assert [path.read_bytes() for path in figures] == before
+
+
+def test_vit_degradation_overlay_composes_and_names_its_runs_by_norm_and_warm_up(compose):
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.to_container(compose("experiment=vit_degradation_cpu", "seed=0"), resolve=True)
+    assert cfg["group"] == "vit_degradation_cpu" and cfg["optim"]["name"] == "adamw"
+    assert cfg["run_name"] == "vit_mini_p7_d6-pre-warmup0.1-fashion_mnist-s0"
+    plain = OmegaConf.to_container(compose(
+        "experiment=vit_degradation_cpu", "model=plain_vit_mini_p7_d12", "model.norm=post",
+        "scheduler.warmup_fraction=0.0", "seed=1"), resolve=True)
+    assert plain["run_name"] == "plain_vit_mini_p7_d12-post-warmup0.0-fashion_mnist-s1"
+    configs = Path(__file__).parents[1] / "configs"
+    overlay = OmegaConf.load(configs / "experiment" / "vit_degradation_cpu.yaml")
+    for model in str(overlay.hydra.sweeper.params.model).split(","):
+        assert zoo.describe(model)["family"] == "vit"

@@ -334,6 +334,8 @@ def trained_rank(checkpoints: Sequence[Path], max_images: int = 256) -> list[dic
     rows = []
     for path in checkpoints:
         checkpoint = checkpoint_path(path)
+        if checkpoint.suffix != ".ckpt":  # a sweep's multirun.yaml caught by a glob, say
+            raise ValueError(f"{path}: not a run directory or a .ckpt checkpoint")
         net, model_cfg = load_network(checkpoint)
         if not hasattr(net, "blocks") or not hasattr(net, "patch_embed"):
             raise ValueError(f"{checkpoint}: {model_cfg['name']} is not a ViT")

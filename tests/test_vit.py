@@ -325,3 +325,12 @@ def test_vit_degradation_overlay_composes_and_names_its_runs_by_norm_and_warm_up
     overlay = OmegaConf.load(configs / "experiment" / "vit_degradation_cpu.yaml")
     for model in str(overlay.hydra.sweeper.params.model).split(","):
         assert zoo.describe(model)["family"] == "vit"
+
+
+def test_rank_after_training_refuses_a_file_that_is_not_a_checkpoint(tmp_path):
+    from zoo.experiments.vit_init import trained_rank
+
+    sweep_file = tmp_path / "multirun.yaml"
+    sweep_file.write_text("hydra: {}\n")
+    with pytest.raises(ValueError, match="not a run directory or a .ckpt checkpoint"):
+        trained_rank([sweep_file])

@@ -136,6 +136,17 @@ def test_the_plain_twin_differs_in_the_skip_switch_only():
                if isinstance(m, SubBlock))
 
 
+def test_init_is_timms_truncated_normal_or_xavier_and_keeps_the_embeddings():
+    timm_net, xavier_net = small(), small(init="xavier")
+    qkv = timm_net.blocks[0].attn.branch.qkv.weight
+    assert float(qkv.std()) == pytest.approx(0.02, rel=0.1)  # cut at +-2 (absolute), as timm
+    bound = (6 / (24 + 72)) ** 0.5  # Xavier-uniform for 24 -> 72
+    xavier_qkv = xavier_net.blocks[0].attn.branch.qkv.weight
+    assert float(xavier_qkv.abs().max()) <= bound
+    assert float(xavier_qkv.std()) == pytest.approx(bound / 3**0.5, rel=0.1)
+    torch.testing.assert_close(xavier_net.patch_embed.pos_embed, timm_net.patch_embed.pos_embed)
+
+
 def test_post_ln_normalises_after_the_sum():
     block = SubBlock(nn.Linear(8, 8), 8, "post").eval()
     x = torch.randn(3, 5, 8)
@@ -209,6 +220,7 @@ def test_any_size_patch_and_depth_by_name_and_a_bad_name_gets_the_rule():
     ("model.norm=side", "model.norm: Invalid value 'side', expected one of [pre, post, none]"),
     ("model.pool=max", "model.pool: Invalid value 'max', expected one of [token, mean]"),
     ("model.skip=sometimes", "model.skip: Value 'sometimes' is not a valid bool (type str)"),
+    ("model.init=kaiming", "model.init: Invalid value 'kaiming', expected one of [timm, xavier]"),
 ])
 def test_a_bad_vit_option_gets_one_line_naming_the_key_and_the_allowed_values(
         compose, override, line):

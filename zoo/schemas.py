@@ -25,6 +25,7 @@ from omegaconf import II, MISSING, DictConfig, OmegaConf
 
 from zoo.models.cifar_resnet import NORMS, SHORTCUTS
 from zoo.models.resnet import STEMS
+from zoo.models.vit import INITS as VIT_INITS
 from zoo.models.vit import NORMS as VIT_NORMS
 from zoo.models.vit import POOLS
 
@@ -56,6 +57,7 @@ Shortcut = choices("Shortcut", SHORTCUTS)
 Norm = choices("Norm", NORMS)
 VitNorm = choices("VitNorm", VIT_NORMS)
 Pool = choices("Pool", POOLS)
+VitInit = choices("VitInit", VIT_INITS)
 
 
 # ------------------------------------------------------------------ optimisation (train.yaml)
@@ -202,6 +204,7 @@ class VitConfig(ModelConfig):
     heads: int | None = None  # None: the name's size (tiny 3, small 6, base 12)
     mlp_ratio: float = 4.0  # 0: attention only, no MLP sub-blocks
     pool: Pool = Pool.token  # type: ignore[attr-defined]
+    init: VitInit = VitInit.timm  # type: ignore[attr-defined]
 
 
 # The name each schema has in the ConfigStore, as YAML defaults lists write it.

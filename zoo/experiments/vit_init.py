@@ -35,13 +35,11 @@ import zoo
 from zoo.experiments.gradients import mean_and_std, unit_gradient_norms
 from zoo.measure.rank import rank_one_residual
 from zoo.models.common import SkipBlock
+from zoo.models.vit import INITS
 
 VIT_DEPTHS = (2, 4, 8, 16, 32, 64)  # Transformer blocks
 VIT_NORMS = ("pre", "post", "none")
 RANK_DEPTH = 64
-# timm: the zoo's ViT as built (truncated normal, std 0.02); xavier: every linear layer
-# Xavier-uniform, the original Transformer's initialisation and the one Xiong et al. analyse.
-INITS = ("timm", "xavier")
 NORM_LABELS = {"pre": "pre-LN", "post": "post-LN", "none": "no norm"}
 NORM_COLOURS = {"pre": "#1f77b4", "post": "#d62728", "none": "#2ca02c"}
 GRADIENT_COLUMNS = ["model", "family", "norm", "init", "skip", "depth", "seed", "unit_index",
@@ -62,14 +60,7 @@ def label(norm: str, skip: bool) -> str:
 
 def fresh_vit(depth: int, skip: bool, norm: str, init: str, mlp_ratio: float = 4.0) -> nn.Module:
     """A freshly initialised ViT-Tiny/4 for 32 px; ``init`` one of :data:`INITS`."""
-    net = zoo.create(vit_name(depth, skip), norm=norm, mlp_ratio=mlp_ratio)
-    if init == "xavier":
-        for module in net.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
-    elif init != "timm":
-        raise ValueError(f"init must be one of {', '.join(INITS)}, got {init!r}")
-    return net
+    return zoo.create(vit_name(depth, skip), norm=norm, mlp_ratio=mlp_ratio, init=init)
 
 
 # ---------------------------------------------------------------- gradients

@@ -18,7 +18,8 @@ the tokens collapse towards rank one with depth (``docs/RESULTS.md``, section 8)
 Sizes as in timm (``tiny``: 192 wide, 3 heads; ``small``: 384, 6; ``base``: 768, 12; and the
 zoo's ``mini``, 64 wide with 4 heads, for training on a CPU), MLP 4x
 wide, GELU, LayerNorm eps 1e-6, qkv with bias; timm's initialisation (truncated normal, std
-0.02, for the linear layers and the position embedding; class token N(0, 1e-6)). Names carry
+0.02, for the linear layers and the position embedding; class token N(0, 1e-6)), or with
+``init="xavier"`` Xavier-uniform linear layers (Vaswani et al. 2017). Names carry
 size, patch and depth: ``vit_tiny_p4_d8`` (32 px: 64 tokens; 28 px: 49 tokens), its plain twin
 ``plain_vit_tiny_p4_d8``, any depth and patch by name (``vit_small_p16_d12`` with
 ``image_size=224``: 196 tokens). Deviations from timm: the attention and the MLP sub-blocks are
@@ -42,6 +43,9 @@ DEFAULT_NUM_CLASSES = 10
 DEFAULT_IMAGE_SIZE = 32
 NORMS = ("pre", "post", "none")
 POOLS = ("token", "mean")  # the class token's output (timm's default), or the tokens' mean
+# timm: truncated normal, std 0.02 (timm's ViT); xavier: Xavier-uniform linear weights, the
+# original Transformer's and the one Xiong et al. 2020 analyse (docs/RESULTS.md, section 8)
+INITS = ("timm", "xavier")
 # (width, heads): timm's tiny, small, base; mini is the zoo's own, for training runs on a CPU
 SIZES = {"mini": (64, 4), "tiny": (192, 3), "small": (384, 6), "base": (768, 12)}
 LAYER_NORM_EPS = 1e-6  # timm's VisionTransformer
@@ -189,8 +193,11 @@ class VisionTransformer(Network):
         mlp_ratio: float = 4.0,
         pool: str = "token",
         memory_efficient: bool = False,
+        init: str = "timm",
     ) -> None:
         super().__init__()
+        if init not in INITS:
+            raise ValueError(f"init must be one of {', '.join(INITS)}, got {init!r}")
         if norm not in NORMS:
             raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
         if pool not in POOLS:
@@ -207,6 +214,10 @@ class VisionTransformer(Network):
         self.norm = nn.LayerNorm(width, eps=LAYER_NORM_EPS) if norm == "pre" else nn.Identity()
         self.head = nn.Linear(width, num_classes)
         self.apply(init_linear)
+        if init == "xavier":  # drawn after timm's, so that one seed gives the same position
+            for module in self.modules():  # embeddings and class token under both inits
+                if isinstance(module, nn.Linear):
+                    nn.init.xavier_uniform_(module.weight)
 
     # forward_features / forward_head / depth_units have the same shape in every family file on
     # purpose: each file reads alone (the `duplicates` tool lists these pairs; they are deliberate).
@@ -267,6 +278,7 @@ def build(
     mlp_ratio: float = 4.0,
     pool: str = "token",
     memory_efficient: bool = False,
+    init: str = "timm",
 ) -> VisionTransformer:
     # skip, width, heads: None takes the name's (plain_ twin; tiny/small/base)
     size_width, size_heads = SIZES[variant["size"]]
@@ -283,4 +295,5 @@ def build(
         mlp_ratio=mlp_ratio,
         pool=pool,
         memory_efficient=memory_efficient,
+        init=init,
     )

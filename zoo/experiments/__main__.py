@@ -82,6 +82,16 @@ def build_parser() -> argparse.ArgumentParser:
     mem.add_argument("--steps", type=int, default=3, help="timed steps (median)")
     mem.add_argument("--device", default=DEFAULT_DEVICE)
 
+    add_vit_parsers(commands)
+
+    redraw = commands.add_parser("redraw",
+                                 help="draw the figures again from an --out folder's files")
+    redraw.add_argument("folders", type=Path, nargs="+")
+    return parser
+
+
+def add_vit_parsers(commands: Any) -> None:
+    """The Transformer experiments' commands (docs/RESULTS.md, section 8)."""
     vit = commands.add_parser("vit_gradients", help="ViT gradient norm per block at init")
     vit.add_argument("--out", type=Path, required=True)
     vit.add_argument("--depths", type=int, nargs="+", default=list(vit_init.VIT_DEPTHS),
@@ -108,11 +118,6 @@ def build_parser() -> argparse.ArgumentParser:
     trained.add_argument("checkpoints", type=Path, nargs="+", help="run directories or .ckpt files")
     trained.add_argument("--out", type=Path, required=True)
     trained.add_argument("--max-images", type=int, default=256, help="first N test images")
-
-    redraw = commands.add_parser("redraw",
-                                 help="draw the figures again from an --out folder's files")
-    redraw.add_argument("folders", type=Path, nargs="+")
-    return parser
 
 
 def check_arguments(args: argparse.Namespace) -> None:

@@ -132,10 +132,45 @@ precision_parity() {  # bf16 against fp32 on the CPU: accuracy (docs/BENCHMARKS.
     --out "$results/precision_parity"
 }
 
+vit_gradients() {  # ViT at init: pre-LN, post-LN, no norm, +/- skips, 2..64 blocks, 2 inits (~5 min)
+  python -m zoo.experiments vit_gradients --out "$results/vit_gradients_at_init" \
+    --depths 2 4 8 16 32 64 --seeds 3
+}
+
+vit_rank() {  # ViT at init: tokens' distance from rank one after each of 64 blocks (~4 min)
+  python -m zoo.experiments vit_rank --out "$results/vit_rank_at_init" --depth 64 --seeds 3
+}
+
+vit_degradation() {  # pre-LN, post-LN (x warm-up or not) and no-skip ViT-mini, 2/6/12 blocks,
+  # 3 seeds, Fashion-MNIST 4k x 3 epochs: 54 runs at one thread each (estimate in RESULTS.md)
+  OMP_NUM_THREADS=1 python train.py -m experiment=vit_degradation_cpu \
+    hydra.sweep.dir="$runs/vit_degradation_cpu/skip"
+  OMP_NUM_THREADS=1 python train.py -m experiment=vit_degradation_cpu \
+    model=plain_vit_mini_p7_d2,plain_vit_mini_p7_d6,plain_vit_mini_p7_d12 model.norm=pre \
+    hydra.sweep.dir="$runs/vit_degradation_cpu/plain"
+  python -m zoo.results collect "$runs/vit_degradation_cpu"/* --out "$results/vit_degradation"
+}
+
+vit_lesion() {  # on vit_degradation's 12-block nets with warm-up: pre-LN against no skip
+  python -m zoo.experiments lesion "$runs/vit_degradation_cpu"/*/*-vit_mini_p7_d12-pre-warmup0.1-* \
+    "$runs/vit_degradation_cpu"/*/*-plain_vit_mini_p7_d12-pre-warmup0.1-* \
+    --split test --max-images 0 --max-deleted 8 --draws 3 --out "$results/vit_lesion"
+}
+
+vit_rank_trained() {  # the same runs' tokens after training, every depth, with warm-up
+  python -m zoo.experiments vit_rank_trained "$runs/vit_degradation_cpu"/*/*-warmup0.1-* \
+    --max-images 256 --out "$results/vit_rank_trained"
+}
+
+vit() {
+  vit_gradients; vit_rank; vit_degradation; vit_lesion; vit_rank_trained
+}
+
 all() {
   gradient_at_init; memory; degradation; lr_sweep; lesion; explosion; add_vs_concat; add_vs_concat_lr; add_vs_concat_time
   depth_1000; depth_1000_zero_init; depth_1000_preact; depth_1000_long; depth_1000_lr
   precision_parity
+  vit
   python -m zoo.results redraw "$results"
 }
 

@@ -26,7 +26,7 @@ HEAVY = {"densenet_bc_250_24", "densenet_bc_190_40"}
 
 
 def _is_cifar(name: str) -> bool:
-    return family_of(name) in ("cifar_resnet", "preact_resnet") or name in CIFAR_DENSENETS
+    return family_of(name) in ("cifar_resnet", "preact_resnet", "vit") or name in CIFAR_DENSENETS
 
 
 def _input(name: str, batch: int = 2) -> torch.Tensor:
@@ -77,6 +77,8 @@ EXACT_PARAMETERS = {
     "densenet201": 20_013_928,
     "resnet20": 269_722, "plain20": 269_722,  # 10 classes, option A (community checkpoints)
     "resnet8": 75_290, "plain8": 75_290,  # not in the paper: computed, 1 block per stage
+    # ViT-Tiny, patch 4 on 32 px (65 tokens): timm's VisionTransformer of that size has as many
+    "vit_tiny_p4_d8": 3_583_306, "plain_vit_tiny_p4_d8": 3_583_306,
     # Plain ImageNet twins have no projection shortcut: resnet minus its downsample layers.
     "plain18": 11_689_512 - 173_824, "plain34": 21_797_672 - 173_824,
     "plain50": 25_557_032 - 2_776_576, "plain101": 44_549_160 - 2_776_576,
@@ -122,7 +124,7 @@ def test_every_published_number_is_registered() -> None:
 
 
 def _twin(name: str) -> str:
-    return name.replace("resnet", "plain", 1)
+    return "plain_" + name if family_of(name) == "vit" else name.replace("resnet", "plain", 1)
 
 
 RESIDUAL = [n for n in NAMES if describe(n)["skip"] == "add"]

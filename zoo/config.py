@@ -42,9 +42,11 @@ TEMPLATES = {
     ("cifar_resnet", "none"): "plain20",
     ("preact_resnet", "add"): "preact_resnet110",
     ("preact_resnet", "none"): "preact_resnet110",
+    ("vit", "add"): "vit_tiny_p4_d8",
+    ("vit", "none"): "plain_vit_tiny_p4_d8",
 }
 # Names that look like a depth of a family with a depth rule: these get that rule when invalid.
-DEPTH_NAME = re.compile(r"^(preact_)?(resnet|plain)\d+$")
+DEPTH_NAME = re.compile(r"^(preact_)?(resnet|plain)\d+$|^(plain_)?vit_[a-z]+_p\d+_d\d+$")
 SCHEME = "zoo-models"
 
 

@@ -25,6 +25,9 @@ from omegaconf import II, MISSING, DictConfig, OmegaConf
 
 from zoo.models.cifar_resnet import NORMS, SHORTCUTS
 from zoo.models.resnet import STEMS
+from zoo.models.vit import INITS as VIT_INITS
+from zoo.models.vit import NORMS as VIT_NORMS
+from zoo.models.vit import POOLS
 
 
 class Choice(str, Enum):
@@ -57,6 +60,9 @@ ProgressBar = choices("ProgressBar", PROGRESS_BARS)
 Stem = choices("Stem", STEMS)
 Shortcut = choices("Shortcut", SHORTCUTS)
 Norm = choices("Norm", NORMS)
+VitNorm = choices("VitNorm", VIT_NORMS)
+Pool = choices("Pool", POOLS)
+VitInit = choices("VitInit", VIT_INITS)
 
 
 # ------------------------------------------------------------------ optimisation (train.yaml)
@@ -194,6 +200,18 @@ class DenseNetConfig(ModelConfig):
     pass
 
 
+@dataclass
+class VitConfig(ModelConfig):
+    image_size: int = II("data.image_size")  # the position embeddings are sized for it
+    skip: bool | None = None  # None: as the name says (vit_... or its plain twin plain_vit_...)
+    norm: VitNorm = VitNorm.pre  # type: ignore[attr-defined]
+    width: int | None = None  # None: the name's size (tiny 192, small 384, base 768)
+    heads: int | None = None  # None: the name's size (tiny 3, small 6, base 12)
+    mlp_ratio: float = 4.0  # 0: attention only, no MLP sub-blocks
+    pool: Pool = Pool.token  # type: ignore[attr-defined]
+    init: VitInit = VitInit.timm  # type: ignore[attr-defined]
+
+
 # The name each schema has in the ConfigStore, as YAML defaults lists write it.
 SCHEMAS: dict[tuple[str | None, str], Any] = {
     (None, "_optim_schema"): OptimConfig,
@@ -204,6 +222,7 @@ SCHEMAS: dict[tuple[str | None, str], Any] = {
     ("model", "_resnet_schema"): ResNetConfig,
     ("model", "_preact_resnet_schema"): PreActResNetConfig,
     ("model", "_densenet_schema"): DenseNetConfig,
+    ("model", "_vit_schema"): VitConfig,
 }
 
 

@@ -3,6 +3,9 @@
     python -m zoo.experiments gradient_at_init --out DIR [--depths 8 20 ...] [--seeds 3]
     python -m zoo.experiments lesion RUN_OR_CKPT [...] --out DIR [--max-deleted 10 --draws 10]
     python -m zoo.experiments memory --out DIR [--batch-size 64] [--dense-depths 40 64 100 136]
+    python -m zoo.experiments vit_gradients --out DIR [--depths 2 4 8 16 32 64] [--seeds 3]
+    python -m zoo.experiments vit_rank --out DIR [--depth 64] [--seeds 3]
+    python -m zoo.experiments vit_rank_trained RUN_OR_CKPT [...] --out DIR [--max-images 256]
     python -m zoo.experiments redraw DIR [DIR ...]
 
 Each experiment writes its tidy CSV files, its figures and ``meta.json`` (command, machine,
@@ -21,13 +24,16 @@ from typing import Any
 
 import torch
 
-from zoo.experiments import gradients, lesion, lesion_figures, lesion_sources, memory
+from zoo.experiments import gradients, lesion, lesion_figures, lesion_sources, memory, vit_init
 from zoo.experiments.tidy import markdown_table, read_csv, read_meta, write_csv, write_meta
 from zoo.schemas import load_group_file
 
 GRADIENT_FILES = ("gradient_at_init.csv", "gradient_at_init_summary.csv")
 LESION_FILES = ("lesion_single.csv", "lesion_random.csv")
 MEMORY_FILE = "memory.csv"
+VIT_GRADIENT_FILES = ("vit_gradients.csv", "vit_gradients_summary.csv")
+VIT_RANK_FILE = "vit_rank.csv"
+VIT_TRAINED_RANK_FILE = "vit_rank_trained.csv"
 DEFAULT_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
@@ -85,16 +91,48 @@ def build_parser() -> argparse.ArgumentParser:
     mem.add_argument("--steps", type=int, default=3, help="timed steps (median)")
     mem.add_argument("--device", default=DEFAULT_DEVICE)
 
+    add_vit_parsers(commands)
+
     redraw = commands.add_parser("redraw",
                                  help="draw the figures again from an --out folder's files")
     redraw.add_argument("folders", type=Path, nargs="+")
     return parser
 
 
+def add_vit_parsers(commands: Any) -> None:
+    """The Transformer experiments' commands (docs/RESULTS.md, section 8)."""
+    vit = commands.add_parser("vit_gradients", help="ViT gradient norm per block at init")
+    vit.add_argument("--out", type=Path, required=True)
+    vit.add_argument("--depths", type=int, nargs="+", default=list(vit_init.VIT_DEPTHS),
+                     help="Transformer blocks")
+    vit.add_argument("--norms", nargs="+", choices=vit_init.VIT_NORMS,
+                     default=list(vit_init.VIT_NORMS))
+    vit.add_argument("--seeds", type=int, default=3)
+    vit.add_argument("--batch-size", type=int, default=8)
+    vit.add_argument("--inits", nargs="+", choices=vit_init.INITS, default=list(vit_init.INITS),
+                     help="timm: std 0.02 (as built); xavier: the original Transformer's")
+
+    rank = commands.add_parser("vit_rank", help="ViT tokens' distance from rank one at init")
+    rank.add_argument("--out", type=Path, required=True)
+    rank.add_argument("--depth", type=int, default=vit_init.RANK_DEPTH, help="Transformer blocks")
+    rank.add_argument("--norms", nargs="+", choices=vit_init.VIT_NORMS,
+                      default=list(vit_init.VIT_NORMS))
+    rank.add_argument("--seeds", type=int, default=3)
+    rank.add_argument("--batch-size", type=int, default=8)
+    rank.add_argument("--inits", nargs="+", choices=vit_init.INITS, default=list(vit_init.INITS),
+                      help="timm: std 0.02 (as built); xavier: the original Transformer's")
+
+    trained = commands.add_parser("vit_rank_trained",
+                                  help="trained ViTs' tokens: distance from rank one per block")
+    trained.add_argument("checkpoints", type=Path, nargs="+", help="run directories or .ckpt files")
+    trained.add_argument("--out", type=Path, required=True)
+    trained.add_argument("--max-images", type=int, default=256, help="first N test images")
+
+
 def check_arguments(args: argparse.Namespace) -> None:
     """Refuse values that would fail late, in one line that says what to pass instead."""
     positive = {"seeds": "--seeds", "batch_size": "--batch-size", "image_size": "--image-size",
-                "steps": "--steps", "draws": "--draws"}
+                "steps": "--steps", "draws": "--draws", "depth": "--depth"}
     for key, flag in positive.items():
         if getattr(args, key, 1) < 1:
             raise ValueError(f"{flag} must be at least 1")
@@ -155,6 +193,38 @@ def run_memory(args: argparse.Namespace) -> list[str]:
     return [MEMORY_FILE]
 
 
+def run_vit_gradients(args: argparse.Namespace) -> list[str]:
+    if min(args.depths) < 1:
+        raise ValueError("--depths must be at least 1 (Transformer blocks)")
+    rows = vit_init.vit_gradients(args.depths, args.norms, range(args.seeds), args.batch_size,
+                                  args.inits)
+    summary = vit_init.summarise_vit_gradients(rows)
+    write_csv(args.out / VIT_GRADIENT_FILES[0], rows, vit_init.GRADIENT_COLUMNS)
+    write_csv(args.out / VIT_GRADIENT_FILES[1], summary, vit_init.BLOCK_COLUMNS)
+    redraw_vit_gradients(args.out)
+    print(markdown_table(summary, vit_init.BLOCK_COLUMNS))
+    return list(VIT_GRADIENT_FILES)
+
+
+def run_vit_rank(args: argparse.Namespace) -> list[str]:
+    rows = vit_init.vit_rank(args.depth, args.norms, range(args.seeds), args.batch_size,
+                             inits=args.inits)
+    write_csv(args.out / VIT_RANK_FILE, rows, vit_init.RANK_COLUMNS)
+    redraw_vit_rank(args.out)
+    last = [r for r in rows if r["layer"] == args.depth]
+    print(markdown_table(last, vit_init.RANK_COLUMNS))
+    return [VIT_RANK_FILE]
+
+
+def run_vit_rank_trained(args: argparse.Namespace) -> list[str]:
+    rows = vit_init.trained_rank(args.checkpoints, args.max_images or 256)
+    write_csv(args.out / VIT_TRAINED_RANK_FILE, rows, vit_init.TRAINED_RANK_COLUMNS)
+    redraw_vit_rank_trained(args.out)
+    print(markdown_table([r for r in rows if r["layer"] == max(x["layer"] for x in rows)],
+                         vit_init.TRAINED_RANK_COLUMNS))
+    return [VIT_TRAINED_RANK_FILE]
+
+
 # ---------------------------------------------------------------- redrawing from the tidy files
 
 
@@ -183,11 +253,26 @@ def redraw_memory(folder: Path, figures: Path | None = None) -> list[Path]:
     return [memory.plot_memory(read_csv(folder / MEMORY_FILE), figures or folder)]
 
 
+def redraw_vit_gradients(folder: Path, figures: Path | None = None) -> list[Path]:
+    return vit_init.plot_vit_gradients(read_csv(folder / VIT_GRADIENT_FILES[0]), figures or folder)
+
+
+def redraw_vit_rank(folder: Path, figures: Path | None = None) -> list[Path]:
+    return vit_init.plot_vit_rank(read_csv(folder / VIT_RANK_FILE), figures or folder)
+
+
+def redraw_vit_rank_trained(folder: Path, figures: Path | None = None) -> list[Path]:
+    return vit_init.plot_trained_rank(read_csv(folder / VIT_TRAINED_RANK_FILE), figures or folder)
+
+
 Redraw = Callable[[Path, "Path | None"], list[Path]]
 EXPERIMENTS: dict[str, tuple[Callable[[argparse.Namespace], list[str]], Redraw]] = {
     "gradient_at_init": (run_gradients, redraw_gradients),
     "lesion": (run_lesion, redraw_lesion),
     "memory": (run_memory, redraw_memory),
+    "vit_gradients": (run_vit_gradients, redraw_vit_gradients),
+    "vit_rank": (run_vit_rank, redraw_vit_rank),
+    "vit_rank_trained": (run_vit_rank_trained, redraw_vit_rank_trained),
 }
 
 

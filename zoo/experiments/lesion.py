@@ -70,6 +70,8 @@ class ShortcutOnly(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.block.shortcut_branch(x)
+        if hasattr(self.block, "after_addition"):  # a block that says what follows its sum:
+            return self.block.after_addition(out)  # a ViT sub-block (post-LN's norm, or nothing)
         return torch.relu(out) if self.relu_after_addition else out
 
 

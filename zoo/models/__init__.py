@@ -1,8 +1,8 @@
 """The registry: every network of the zoo by name.
 
-Each family module (``cifar_resnet``, ``resnet``, ``preact_resnet``, ``densenet``) holds a table
-``VARIANTS`` of names to constructor arguments and one ``build(variant, num_classes, in_channels,
-**options)`` function. Variants are data; there is no class per variant.
+Each family module (``cifar_resnet``, ``resnet``, ``preact_resnet``, ``densenet``, ``vit``) holds
+a table ``VARIANTS`` of names to constructor arguments and one ``build(variant, num_classes,
+in_channels, **options)`` function. Variants are data; there is no class per variant.
 
 This is the bottom layer: it imports nothing else of the zoo. Weights are loaded above it, by
 ``zoo.create(name, pretrained=...)`` (:func:`zoo.pretrained.create`, which builds with
@@ -18,10 +18,10 @@ from typing import Any
 
 from torch import nn
 
-from zoo.models import cifar_resnet, densenet, preact_resnet, resnet
+from zoo.models import cifar_resnet, densenet, preact_resnet, resnet, vit
 from zoo.models.common import DepthUnit, SkipBlock, count_parameters
 
-FAMILIES: list[ModuleType] = [cifar_resnet, resnet, preact_resnet, densenet]
+FAMILIES: list[ModuleType] = [cifar_resnet, resnet, preact_resnet, densenet, vit]
 
 
 class UnknownModelError(ValueError):
@@ -72,13 +72,15 @@ def family_of(name: str) -> str:
 
 
 def describe(name: str) -> dict[str, Any]:
-    """Facts about a registered name: family, skip type ("add", "concat", "none"), classes."""
+    """Facts about a registered name: family, skip type ("add", "concat", "none"), classes, and
+    the depth the name states (None where the name has no depth parameter)."""
     family, arguments = _resolve(name)
     return {
         "name": name,
         "family": family.__name__.rsplit(".", 1)[-1],
         "skip": family.skip_type(arguments),
         "default_num_classes": arguments.get("default_num_classes", family.DEFAULT_NUM_CLASSES),
+        "depth": arguments.get("depth"),
     }
 
 

@@ -22,6 +22,7 @@ PAPERS = {
     "resnet": "He et al. 2015",
     "preact_resnet": "He et al. 2016",
     "densenet": "Huang et al. 2017",
+    "vit": "Dosovitskiy et al. 2021",
 }
 CIFAR_INPUT, IMAGENET_INPUT = 32, 224
 
@@ -54,7 +55,8 @@ def catalogue_entry(name: str) -> CatalogueEntry:
             net(torch.empty(1, 3, size, size))
     return CatalogueEntry(
         name=name, family=facts["family"], skip=facts["skip"],
-        depth=int(re.search(r"\d+", name).group()),
+        # a ViT's name counts blocks after its patch size (vit_tiny_p4_d8): the registry says
+        depth=facts["depth"] or int(re.search(r"\d+", name).group()),
         parameters=sum(p.numel() for p in net.parameters()),
         flops=int(counter.get_total_flops()), input_size=size, num_classes=num_classes,
         paper=PAPERS[facts["family"]],

@@ -177,6 +177,45 @@ plain twin falls towards chance (10%) is Veit et al.'s observation: the residual
 an ensemble of paths of many lengths, the plain net like one chain. Compare nets whose *intact*
 accuracies are similar -- a plain net that never learned has nothing to lose. One seed, 360
 images: a single block's bar is a few images wide."""),
+    ("md", """### The same on the zoo's trained Fashion-MNIST weights -- no training
+
+The zoo ships trained weights of the nets of `docs/RESULTS.md` (`docs/WEIGHTS.md`), so the
+lesion, the residual gains and the gradient flow of a *trained* ResNet-56 and its plain twins
+take seconds: `zoo.create("resnet56", pretrained="fashion_mnist")`, and `NAME:fashion_mnist`
+wherever the lesion takes a run. Each block's residual gain `||f(x)|| / ||x||` sits beside the
+accuracy its deletion costs: a block that adds little to its input should cost little when
+deleted -- "a block that learns to do nothing", measured. (Needs Fashion-MNIST:
+`apt-get install dataset-fashion-mnist`.)"""),
+    ("code", """from zoo.measure.gradients import GradientNormMeter
+from zoo.weights import manifest
+
+FMNIST = Path("/usr/share/datasets/fashion-mnist").is_dir()
+shipped = [e["name"] for e in manifest() if e["dataset"] == "fashion_mnist"]
+print("shipped Fashion-MNIST weights:", ", ".join(shipped))
+if FMNIST:
+    nets = [f"{name}:fashion_mnist" for name in ("resnet56", "plain20", "plain56")
+            if name in shipped]
+    single, _ = experiments.lesion_runs(nets, split="test", max_images=500 if FAST else 2000,
+                                        gain_images=256)
+    display(Image(filename=str(experiments.plot_lesion(single, WORK / "lesion_shipped"))))
+    print(lesion_finding(single))
+    gains = experiments.plot_gain_against_cost(single, WORK / "lesion_shipped")
+    if gains is not None:
+        display(Image(filename=str(gains)))
+    # gradient flow of the trained nets: one batch of test images, stem over head
+    from zoo.data.sources import load_in_memory
+    test = load_in_memory("fashion_mnist", None, 5000).test
+    for name in ("plain56", "resnet56"):
+        if name not in shipped:
+            continue
+        net = zoo.create(name, pretrained="fashion_mnist").train()
+        meter = GradientNormMeter(net)
+        images = net.preprocess(test.images[:128])
+        torch.nn.functional.cross_entropy(net(images), test.labels[:128]).backward()
+        units = meter.measure().units
+        print(f"{name}, trained: stem/head gradient norm {float(units[0] / units[-1]):.3g}")
+else:
+    print("Fashion-MNIST is not installed: skipped")"""),
     ("md", """## 4. The memory skips cost
 
 One training step (forward, backward, optimizer step) and one inference forward pass at a small

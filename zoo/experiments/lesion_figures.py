@@ -42,12 +42,12 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 def per_block(mine: Rows, column: str = "accuracy") -> tuple[float, list[dict[str, Any]]]:
     """Mean intact accuracy and, per deleted block in depth order, mean ± std over runs."""
-    intact = statistics.fmean(_number(r[column]) for r in mine if r["deleted"] == "intact")
+    intact = statistics.fmean(_number(r.get(column)) for r in mine if r["deleted"] == "intact")
     blocks = list(dict.fromkeys(r["unit_name"] for r in mine if r["deleted"] != "intact"))
     points = []
     for name in blocks:
         rows = [r for r in mine if r["unit_name"] == name]
-        mean, std = mean_std([_number(r[column]) for r in rows])
+        mean, std = mean_std([_number(r.get(column)) for r in rows])
         points.append({"name": name, "mean": mean, "std": std,
                        "downsampling": rows[0]["downsampling"]})
     return intact, points

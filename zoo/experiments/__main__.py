@@ -16,6 +16,7 @@ CSV files alone.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -77,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "on N training images (0: no control)")
     les.add_argument("--gain-images", type=int, default=512,
                      help="measure each block's residual gain on N evaluation images (0: none)")
+    les.add_argument("--append", action="store_true",
+                     help="add these nets' rows to the CSV files already in --out")
     les.add_argument("--bf16", action="store_true",
                      help="evaluate under bf16 autocast (faster on CPUs)")
     les.add_argument("--device", default=DEFAULT_DEVICE)
@@ -170,6 +173,9 @@ def run_lesion(args: argparse.Namespace) -> list[str]:
         args.draws, args.seed, args.bf16, args.device,
         random_max_images=args.random_max_images or None,
         calibration_images=args.calibration_images, gain_images=args.gain_images)
+    if args.append:  # nets measured one command at a time (as each run finishes) into one table
+        single = _earlier_rows(args.out / LESION_FILES[0]) + single
+        randomised = _earlier_rows(args.out / LESION_FILES[1]) + randomised
     write_csv(args.out / LESION_FILES[0], single, lesion.SINGLE_COLUMNS)
     files = [LESION_FILES[0]]
     if randomised:
@@ -179,6 +185,10 @@ def run_lesion(args: argparse.Namespace) -> list[str]:
     print(markdown_table(single, ["run", "unit_name", "downsampling", "deleted", "residual_gain",
                                   "accuracy", "accuracy_bn_reestimated"]))
     return files
+
+
+def _earlier_rows(path: Path) -> list[dict[str, Any]]:
+    return read_csv(path) if path.is_file() else []
 
 
 def run_memory(args: argparse.Namespace) -> list[str]:
@@ -304,7 +314,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     seconds = time.perf_counter() - start
+    append = getattr(args, "append", False) and (args.out / "meta.json").is_file()
+    earlier = read_meta(args.out) if append else None
     write_meta(args.out, args.command, seconds, argv, files)
+    if earlier:  # every command that wrote into the folder, and their time together
+        meta = read_meta(args.out)
+        meta["commands"] = earlier.get("commands", [earlier.get("command")]) + [meta["command"]]
+        meta["wall_seconds"] = round(earlier.get("wall_seconds", 0) + seconds, 2)
+        (args.out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     print(f"{args.command}: {seconds:.0f} s; written to {args.out}", file=sys.stderr)
     return 0
 

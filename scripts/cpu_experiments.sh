@@ -34,6 +34,35 @@ lr_sweep_high() {  # run after lr_sweep showed plain-56 improving up to the high
     "$runs/degradation_cpu"/*-resnet56-* --out "$results/degradation_lr"
 }
 
+lesion_long() {  # Veit et al.'s standard: the paper's widths, 55k images, 2,577 steps, 3 seeds;
+  # ResNet-56 and the plain nets as two one-thread jobs side by side (plain-56: one seed, time)
+  OMP_NUM_THREADS=1 python train.py -m experiment=lesion_cpu model=resnet56 seed=0,1,2 \
+    hydra.sweep.dir="$runs/lesion_cpu/resnet56" &
+  OMP_NUM_THREADS=1 python train.py -m experiment=lesion_cpu model=plain20 seed=0,1,2 \
+    hydra.sweep.dir="$runs/lesion_cpu/plain20"
+  OMP_NUM_THREADS=1 python train.py -m experiment=lesion_cpu model=plain56 seed=0 \
+    hydra.sweep.dir="$runs/lesion_cpu/plain56"
+  wait
+  local common=(--seed 0 --split test --max-images 0 --draws 20 --random-max-images 1000
+                --calibration-images 2000 --gain-images 1000 --bf16 --append
+                --out "$results/lesion_long")
+  for run in "$runs"/lesion_cpu/resnet56/*-s[0-9]; do  # one run at a time, rows appended
+    python -m zoo.experiments lesion "$run" --max-deleted 8 "${common[@]}"
+  done
+  for run in "$runs"/lesion_cpu/plain*/*-s[0-9]; do  # at chance from k = 1: k up to 4 is enough
+    python -m zoo.experiments lesion "$run" --max-deleted 4 "${common[@]}"
+  done
+}
+
+weights() {  # the shipped Fashion-MNIST weights (zoo/weights, docs/WEIGHTS.md): seed 0 of the
+  # lesion runs, and ResNet-20 with the same recipe
+  OMP_NUM_THREADS=1 python train.py -m experiment=lesion_cpu model=resnet20 seed=0 \
+    group=weights_fashion_mnist hydra.sweep.dir="$runs/weights_cpu/resnet20"
+  python -m zoo.weights export "$runs"/lesion_cpu/*/*-s0 "$runs"/weights_cpu/resnet20/*-s0 \
+    --machine "2-core AMD EPYC (avx512_bf16), torch 2.14.1, bf16 autocast"
+  python -m zoo.weights table --write docs/WEIGHTS.md
+}
+
 lesion() {  # on the trained nets of the degradation sweep, full test split
   python -m zoo.experiments lesion "$runs/degradation_cpu"/*-resnet56-* \
     "$runs/degradation_cpu"/*-plain20-* "$runs/degradation_cpu"/*-plain56-* \
@@ -167,7 +196,7 @@ vit() {
 }
 
 all() {
-  gradient_at_init; memory; degradation; lr_sweep; lesion; explosion; add_vs_concat; add_vs_concat_lr; add_vs_concat_time
+  gradient_at_init; memory; degradation; lr_sweep; lesion; lesion_long; weights; explosion; add_vs_concat; add_vs_concat_lr; add_vs_concat_time
   depth_1000; depth_1000_zero_init; depth_1000_preact; depth_1000_long; depth_1000_lr
   precision_parity
   vit

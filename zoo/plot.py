@@ -186,6 +186,8 @@ def plot_ratio_against_training_error(run_dirs: Sequence[Path], out_dir: Path) -
         plt.close(figure)
         return None
     axes.axvline(1.0, color="grey", linewidth=0.8)
+    ratios = [ratio for _, ratio, _ in points]  # at least 0.1-10: a healthy ratio looks so
+    axes.set_xlim(min(0.1, min(ratios) / 2), max(10.0, max(ratios) * 2))
     axes.set(xscale="log", xlabel="stem / head gradient norm, median after the first 10% of steps",
              ylabel="final training error, eval mode (%)",
              title=ratio_finding(points) + f"\n{len(points)} runs (open: plain, filled: residual)")

@@ -359,8 +359,15 @@ def generated_blocks(markdown: str) -> list[tuple[str, str]]:
 def refresh_generated(markdown_path: Path, root: Path = Path(".")) -> bool:
     """Copy each block's source file in between its markers; True when the page changed."""
     text = markdown_path.read_text()
-    new = GENERATED_BLOCK.sub(lambda m: m.group(1) + (root / m["source"]).read_text() +
-                              m.group(4), text)
+
+    def table(m: re.Match) -> str:
+        source = root / m["source"]
+        if not source.is_file():  # not drawn yet: the block stays as it is
+            print(f"warning: {markdown_path}: {m['source']} does not exist", file=sys.stderr)
+            return m.group(0)
+        return m.group(1) + source.read_text() + m.group(4)
+
+    new = GENERATED_BLOCK.sub(table, text)
     if new != text:
         markdown_path.write_text(new)
     return new != text

@@ -107,7 +107,7 @@ class ModelNameSearchPath(SearchPathPlugin):
 
 _registered = False
 # Hydra callbacks the zoo lets a config name: its own, and code that ships as Hydra or its plugins
-OWN_HYDRA_CALLBACKS = ("zoo.rundir.RunDirectoryCheck",)
+OWN_HYDRA_CALLBACKS = ("zoo.rundir.RunDirectoryCheck", "zoo.resume.ResumeSettings")
 TRUSTED_CALLBACK_PACKAGES = ("hydra.experimental.callbacks.", "hydra_plugins.")
 
 
@@ -129,7 +129,7 @@ def check_hydra_callbacks(config: Any) -> None:
                       and not target.startswith(TRUSTED_CALLBACK_PACKAGES)):
             raise ValueError(
                 f"hydra.callbacks.{name}._target_={target[:80] or '(none)'}: the zoo runs only "
-                f"its own Hydra callback ({', '.join(OWN_HYDRA_CALLBACKS)}) and Hydra's "
+                f"its own Hydra callbacks ({', '.join(OWN_HYDRA_CALLBACKS)}) and Hydra's "
                 "(hydra.experimental.callbacks.*, hydra_plugins.*), with no _target_ among its "
                 "arguments; remove it from the config (docs/RELIABILITY.md, trust model)")
 

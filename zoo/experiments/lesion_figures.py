@@ -195,7 +195,9 @@ def plot_gain_against_cost(single_rows: Rows, out_dir: Path) -> Path | None:
 
 def _pm(values: Sequence[float], scale: float = 100.0) -> str:
     mean, std = mean_std([scale * v for v in values])
-    return "--" if math.isnan(mean) else f"{mean:.1f} ± {std:.1f}"
+    if math.isnan(mean):
+        return "--"
+    return f"{mean:.1f}" if len(values) == 1 else f"{mean:.1f} ± {std:.1f}"  # one run: no spread
 
 
 def _kept_control(mine: Rows, share: float = 0.9) -> tuple[int, int]:

@@ -236,7 +236,7 @@ def test_lesion_and_memory_figures_redraw_from_their_csv_files(tmp_path):
     tidy.write_meta(lesion_dir, "lesion", 1.0, ["lesion"])
     finding = lesion_figures.lesion_finding(tidy.read_csv(lesion_dir / "lesion_single.csv"))
     # 90% of intact: plain20 (mean 0.85) keeps none of u1, u3, u4; resnet20 (0.95) all three
-    assert finding.endswith("plain20 0/3, resnet20 3/3")
+    assert finding.endswith("(mean over seeds): plain20 0/3, resnet20 3/3")
     row = {"skip": "x", "device": "cpu", "batch_size": 64, "image_size": 32, "parameters": 1,
            "weights_mb": 1.0, "saved_for_backward_mb": 2.0, "step_time_ms": 1.0, "measured_by": "m"}
     nets = [("resnet56", 56, "comparison", 10.0), ("densenet_bc_40_12", 40, "densenet_depth", 20.0),

@@ -41,6 +41,13 @@ print(json.dumps({"accuracy": correct / count, "names": result.names[:2]}))
 """
 
 
+def measure_in_a_fresh_process(name: str, images: int) -> dict:
+    result = subprocess.run([sys.executable, "-c", FRESH_PROCESS, name, str(images)], cwd=REPO,
+                            capture_output=True, text=True, timeout=900, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
 def test_the_zoo_ships_weights_for_the_nets_of_the_experiments():
     names = {e["name"] for e in SHIPPED if e["dataset"] == "fashion_mnist"}
     assert {"plain20", "plain56", "resnet56"} <= names
@@ -63,10 +70,7 @@ def test_docs_weights_page_is_the_manifest():
 @needs_fmnist
 @pytest.mark.parametrize("entry", SHIPPED, ids=lambda e: f"{e['name']}-{e['dataset']}")
 def test_a_fresh_process_reproduces_the_first_1000_test_images_accuracy(entry):
-    result = subprocess.run([sys.executable, "-c", FRESH_PROCESS, entry["name"], "1000"],
-                            cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
-    assert result.returncode == 0, result.stderr[-2000:]
-    measured = json.loads(result.stdout.strip().splitlines()[-1])
+    measured = measure_in_a_fresh_process(entry["name"], 1000)
     assert measured["accuracy"] == pytest.approx(entry["test_acc_first_1000"], abs=0.002)
     assert set(measured["names"]) <= set(KNOWN_CLASS_NAMES["fashion_mnist"])  # names travel
 
@@ -75,10 +79,7 @@ def test_a_fresh_process_reproduces_the_first_1000_test_images_accuracy(entry):
 @needs_fmnist
 @pytest.mark.parametrize("entry", SHIPPED, ids=lambda e: f"{e['name']}-{e['dataset']}")
 def test_a_fresh_process_reproduces_the_tables_full_test_accuracy(entry):
-    result = subprocess.run([sys.executable, "-c", FRESH_PROCESS, entry["name"], "10000"],
-                            cwd=REPO, capture_output=True, text=True, timeout=900, check=False)
-    assert result.returncode == 0, result.stderr[-2000:]
-    measured = json.loads(result.stdout.strip().splitlines()[-1])
+    measured = measure_in_a_fresh_process(entry["name"], 10000)
     assert measured["accuracy"] == pytest.approx(entry["test_acc"], abs=0.002)
 
 

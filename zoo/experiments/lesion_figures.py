@@ -68,7 +68,8 @@ def lesion_finding(single_rows: Rows) -> str:
         kept, deletable = kept_fraction(mine)
         if deletable:
             parts.append(f"{model} {kept}/{deletable}")
-    return "Blocks whose deletion keeps 90% of intact accuracy (mean over seeds): " + ", ".join(parts)
+    return ("Blocks whose deletion keeps 90% of intact accuracy (mean over seeds): "
+            + ", ".join(parts))
 
 
 def _draw_single(axis: Any, single_rows: Rows) -> None:

@@ -25,8 +25,8 @@ the raw uint8 files) and eval-mode training error (the run's 55,000 training ima
 augmentation) are measured on the shipped bf16 file, not the training checkpoint.
 
 Wall time is the run's fit time on the 2-core AMD EPYC while other jobs shared the machine: an
-upper bound. This page is generated from `zoo/weights/manifest.json` by `python -m zoo.weights table --write
-docs/WEIGHTS.md`; a test keeps the two equal.
+upper bound. This page is generated from `zoo/weights/manifest.json` by
+`python -m zoo.weights table --write docs/WEIGHTS.md`; a test keeps the two equal.
 
 """
 

@@ -199,7 +199,8 @@ def test_missing_truncated_and_non_checkpoint_files(tmp_path: Path) -> None:
     torch.save(torch.zeros(3), tensor_only)
     with pytest.raises(CheckpointError, match="holds no state dict"):
         zoo.create("resnet20", pretrained=str(tensor_only))
-    with pytest.raises(CheckpointError, match="checkpoint path, 'imagenet' or 'cifar10'"):
+    with pytest.raises(CheckpointError,
+                       match="checkpoint path, 'imagenet', 'cifar10' or 'fashion_mnist'"):
         zoo.create("resnet20", pretrained=True)
 
 

@@ -103,17 +103,9 @@ def creation_arguments(name: str, dataset: str, num_classes: int | None, in_chan
 
 def markdown_table(entries: list[dict[str, Any]] | None = None) -> str:
     """docs/WEIGHTS.md's table, from the manifest alone."""
-    entries = manifest() if entries is None else entries
-    lines = ["| name | dataset | test acc. | training error (eval mode) | parameters | MFLOPs "
-             "| file | wall time | trained with |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---|"]
-    for e in entries:
-        lines.append(
-            f"| `{e['name']}` | {e['dataset']} | {100 * e['test_acc']:.2f}% "
-            f"| {100 * e['train_err']:.2f}% | {e['parameters'] / 1e6:.2f}M "
-            f"| {e['flops'] / 1e6:.1f} | {e['bytes'] / 1e6:.2f} MB "
-            f"| {e['fit_seconds'] / 60:.1f} min | `{e['command']}` |")
-    return "\n".join(lines)
+    from zoo.models.catalogue import weights_markdown
+
+    return weights_markdown(manifest() if entries is None else entries)
 
 
 def provenance_lines(entries: list[dict[str, Any]] | None = None) -> str:

@@ -118,7 +118,11 @@ def shipped_network(name: str, dataset: str) -> tuple[nn.Module, dict[str, Any],
     entry = entry_for(name, dataset)
     net = zoo.create(name, pretrained=dataset).eval()
     model_cfg = {"name": name, **entry["model_options"]}
-    return net, model_cfg, {"name": dataset, "val_size": 5000, "seed": 0}
+    facts = net.preprocess  # the data facts that travel with the weights
+    data = {"name": dataset, "num_classes": model_cfg["num_classes"],
+            "in_channels": facts.in_channels, "image_size": facts.image_size,
+            "mean": list(facts.mean), "std": list(facts.std), "val_size": 5000, "seed": 0}
+    return net, model_cfg, data
 
 
 def _network_and_data(path: Path | str, data_cfg: Any | None

@@ -315,7 +315,7 @@ TRAINED_RANK_COLUMNS = ["run", "model", "norm", "skip", "images", "layer", "rank
 def trained_rank(checkpoints: Sequence[Path], max_images: int = 256) -> list[dict[str, Any]]:
     """Tidy rows: the tokens' residual from rank one after every block of trained ViTs (run
     directories or ``.ckpt`` files), on the first ``max_images`` test images of each run's data."""
-    from zoo.experiments.lesion import (
+    from zoo.experiments.lesion_sources import (
         checkpoint_path,
         evaluation_batches,
         load_network,

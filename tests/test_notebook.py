@@ -51,7 +51,8 @@ def test_notebook_executes(monkeypatch, tmp_path):
     # The degradation runs measured the eval-mode training error, per family and depth.
     assert "train-eval error (%)" in tables
     assert "   plain: 8 layers" in text and "residual: 8 layers" in text
-    assert "One block deleted: plain8" in text
+    assert "keeps 90% of intact accuracy (mean over seeds): plain8" in text
+    assert "shipped Fashion-MNIST weights: plain20, plain56, resnet20, resnet56" in text
     images = [o for o in outputs if "image/png" in o.get("data", {})]
     assert len(images) >= 6  # 2 gradient figures, error vs depth, curves, lesion, memory
     assert not list(tmp_path.glob("skip_connections_*")), "the notebook left its working folder"

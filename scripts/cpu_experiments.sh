@@ -88,6 +88,24 @@ explosion() {  # default guard bounds; the first bad step is recorded in each ru
   python -m zoo.results collect "$runs/explosion_cpu" --out "$results/explosion"
 }
 
+explosion_long() {  # explosion at 4x the steps (8 epochs = 624), every setting of the page,
+  # 3 seeds; two one-thread queues side by side (2 cores)
+  local common=(experiment=explosion_cpu trainer.max_epochs=8 seed=0,1,2)
+  export OMP_NUM_THREADS=1
+  { python train.py -m "${common[@]}" model=plain56 model.norm=none model.init_gain=1.0,1.2 \
+      hydra.sweep.dir="$runs/explosion_long/plain" || true   # exit 3: diverged runs, as expected
+    python train.py -m "${common[@]}" model=resnet56 model.norm=none \
+      model.zero_init_residual=false,true hydra.sweep.dir="$runs/explosion_long/resnet_nonorm" || true
+  } &
+  python train.py -m "${common[@]}" model=resnet56 hydra.sweep.dir="$runs/explosion_long/resnet_bn"
+  # zero-init of the last layer alone (no Fixup rescaling), at the recipe's rate and at a fifth
+  python train.py -m "${common[@]}" model=resnet56 model.norm=none model.zero_init_residual=true \
+    model.fixup_rescale=false optim.lr=0.1,0.02 hydra.sweep.dir="$runs/explosion_long/zero_init_only" \
+    || true
+  wait
+  python -m zoo.results collect "$runs/explosion_long" --out "$results/explosion_long"
+}
+
 add_vs_concat() {  # addition against concatenation at equal parameters and equal seconds
   python train.py -m experiment=add_vs_concat_cpu hydra.sweep.dir="$runs/add_vs_concat_cpu"
   python -m zoo.results collect "$runs/add_vs_concat_cpu" --out "$results/add_vs_concat"

@@ -378,6 +378,22 @@ def test_cifar_zero_init_residual_starts_every_block_as_the_identity(norm: str) 
     assert zoo.create("resnet20", norm=norm).eval().layer1[1](x).sub(x).abs().max() > 0
 
 
+def test_fixup_rescale_false_zeroes_the_last_layer_alone() -> None:
+    # Fixup without normalisation: the branch's first conv times L^-1/2 (L = 9 blocks in
+    # ResNet-20) and the classifier at zero; fixup_rescale=False keeps the He init of both.
+    torch.manual_seed(0)
+    fixup = zoo.create("resnet20", norm="none", zero_init_residual=True)
+    torch.manual_seed(0)
+    last_only = zoo.create("resnet20", norm="none", zero_init_residual=True, fixup_rescale=False)
+    torch.manual_seed(0)
+    default = zoo.create("resnet20", norm="none")
+    torch.testing.assert_close(fixup.layer2[1].conv1.weight, default.layer2[1].conv1.weight / 3)
+    torch.testing.assert_close(last_only.layer2[1].conv1.weight, default.layer2[1].conv1.weight)
+    assert not fixup.linear.weight.any()
+    torch.testing.assert_close(last_only.linear.weight, default.linear.weight)
+    assert not last_only.layer2[1].conv2.weight.any()  # the last layer starts at zero in both
+
+
 def test_drop_path_rates_rise_linearly_and_drop_whole_samples() -> None:
     net = zoo.create("resnet34", drop_path=0.3)
     rates = [m.p for m in net.modules() if isinstance(m, StochasticDepth)]
@@ -412,6 +428,8 @@ def test_drop_path_rates_rise_linearly_and_drop_whole_samples() -> None:
         ("resnet20", {"init_gain": 0}, "init_gain must be a number"),
         ("resnet20", {"init_gain": "2"}, "init_gain must be a number"),
         ("plain20", {"zero_init_residual": True}, "needs the skip connection"),
+        ("resnet20", {"fixup_rescale": False}, "only changes a net with norm=none"),
+        ("resnet20", {"fixup_rescale": "no"}, "fixup_rescale must be true or false"),
         ("resnet18", {"norm": "none"}, "does not take option"),
         ("resnet20", {"widths": (8, 16)}, "widths must be three whole numbers"),
         ("preact_resnet164", {"widths": (4, 0, 16)}, "widths must be three whole numbers"),

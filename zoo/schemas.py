@@ -180,6 +180,7 @@ class CifarResNetConfig(ModelConfig):
     norm: Norm = Norm.batch  # type: ignore[attr-defined]
     init_gain: float = 1.0
     zero_init_residual: bool = False
+    fixup_rescale: bool = True  # norm=none + zero_init_residual: Fixup's L^-1/2 and zero classifier
     widths: list[int] = field(default_factory=lambda: [16, 32, 64])
 
 

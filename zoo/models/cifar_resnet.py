@@ -20,6 +20,9 @@ and ``init_gain > 1`` scales every convolution's initial weights so that a plain
 grows by that factor per layer. ``zero_init_residual`` is the remedy of Fixup and of Goyal et al.
 2017: the last layer of every residual branch starts at zero (BN scale, or the convolution when
 there is no BN), so that every block starts as the identity and the depth adds no variance.
+Without normalisation it also applies Fixup's rescaling (each branch's first convolution times
+L^-1/2, the classifier at zero); ``fixup_rescale=False`` leaves that out, zeroing the last layer
+alone -- the control that shows the rescaling is needed at the recipe's learning rate.
 
 Layer names follow the community checkpoints (``conv1``, ``bn1``, ``layer1.0.conv1``,
 ``linear``) so that they load as they are.
@@ -144,7 +147,8 @@ def make_stage(
 
 
 def check_options(
-    depth: int, skip: bool, shortcut: str, norm: str, init_gain: float, zero_init_residual: bool
+    depth: int, skip: bool, shortcut: str, norm: str, init_gain: float, zero_init_residual: bool,
+    fixup_rescale: bool = True,
 ) -> None:
     """One clear error for an option the network cannot be built with."""
     if (depth - 2) % 6 != 0 or depth < 8:
@@ -164,6 +168,13 @@ def check_options(
             "zero_init_residual needs the skip connection: a plain net whose blocks start at "
             "zero outputs zero; use a resnetN model"
         )
+    if not isinstance(fixup_rescale, bool):
+        raise ValueError(f"fixup_rescale must be true or false, got {fixup_rescale!r}")
+    if not fixup_rescale and not (zero_init_residual and norm == "none"):
+        raise ValueError(
+            "fixup_rescale=false only changes a net with norm=none and zero_init_residual=true "
+            "(Fixup's rescaling applies to no other net); set both, or leave fixup_rescale out"
+        )
 
 
 class CifarResNet(Network):
@@ -179,9 +190,10 @@ class CifarResNet(Network):
         norm: str = "batch",
         init_gain: float = 1.0,
         zero_init_residual: bool = False,
+        fixup_rescale: bool = True,
     ) -> None:
         super().__init__()
-        check_options(depth, skip, shortcut, norm, init_gain, zero_init_residual)
+        check_options(depth, skip, shortcut, norm, init_gain, zero_init_residual, fixup_rescale)
         blocks_per_stage = (depth - 2) // 6
         self.memory_efficient = memory_efficient
         self.conv1 = make_conv(in_channels, widths[0], 3, 1, norm)
@@ -193,9 +205,11 @@ class CifarResNet(Network):
         self.layer3 = make_stage(widths[1], widths[2], blocks_per_stage, 2, skip, shortcut, norm)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.linear = nn.Linear(widths[2], num_classes)
-        self._init_weights(init_gain, zero_init_residual, norm)
+        self._init_weights(init_gain, zero_init_residual, norm, fixup_rescale)
 
-    def _init_weights(self, init_gain: float, zero_init_residual: bool, norm: str) -> None:
+    def _init_weights(
+        self, init_gain: float, zero_init_residual: bool, norm: str, fixup_rescale: bool
+    ) -> None:
         for module in self.modules():
             # He et al. 2015 (their ref. [13]) initialisation for the convolutions; the
             # classifier keeps PyTorch's default so that the initial loss is about ln(classes).
@@ -210,7 +224,7 @@ class CifarResNet(Network):
         blocks = [block for block in self.modules() if isinstance(block, BasicBlock)]
         for block in blocks:
             block.zero_init_last()
-        if norm == "none":
+        if norm == "none" and fixup_rescale:
             # Fixup (Zhang et al. 2019, section 3): without normalisation, zeroing the last
             # layer is not enough -- every branch starts to grow at the same step. Fixup
             # also scales the branch's other layers by L^(-1/(2m-2)) (L blocks of m = 2
@@ -281,6 +295,7 @@ def build(
     norm: str = "batch",
     init_gain: float = 1.0,
     zero_init_residual: bool = False,
+    fixup_rescale: bool = True,
     widths: tuple[int, int, int] | list[int] = (16, 32, 64),
 ) -> CifarResNet:
     return CifarResNet(
@@ -293,5 +308,6 @@ def build(
         norm=norm,
         init_gain=init_gain,
         zero_init_residual=zero_init_residual,
+        fixup_rescale=fixup_rescale,
         widths=stage_widths(widths),
     )

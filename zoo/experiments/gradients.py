@@ -108,12 +108,12 @@ def gradient_at_init(
 
 
 def mean_and_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and population std over seeds; the std is NaN when a value overflowed (inf/NaN),
+    """Mean and sample std (n - 1) over seeds; the std is NaN when a value overflowed (inf/NaN),
     0 for a single seed."""
     mean = statistics.fmean(values)
     if len(values) < 2:
         return mean, 0.0
-    return mean, statistics.pstdev(values) if all(map(math.isfinite, values)) else math.nan
+    return mean, statistics.stdev(values) if all(map(math.isfinite, values)) else math.nan
 
 
 def summarise_gradients(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -3,9 +3,9 @@
 # intra-op threads: one per core) and with hydra/launcher=joblib, 2 jobs x 1 intra-op thread.
 # Prints both wall times, the ratio serial / joblib and its verdict against the target.
 #   bash scripts/bench_launchers.sh [more train.py overrides, e.g. trainer.max_epochs=4]
-# The sweep is one of the experiments' kind: four ResNet-20 runs of 125 steps on Fashion-MNIST,
-# each a few times longer than a process's start-up (imports, data, test pass), which both
-# launchers pay once per job. Needs the cluster extra (pip install -e ".[cluster]") and the
+# The sweep is one of the experiments' kind: four ResNet-20 runs of 125 steps on Fashion-MNIST
+# and their test passes (with runs of a few seconds, joblib's worker start-up -- torch,
+# Lightning and the zoo imported again -- outweighs the parallelism). Needs the cluster extra (pip install -e ".[cluster]") and the
 # dataset (apt-get install dataset-fashion-mnist). Run it on a quiet machine: other jobs on the
 # cores change both times. Logs and run directories: $OUT (default /tmp/bench_launchers).
 # With RESULTS=docs/results/launchers the numbers are also written there (result.json and the

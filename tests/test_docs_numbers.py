@@ -26,13 +26,28 @@ def test_each_generated_table_is_its_file(page, source, body):
         f"{page} is out of date: run python -m zoo.results redraw"
 
 
-@pytest.mark.parametrize("source", sorted({s for _, s, _ in BLOCKS}))
+REDRAWN = sorted({source for _, source, _ in BLOCKS if source.startswith("docs/figures/")})
+
+
+@pytest.mark.parametrize("source", REDRAWN)
 def test_each_generated_file_is_what_the_committed_data_give(source, tmp_path):
     folder = Path(source).parent.name  # docs/figures/<experiment>/summary.md
     shutil.copytree(REPO / "docs" / "results" / folder, tmp_path / "results" / folder)
     results.redraw(tmp_path / "results", tmp_path / "figures")
     assert (tmp_path / "figures" / folder / Path(source).name).read_text() == \
         (REPO / source).read_text(), f"{source} no longer matches docs/results/{folder}"
+
+
+def test_the_launcher_benchmark_table_is_its_record():
+    # docs/results/launchers is written by scripts/bench_launchers.sh itself (no redraw): the
+    # table's ratio must be the recorded times' ratio
+    import json
+    record = json.loads((REPO / "docs/results/launchers/result.json").read_text())
+    assert record["ratio"] == pytest.approx(record["serial_s"] / record["joblib_s"], abs=0.006)
+    table = (REPO / "docs/results/launchers/summary.md").read_text()
+    assert f"**{record['ratio']:.2f}x**" in table and f"{record['serial_s']:.1f} s" in table
+    assert any(s == "docs/results/launchers/summary.md" for _, s, _ in BLOCKS)
+    assert f"{record['ratio']:.2f}x faster with joblib" in (REPO / "README.md").read_text()
 
 
 def test_refresh_copies_the_file_between_the_markers(tmp_path):

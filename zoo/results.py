@@ -348,7 +348,7 @@ def redraw(results_root: Path | str = DEFAULT_RESULTS,
 # `redraw` copies the file in again; tests/test_docs_numbers.py fails when they differ.
 GENERATED_BLOCK = re.compile(r"(<!-- generated from (?P<source>\S+) -->\n)(?P<body>.*?)"
                              r"(<!-- end generated -->)", re.S)
-GENERATED_DOCS = (Path("docs/RESULTS.md"), Path("README.md"))
+GENERATED_DOCS = (Path("docs/RESULTS.md"), Path("README.md"), Path("docs/BENCHMARKS.md"))
 
 
 def generated_blocks(markdown: str) -> list[tuple[str, str]]:

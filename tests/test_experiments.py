@@ -350,3 +350,19 @@ def test_lesion_of_shipped_weights_that_do_not_exist_is_one_line(tmp_path, capsy
     err = capsys.readouterr().err
     assert err.startswith("error: no shipped fashion_mnist weights for resnet1202")
     assert err.count("\n") == 1
+
+
+def test_the_gradient_table_keeps_two_significant_figures_and_names_overflow():
+    from zoo.experiments import gradients
+    rows = [{"model": m, "family": f, "depth": d, "stem_over_head_mean": v, "stem_over_head_std": e}
+            for m, f, d, v, e in [("plain20", "plain", 20, 4.2, 0.85),
+                                  ("plain56", "plain", 56, 1826.0, 632.0),
+                                  ("plain110", "plain", 110, 1.55e7, 2.16e6),
+                                  ("resnet20", "ResNet", 20, 0.39, 0.097),
+                                  ("plain1202", "plain", 1202, float("nan"), float("nan"))]]
+    table = gradients.summary_markdown(rows).splitlines()
+    assert table[0] == "| depth | plain | ResNet |"
+    assert table[2] == "| 20 | 4.2 ± 0.8 | 0.39 ± 0.10 |"
+    assert table[3] == "| 56 | 1,826 ± 632 |  |"
+    assert table[4] == "| 110 | 1.6e7 ± 2.2e6 |  |"
+    assert table[5] == "| 1202 | float32 overflow |  |"

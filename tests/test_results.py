@@ -107,7 +107,7 @@ def test_redraw_draws_the_degradation_figures_and_a_mean_std_table(sweep, tmp_pa
     written = results.redraw(tmp_path / "results", tmp_path / "figures")
     names = {path.name for path in written}
     assert names == {"train_error_vs_depth.png", "test_error_vs_depth.png", "curves.png",
-                     "summary.md"}
+                     "summary.md", "table.md", "depth_table.md"}
     for path in written:
         assert path.parent == tmp_path / "figures" / "degradation"
         if path.suffix == ".png":
@@ -120,6 +120,13 @@ def test_redraw_draws_the_degradation_figures_and_a_mean_std_table(sweep, tmp_pa
     order = [line.split(" |")[0][2:] for line in table.splitlines()
              if line.startswith(("| plain", "| resnet"))]
     assert order == ["plain20", "plain56", "resnet20", "resnet56"]
+    # the docs' tables: the summary alone, and the depth table (plain and residual side by side)
+    assert (tmp_path / "figures" / "degradation" / "table.md").read_text() in table
+    depth_table = (tmp_path / "figures" / "degradation" / "depth_table.md").read_text()
+    assert depth_table.splitlines()[0] == ("| depth | plain: training error | residual: training "
+                                           "error | plain: test error | residual: test error |")
+    depth56 = next(line for line in depth_table.splitlines() if line.startswith("| 56 |"))
+    assert depth56.split(" | ")[1] == f"{mean:.1f} ± {std:.1f}%"
 
 
 def test_the_depth_title_states_what_the_numbers_show(sweep, tmp_path):

@@ -196,6 +196,26 @@ def summary_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def depth_table(rows: Sequence[dict[str, Any]]) -> str:
+    """Training and test error (percent, mean ± std over seeds) per depth, one column pair per
+    series (plain, residual, ...): the depth sweeps' table in docs/RESULTS.md."""
+    errors = [depth_series(rows, "train_eval_err"), depth_series(rows, "test_acc", complement=True)]
+    series = list(errors[0])
+    names = [" ".join(part for part in key if part) for key in series]
+    header = ["depth"] + [f"{name}: {what} error"
+                          for what in ("training", "test") for name in names]
+    cells: dict[int, dict[int, str]] = defaultdict(dict)
+    for column, (by_series, key) in enumerate(
+            (table, key) for table in errors for key in series):
+        for depth, mean, std, _, _ in by_series.get(key, []):
+            cells[depth][column] = "-" if mean is None else f"{mean:.1f} ± {std:.1f}%"
+    lines = ["| " + " | ".join(header) + " |", "|---:" * len(header) + "|"]
+    lines += ["| " + " | ".join([str(depth)] + [cells[depth].get(c, "-")
+                                                for c in range(len(header) - 1)]) + " |"
+              for depth in sorted(cells)]
+    return "\n".join(lines) + "\n"
+
+
 # ---------------------------------------------------------------------------- redraw
 
 RUN_NUMBERS = ("depth", "seed", "steps", "train_eval_err", "test_acc", "best_val_acc",
@@ -277,7 +297,14 @@ def redraw_sweep(results_dir: Path, figures_dir: Path) -> list[Path]:
     images = "\n".join(f"![{path.stem}]({path.name})" for path in written)
     table.write_text(f"# {results_dir.name}\n\nMean ± std over seeds.\n\n{summary_table(rows)}"
                      f"{_meta_line(results_dir)}\n\n{images}\n")
-    return [*written, table]
+    written.append(table)
+    # the docs' generated tables: the summary alone, and per depth where the sweep has depths
+    (figures_dir / "table.md").write_text(summary_table(rows) + "\n")
+    written.append(figures_dir / "table.md")
+    if any(r["depth"] not in (None, "") for r in rows) and len({r["depth"] for r in rows}) > 1:
+        (figures_dir / "depth_table.md").write_text(depth_table(rows))
+        written.append(figures_dir / "depth_table.md")
+    return written
 
 
 def gradient_flow_runs(folder: Path) -> list[Path]:

@@ -243,7 +243,13 @@ def run_vit_rank_trained(args: argparse.Namespace) -> list[str]:
 
 
 def redraw_gradients(folder: Path, figures: Path | None = None) -> list[Path]:
-    return gradients.plot_gradient_at_init(read_csv(folder / GRADIENT_FILES[0]), figures or folder)
+    rows = read_csv(folder / GRADIENT_FILES[0])
+    drawn = gradients.plot_gradient_at_init(rows, figures or folder)
+    if figures is not None:  # the docs' table beside the docs' figures, from the per-unit rows
+        table = figures / "summary.md"
+        table.write_text(gradients.summary_markdown(gradients.summarise_gradients(rows)))
+        drawn.append(table)
+    return drawn
 
 
 def redraw_lesion(folder: Path, figures: Path | None = None) -> list[Path]:

@@ -142,6 +142,41 @@ def summarise_gradients(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return summary
 
 
+def _scientific(value: float) -> str:
+    mantissa, exponent = f"{value:.1e}".split("e")
+    return f"{mantissa}e{int(exponent)}"
+
+
+def _mean_and_std_text(mean: float, std: float) -> str:
+    """Two significant figures on the mean, the std to the same decimals: 0.42 ± 0.20,
+    4.2 ± 0.9, 1,826 ± 632; scientific outside 0.001-100,000 (1.6e7 ± 2.2e6)."""
+    if mean != 0 and not 1e-3 <= abs(mean) < 1e5:
+        return f"{_scientific(mean)} ± {_scientific(std)}"
+    decimals = max(0, 1 - math.floor(math.log10(abs(mean)))) if mean else 2
+    return f"{mean:,.{decimals}f} ± {std:,.{decimals}f}"
+
+
+def summary_markdown(summary: Sequence[dict[str, Any]]) -> str:
+    """The stem/head ratio (mean ± sample std over seeds) per depth, one column per family: the
+    table of docs/RESULTS.md section 1. "float32 overflow": a seed's gradient was inf or NaN."""
+    families = list(dict.fromkeys(row["family"] for row in summary))
+    cells = {(row["depth"], row["family"]): row for row in summary}
+    lines = ["| depth | " + " | ".join(families) + " |", "|---:" * (len(families) + 1) + "|"]
+    for depth in sorted({row["depth"] for row in summary}):
+        line = [str(depth)]
+        for family in families:
+            row = cells.get((depth, family))
+            if row is None:
+                line.append("")
+            elif not math.isfinite(row["stem_over_head_mean"]):
+                line.append("float32 overflow")
+            else:
+                line.append(_mean_and_std_text(row["stem_over_head_mean"],
+                                               row["stem_over_head_std"]))
+        lines.append("| " + " | ".join(line) + " |")
+    return "\n".join(lines) + "\n"
+
+
 # ---------------------------------------------------------------- figures (from tidy rows)
 
 SKIPS = {"plain": "plain", "ResNet": "residual"}  # curve label prefix -> zoo.figures family

@@ -35,12 +35,12 @@ lr_sweep_high() {  # run after lr_sweep showed plain-56 improving up to the high
 }
 
 lesion_long() {  # Veit et al.'s standard: the paper's widths, 55k images, 2,577 steps, 3 seeds;
-  # ResNet-56 and the plain nets as two one-thread jobs side by side (plain-56: one seed, time)
+  # ResNet-56 and the plain nets as two one-thread jobs side by side
   OMP_NUM_THREADS=1 python train.py -m experiment=lesion_cpu model=resnet56 seed=0,1,2 \
     hydra.sweep.dir="$runs/lesion_cpu/resnet56" &
   OMP_NUM_THREADS=1 python train.py -m experiment=lesion_cpu model=plain20 seed=0,1,2 \
     hydra.sweep.dir="$runs/lesion_cpu/plain20"
-  OMP_NUM_THREADS=1 python train.py -m experiment=lesion_cpu model=plain56 seed=0 \
+  OMP_NUM_THREADS=1 python train.py -m experiment=lesion_cpu model=plain56 seed=0,1,2 \
     hydra.sweep.dir="$runs/lesion_cpu/plain56"
   wait
   local common=(--seed 0 --split test --max-images 0 --draws 20 --random-max-images 1000
@@ -125,6 +125,28 @@ add_vs_concat_time() {  # at equal seconds: ResNet-20/32 given the DenseNets' tr
     --out "$results/add_vs_concat_time"
 }
 
+add_vs_concat_long() {  # addition against concatenation at 4x the steps (12 epochs = 744):
+  # DenseNet-40-12 and DenseNet-BC-100-12 against ResNet-20/32/56/110, 3 seeds; at equal seconds
+  # ResNet-20 trains 96 epochs (a DenseNet-40-12 run's time); two one-thread queues side by side
+  export OMP_NUM_THREADS=1
+  local common=(experiment=add_vs_concat_cpu seed=0,1,2)
+  { python train.py -m "${common[@]}" trainer.max_epochs=12 model=densenet40_12 \
+      hydra.sweep.dir="$runs/add_vs_concat_long/densenet40_12"
+    python train.py -m "${common[@]}" trainer.max_epochs=12 model=resnet20,resnet32 \
+      hydra.sweep.dir="$runs/add_vs_concat_long/resnet20_32"
+    python train.py -m "${common[@]}" trainer.max_epochs=96 model=resnet20 \
+      hydra.sweep.dir="$runs/add_vs_concat_long_time/resnet20"
+  } &
+  python train.py -m "${common[@]}" trainer.max_epochs=12 model=densenet_bc_100_12 \
+    hydra.sweep.dir="$runs/add_vs_concat_long/densenet_bc_100_12"
+  python train.py -m "${common[@]}" trainer.max_epochs=12 model=resnet56,resnet110 \
+    hydra.sweep.dir="$runs/add_vs_concat_long/resnet56_110"
+  wait
+  python -m zoo.results collect "$runs/add_vs_concat_long" --out "$results/add_vs_concat_long"
+  python -m zoo.results collect "$runs/add_vs_concat_long_time" \
+    "$runs"/add_vs_concat_long/densenet*/ --out "$results/add_vs_concat_long_time"
+}
+
 depth_1000() {  # narrow 1202/1001-layer nets against shallow nets of the same width and budget
   python train.py -m experiment=depth_1000_cpu hydra.sweep.dir="$runs/depth_1000_cpu" || true
   python -m zoo.results collect "$runs/depth_1000_cpu" --out "$results/depth_1000"
@@ -143,6 +165,14 @@ depth_1000_preact() {  # pre-activation ResNet-1001 (clean identity path, final 
   # loss ~2.3) against pre-activation ResNet-110 and ResNet-110 of the same width, data and budget
   python train.py -m experiment=depth_1000_preact_cpu hydra.sweep.dir="$runs/depth_1000_preact_cpu"
   python -m zoo.results collect "$runs/depth_1000_preact_cpu" --out "$results/depth_1000_preact"
+}
+
+depth_1000_preact164() {  # the matched pair for pre-activation ResNet-1001: pre-activation
+  # ResNet-164, the same bottleneck blocks and widths, data and 744 steps (He et al. 2016, Table 3)
+  OMP_NUM_THREADS=1 python train.py -m experiment=depth_1000_preact_cpu model=preact_resnet164 \
+    seed=0,1,2 hydra.sweep.dir="$runs/depth_1000_preact164"
+  python -m zoo.results collect "$runs/depth_1000_preact_cpu" "$runs/depth_1000_preact164" \
+    --out "$results/depth_1000_preact"
 }
 
 depth_1000_long() {  # the original ResNet-1202 at depth_1000_preact's 744 steps, 3 seeds, beside
@@ -214,8 +244,8 @@ vit() {
 }
 
 all() {
-  gradient_at_init; memory; degradation; lr_sweep; lesion; lesion_long; weights; explosion; add_vs_concat; add_vs_concat_lr; add_vs_concat_time
-  depth_1000; depth_1000_zero_init; depth_1000_preact; depth_1000_long; depth_1000_lr
+  gradient_at_init; memory; degradation; lr_sweep; lesion; lesion_long; weights; explosion; explosion_long; add_vs_concat; add_vs_concat_lr; add_vs_concat_time; add_vs_concat_long
+  depth_1000; depth_1000_zero_init; depth_1000_preact; depth_1000_preact164; depth_1000_long; depth_1000_lr
   precision_parity
   vit
   python -m zoo.results redraw "$results"

@@ -62,3 +62,23 @@ def test_redraw_routes_add_vs_concat_and_lr_folders_to_their_figures(tmp_path):
     assert {"add_vs_concat/error_vs_cost.png", "degradation_lr/error_vs_lr.png"} <= written
     assert "degradation_lr/train_error_vs_depth.png" not in written  # one depth: no depth plot
     assert (tmp_path / "fig" / "add_vs_concat" / "error_vs_cost.png").stat().st_size > 10_000
+
+
+def test_the_curves_title_names_the_stopped_settings_and_the_best_one(tmp_path):
+    def row(setting, model, seed, status, steps, test_acc):
+        return {"setting": setting, "model": model, "family": "residual" if "res" in model
+                else "plain", "depth": 56, "seed": seed, "status": status, "steps": steps,
+                "test_acc": test_acc, "train_eval_err": None}
+    rows = [row("resnet56 model.norm=none", "resnet56", s, "diverged", step, None)
+            for s, step in enumerate([1, 2, 2])]
+    rows += [row("resnet56 model.norm=batch", "resnet56", s, "done", 624, acc)
+             for s, acc in enumerate([0.90, 0.91, 0.92])]
+    rows += [row("plain56", "plain56", s, "done", 624, 0.80) for s in range(3)]
+    groups = sweep_figures._setting_groups(rows)
+    assert sweep_figures.curves_finding(groups) == (
+        "1 of 3 settings stopped by the explosion guard (steps 1-2); "
+        "lowest test error: resnet56 norm=batch, 9.0 ± 1.0%")
+    colours = sweep_figures.setting_colours(groups)
+    assert len({str(c) for c in colours.values()}) == 3  # two ResNet-56 settings: two colours
+    assert sweep_figures.stopped_steps(groups["resnet56 model.norm=none"]) == [1, 2, 2]
+    assert sweep_figures.plot_curves(rows, [], tmp_path / "curves.png").stat().st_size > 10_000

@@ -113,11 +113,12 @@ def pre_activation(model: str) -> bool:
 
 
 def band(axis: Any, x: Sequence[float], mean: Sequence[float], std: Sequence[float],
-         model: str, label: str | None = None, **plot_options: Any) -> None:
-    """A mean line in the model's style with a shaded ± std band (seeds) around it."""
+         model: str, label: str | None = None, color: Any = None, **plot_options: Any) -> None:
+    """A mean line in the model's style with a shaded ± std band (seeds) around it; ``color``
+    replaces the depth's colour where several settings of one model share a panel."""
     import numpy as np
 
-    style = style_for(model)
+    style = {**style_for(model), **({"color": color} if color is not None else {})}
     mean, std = np.asarray(mean, dtype=float), np.nan_to_num(np.asarray(std, dtype=float))
     axis.plot(x, mean, label=label, **style, **plot_options)
     axis.fill_between(x, mean - std, mean + std, color=style["color"], alpha=0.18, linewidth=0)

@@ -171,35 +171,84 @@ def _mean_curve(points: dict[int, list[float]]) -> tuple[list[int], list[float],
     return steps, [mean_std(points[s])[0] for s in steps], [mean_std(points[s])[1] for s in steps]
 
 
+def setting_colours(groups: dict[str, list[Row]]) -> dict[str, Any]:
+    """The depth's colour per setting; where two settings share a model (and so a depth), one
+    colour per setting instead, so that every line of the panel can be told apart."""
+    models = [mine[0]["model"] for mine in groups.values()]
+    if len(set(models)) == len(models):
+        return {setting: style_for(mine[0]["model"])["color"] for setting, mine in groups.items()}
+    palette = plt.get_cmap("tab10")
+    return {setting: palette(index % 10) for index, setting in enumerate(groups)}
+
+
+def stopped_steps(mine: Sequence[Row]) -> list[int]:
+    """The step at which each stopped (diverged) run of a setting was stopped."""
+    return sorted(int(row["steps"]) for row in mine
+                  if row["status"] == "diverged" and row.get("steps") not in (None, ""))
+
+
+def curves_finding(groups: dict[str, list[Row]]) -> str:
+    """The title: which settings the explosion guard stopped, and the best final error."""
+    stopped = {setting: steps for setting, mine in groups.items()
+               if (steps := stopped_steps(mine))}
+    finished = {setting: mean_std([100 * (1 - float(row["test_acc"])) for row in mine
+                                   if row.get("test_acc") not in (None, "")])
+                for setting, mine in groups.items()}
+    finished = {setting: stats for setting, stats in finished.items() if stats[0] is not None}
+    parts = []
+    if stopped:
+        parts.append(f"{len(stopped)} of {len(groups)} settings stopped by the explosion guard "
+                     f"(steps {min(min(s) for s in stopped.values())}-"
+                     f"{max(max(s) for s in stopped.values())})")
+    if finished:
+        best, (mean, std, _) = min(finished.items(), key=lambda item: item[1][0])
+        parts.append(f"lowest test error: {best.replace('model.', '')}, {mean:.1f} ± {std:.1f}%")
+    return "; ".join(parts) or "Training curves"
+
+
 def plot_curves(rows: Sequence[Row], curves: Sequence[Row], path: Path) -> Path:
     """Training loss and validation error against optimizer steps, a line per setting with a
-    band of ± std over its seeds; stars: the eval-mode training error at its step."""
+    band of ± std over its seeds; stars: the eval-mode training error at its step; crosses on
+    the loss panel's top edge: the steps at which the explosion guard stopped a run."""
     by_setting: dict[tuple[str, str], dict[int, list[float]]] = defaultdict(
         lambda: defaultdict(list))
     for point in curves:
         by_step = by_setting[(point["setting"], point["metric"])]
         by_step[int(point["step"])].append(float(point["value"]))
-    figure, (loss_axis, error_axis) = plt.subplots(1, 2, figsize=(12.5, 4.6))
+    groups = _setting_groups(rows)
+    figure, (loss_axis, error_axis) = plt.subplots(
+        1, 2, figsize=(12.5, 5.2 + 0.22 * len(groups)), layout="constrained")
+    colours = setting_colours(groups)
     seeds = 0
-    for setting, mine in _setting_groups(rows).items():
-        model, seeds = mine[0]["model"], max(seeds, len(mine))
+    for setting, mine in groups.items():
+        model, seeds, colour = mine[0]["model"], max(seeds, len(mine)), colours[setting]
+        stopped = stopped_steps(mine)
+        label = setting.replace("model.", "") + (
+            f" (stopped at step {', '.join(map(str, stopped))})" if stopped else "")
+        drawn = False
         for axis, metric, scale in ((loss_axis, "train_loss", 1.0), (error_axis, "val_err", 100.0)):
             steps, mean, std = _mean_curve(by_setting.get((setting, metric), {}))
             if steps:
                 band(axis, steps, [scale * m for m in mean], [scale * s for s in std], model,
-                     label=setting)
+                     label=None if drawn else label, color=colour)
+                drawn = drawn or axis is loss_axis
+        if stopped:  # a stopped run has no curve worth the name: mark where it stopped
+            loss_axis.plot(stopped, [1.0] * len(stopped), "x", color=colour, markersize=10,
+                           markeredgewidth=2.5, clip_on=False,
+                           transform=loss_axis.get_xaxis_transform(),
+                           label=None if drawn else label)
         steps, mean, std = _mean_curve(by_setting.get((setting, "train_eval_err"), {}))
         if steps:
             error_axis.errorbar(steps, [100 * m for m in mean], yerr=[100 * s for s in std],
-                                fmt="*",
-                                markersize=10, color=style_for(model)["color"])
+                                fmt="*", markersize=10, color=colour)
     loss_axis.set(yscale="log", xlabel="optimizer step", ylabel="training loss (logged steps)",
-                  title="Training loss")
+                  title="Training loss (x: run stopped by the explosion guard)")
     error_axis.set(xlabel="optimizer step", ylabel="error (%)",
                    title="Validation error (lines), eval-mode training error (stars)")
-    legend(loss_axis)
-    figure.suptitle(f"Mean ± std over {seeds} seed{'s' * (seeds != 1)} per setting "
-                    "(dashed: plain, solid: residual)")
+    if loss_axis.get_legend_handles_labels()[0]:
+        figure.legend(loc="outside lower center", ncols=2, fontsize=8, frameon=False)
+    figure.suptitle(f"{curves_finding(groups)}\nmean ± std over {seeds} "
+                    f"seed{'s' * (seeds != 1)} per setting (dashed: plain, solid: residual)")
     return save(figure, path)
 
 

@@ -268,9 +268,13 @@ def _meta_line(results_dir: Path) -> str:
         return ""
     meta = read_meta(path)
     cpu = meta["machine"].get("cpu", "?") if isinstance(meta.get("machine"), dict) else "?"
+    # runs collected later into the same folder (their rows appended) keep their own command
+    later = "".join(f" Then `{added.get('command')}`: {added.get('runs', '?')} runs, wall time "
+                    f"{added.get('wall_seconds')} s, commit {str(added.get('git_commit'))[:10]}."
+                    for added in meta.get("appended", []))
     return (f"\n\nCommand: `{meta.get('command')}`; {meta.get('runs', '?')} runs, wall time "
             f"{meta.get('wall_seconds')} s on {cpu}, torch {', '.join(map(str, meta['torch']))}, "
-            f"commit {str(meta.get('git_commit', '?'))[:10]}.")
+            f"commit {str(meta.get('git_commit', '?'))[:10]}.{later}")
 
 
 def redraw_sweep(results_dir: Path, figures_dir: Path) -> list[Path]:

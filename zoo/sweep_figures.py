@@ -241,8 +241,10 @@ def plot_curves(rows: Sequence[Row], curves: Sequence[Row], path: Path) -> Path:
         if steps:
             error_axis.errorbar(steps, [100 * m for m in mean], yerr=[100 * s for s in std],
                                 fmt="*", markersize=10, color=colour)
+    any_stopped = any(stopped_steps(mine) for mine in groups.values())
     loss_axis.set(yscale="log", xlabel="optimizer step", ylabel="training loss (logged steps)",
-                  title="Training loss (x: run stopped by the explosion guard)")
+                  title="Training loss" + (" (x: run stopped by the explosion guard)"
+                                           if any_stopped else ""))
     error_axis.set(xlabel="optimizer step", ylabel="error (%)",
                    title="Validation error (lines), eval-mode training error (stars)")
     if loss_axis.get_legend_handles_labels()[0]:

@@ -4,7 +4,7 @@
     python train.py -m model=plain20,plain56,resnet20,resnet56 data=fashion_mnist
     python train.py experiment=degradation
 
-Everything happens in zoo.run.train; this file only composes the config and reports errors.
+Everything happens in zoo.runs.train.train; this file only composes the config and reports errors.
 Exit codes: 0 done, 1 a failure (traceback, or one line for out of memory, a run directory
 removed or made read-only mid-run), 2 bad input (one line), 3 the run diverged, 74 no space left
 on a device, 129 SIGHUP, 130 Ctrl-C, 138 SIGUSR1, 143 SIGTERM (in any phase: saved, one line).
@@ -25,12 +25,12 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
-from zoo import sweep
-from zoo.compat import DDP_PEER_DIED, ddp_peer_death_in_one_line, quiet_library_noise
-from zoo.config import one_line_config_errors, register_configs
-from zoo.resume import register_resume_resolver
-from zoo.rundir import DISK_FULL_EXIT_CODE, disk_full_line, register_resolvers
-from zoo.runs import DIVERGED_EXIT_CODE  # the run itself failed, not its input
+from zoo.config.source import one_line_config_errors, register_configs
+from zoo.runs import sweep
+from zoo.runs.directory import DISK_FULL_EXIT_CODE, disk_full_line, register_resolvers
+from zoo.runs.reader import DIVERGED_EXIT_CODE  # the run itself failed, not its input
+from zoo.runs.resume import register_resume_resolver
+from zoo.training.compat import DDP_PEER_DIED, ddp_peer_death_in_one_line, quiet_library_noise
 
 # Errors caused by the user's input get one clear line, not a traceback (ZOO_DEBUG=1 shows it).
 USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, NotADirectoryError,
@@ -38,13 +38,13 @@ USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, NotADirectoryErro
 
 register_resolvers()  # ${launch_id:} in hydra.run.dir, resolved when Hydra composes
 register_resume_resolver()  # ${resume_dir:...}: a resumed run writes into its checkpoint's run
-register_configs()  # model=<any valid depth>, and the config schemas (zoo/config.py)
-quiet_library_noise()  # library start-up lines a user cannot act on (zoo/compat.py)
-ddp_peer_death_in_one_line()  # a dead DDP peer: one line, exit 1 (zoo/compat.py)
+register_configs()  # model=<any valid depth>, and the config schemas (zoo/config/source.py)
+quiet_library_noise()  # library start-up lines a user cannot act on (zoo/training/compat.py)
+ddp_peer_death_in_one_line()  # a dead DDP peer: one line, exit 1 (zoo/training/compat.py)
 
 
 def stop(line: str, exit_code: int) -> None:
-    from zoo.runlog import print_and_log
+    from zoo.runs.log import print_and_log
 
     print_and_log(line, error=True)  # the terminal and the run's train.log
     sys.exit(exit_code)
@@ -52,7 +52,7 @@ def stop(line: str, exit_code: int) -> None:
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    """One run; returns its ``objective`` (zoo/objective.py), the value Hydra's sweepers see."""
+    """One run; returns its ``objective`` (zoo/runs/objective.py), what Hydra's sweepers see."""
     quiet_library_noise()  # again: joblib's and submitit's workers never ran this file's top
     if HydraConfig.get().mode == RunMode.MULTIRUN:
         return sweep.run_job(lambda: run_with_signals(cfg), HydraConfig.get())
@@ -60,7 +60,7 @@ def main(cfg: DictConfig) -> float | None:
 
 
 def run_with_signals(cfg: DictConfig) -> float | None:
-    from zoo.preemption import SIGNAL_EXIT_CODES, Preempted, requeue_slurm_job, stop_signals
+    from zoo.runs.signals import SIGNAL_EXIT_CODES, Preempted, requeue_slurm_job, stop_signals
 
     with stop_signals:  # signals in every phase, not only while Lightning trains
         try:
@@ -80,8 +80,8 @@ def run_with_signals(cfg: DictConfig) -> float | None:
 
 def run_one(cfg: DictConfig) -> float | None:
     from zoo.callbacks import TrainingDivergedError
-    from zoo.objective import check_objective, objective_value
-    from zoo.run import train
+    from zoo.runs.objective import check_objective, objective_value
+    from zoo.runs.train import train
 
     run_dir = HydraConfig.get().runtime.output_dir
     try:

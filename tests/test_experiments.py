@@ -1,6 +1,6 @@
 """The skip-connection experiments: configs compose, the non-training experiments measure what
 they claim, write meta.json and redraw from their tidy files (the lesion's own tests:
-tests/test_lesion.py; zoo.report's: tests/test_report.py)."""
+tests/test_lesion.py; zoo.results.report's: tests/test_report.py)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ import pytest
 import torch
 
 import zoo
-from zoo import experiments, report
+from zoo import experiments
 from zoo.experiments import gradients, lesion, lesion_figures, memory, tidy
 from zoo.experiments.__main__ import main
+from zoo.results import report
 
 REPO = Path(__file__).resolve().parents[1]
 # The overlays of issue 6 (other overlays in configs/experiment/ are tested by their owners).

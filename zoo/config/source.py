@@ -1,6 +1,6 @@
 """The zoo's additions to Hydra: a model config for every depth, and the config schemas.
 
-``register_configs()`` (idempotent; ``train.py``, :mod:`zoo.run` and the tests call it before
+``register_configs()`` (idempotent; ``train.py``, :mod:`zoo.runs.train` and the tests call it before
 composing) does two things:
 
 * **Model configs by name.** ``configs/model/`` holds a YAML file per named network. Any other
@@ -10,8 +10,9 @@ composing) does two things:
   ``plain20``, ``preact_resnet110``) with its own ``name``. So ``model=resnet14`` composes on
   the command line, in sweeps and in tests exactly as a file would, and a wrong depth
   (``model=resnet15``) gets the family's one-line rule instead of Hydra's list of files.
-* **Schemas** (:mod:`zoo.schemas`): dataclasses in Hydra's ConfigStore that the YAML groups name
-  in their defaults lists, so a wrong type or an unknown choice fails when Hydra composes.
+* **Schemas** (:mod:`zoo.config.schemas`): dataclasses in Hydra's ConfigStore that the YAML
+  groups name in their defaults lists, so a wrong type or an unknown choice fails when Hydra
+  composes.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from hydra.plugins.search_path_plugin import SearchPathPlugin
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from zoo.schemas import register_schemas
+from zoo.config.schemas import register_schemas
 
 # The model files whose settings a generated config takes, per family and skip type.
 TEMPLATES = {
@@ -107,7 +108,7 @@ class ModelNameSearchPath(SearchPathPlugin):
 
 _registered = False
 # Hydra callbacks the zoo lets a config name: its own, and code that ships as Hydra or its plugins
-OWN_HYDRA_CALLBACKS = ("zoo.rundir.RunDirectoryCheck", "zoo.resume.ResumeSettings")
+OWN_HYDRA_CALLBACKS = ("zoo.runs.directory.RunDirectoryCheck", "zoo.runs.resume.ResumeSettings")
 TRUSTED_CALLBACK_PACKAGES = ("hydra.experimental.callbacks.", "hydra_plugins.")
 
 
@@ -232,7 +233,7 @@ def internal_choice(arguments: Sequence[str]) -> str | None:
 
 
 def _raised_in_job(error: BaseException) -> bool:
-    # Hydra's own test: frames below run_job belong to the job (zoo.run), not to composition.
+    # Hydra's own test: frames below run_job belong to the job (zoo.runs.train), not to composition.
     return any(frame.name == "run_job" for frame in traceback.extract_tb(error.__traceback__))
 
 

@@ -82,7 +82,7 @@ def timed(step: Callable[[], None], repeats: int, device: torch.device) -> float
 def measure_memory(name: str, memory_efficient: bool, batch_size: int = 64, image_size: int = 32,
                    in_channels: int = 3, steps: int = 3, device: str = "cpu") -> dict[str, Any]:
     """One tidy row: training and inference peaks, activations kept, median step time."""
-    from zoo.figures import depth_of, family_of
+    from zoo.results.style import depth_of, family_of
 
     torch.manual_seed(0)
     where = torch.device(device)
@@ -155,7 +155,7 @@ def memory_finding(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def _draw_comparison(axis: Any, rows: Sequence[dict[str, Any]]) -> None:
-    from zoo.figures import colour_for
+    from zoo.results.style import colour_for
 
     compared = [r for r in rows if r["group"] == "comparison"]
     labels = [r["model"] + (" (mem-eff)" if r["memory_efficient"] else "") for r in compared]
@@ -190,7 +190,7 @@ def _draw_dense_depth(axis: Any, rows: Sequence[dict[str, Any]]) -> None:
 def plot_memory(rows: Sequence[dict[str, Any]], out_dir: Path) -> Path:
     """Training and inference peaks of the comparison nets (left); DenseNet-BC memory against
     depth, as built (solid) and memory-efficient (dotted) (right, when measured)."""
-    from zoo.figures import legend, plt, save
+    from zoo.results.style import legend, plt, save
 
     has_depths = len({r["depth"] for r in rows if _DENSENET_BC.match(r["model"])}) >= 2
     panels = 1 + has_depths

@@ -5,7 +5,7 @@ a table ``VARIANTS`` of names to constructor arguments and one ``build(variant, 
 in_channels, **options)`` function. Variants are data; there is no class per variant.
 
 This is the bottom layer: it imports nothing else of the zoo. Weights are loaded above it, by
-``zoo.create(name, pretrained=...)`` (:func:`zoo.pretrained.create`, which builds with
+``zoo.create(name, pretrained=...)`` (:func:`zoo.weights.pretrained.create`, which builds with
 :func:`create` here).
 """
 

@@ -3,8 +3,8 @@
     python -m zoo.results collect multirun/2026-11-28/10-00-00 --out docs/results/degradation
     python -m zoo.results redraw                  # docs/results/* -> docs/figures/*
 
-``collect`` reads the run directories (through :mod:`zoo.runs`) and writes three files that hold
-every number a figure or table of the experiment shows:
+``collect`` reads the run directories (through :mod:`zoo.runs.reader`) and writes three files
+that hold every number a figure or table of the experiment shows:
 
     runs.csv    one row per run: model, depth, family, seed, setting, status, steps,
                 train_eval_err, test_acc, best_val_acc, fit_seconds, parameters
@@ -38,10 +38,10 @@ from pathlib import Path
 from typing import Any
 
 from zoo.experiments.tidy import as_typed
-from zoo.figures import depth_of, family_of
+from zoo.results.style import depth_of, family_of
 
-# The figures of a sweep (re-exported: zoo.results.plot_against_depth as before).
-from zoo.sweep_figures import (  # noqa: F401
+# The figures of a sweep (re-exported: zoo.results.collect.plot_against_depth as before).
+from zoo.results.sweep_figures import (  # noqa: F401
     _setting_groups,
     depth_finding,
     depth_series,
@@ -72,8 +72,8 @@ Row = dict[str, Any]
 
 def run_rows(paths: Sequence[Path | str]) -> tuple[list[Row], list[Row], list[Any]]:
     """The rows of runs.csv and curves.csv for the runs at or below ``paths``, and the runs."""
-    from zoo.report import parameters, steps_trained
-    from zoo.runs import read_runs, setting_labels
+    from zoo.results.report import parameters, steps_trained
+    from zoo.runs.reader import read_runs, setting_labels
 
     runs = read_runs(paths, skip_unreadable=True)  # a bad file: one line, the run left out
     if not runs:
@@ -107,8 +107,8 @@ def run_rows(paths: Sequence[Path | str]) -> tuple[list[Row], list[Row], list[An
 def _reference_lr(run_dir: Path) -> float | None:
     """``optim.lr`` as the run's config holds it (the rate per 128 images, before scaling); read
     as data, so an interpolation there (``${oc.env:...}``) is never resolved: None."""
-    from zoo.run_files import plain_config
-    from zoo.runs import HYDRA_CONFIG_FILE
+    from zoo.runs.files import plain_config
+    from zoo.runs.reader import HYDRA_CONFIG_FILE
 
     path = run_dir / HYDRA_CONFIG_FILE
     optim = plain_config(path).get("optim") if path.is_file() else None
@@ -207,8 +207,8 @@ def checked_rows(rows: list[Row], path: Path, texts: Sequence[str],
     """Rows of a committed tidy file whose columns hold what the figures read: ``texts`` present
     (as text), ``numbers`` empty or finite numbers, ``family`` one the figures know; else one
     ValueError naming the file, the line and the value."""
-    from zoo.figures import FAMILY_NAMES
-    from zoo.predict import cut
+    from zoo.results.style import FAMILY_NAMES
+    from zoo.weights.predict import cut
 
     for line, row in enumerate(rows, start=2):
         for column in texts:
@@ -293,7 +293,7 @@ def redraw_measurement(results_dir: Path, figures_dir: Path) -> list[Path]:
 
     runs_with_gradient_flow = gradient_flow_runs(results_dir)
     if runs_with_gradient_flow:  # copied run folders: the gradient-flow-during-training panels
-        from zoo.plot import plot_gradient_flow, plot_ratio_against_training_error
+        from zoo.results.plot import plot_gradient_flow, plot_ratio_against_training_error
 
         drawn = plot_gradient_flow(runs_with_gradient_flow, figures_dir)
         ratio = plot_ratio_against_training_error(runs_with_gradient_flow, figures_dir)
@@ -333,7 +333,7 @@ def redraw(results_root: Path | str = DEFAULT_RESULTS,
         try:
             written += redraw_sweep(folder, out) if is_sweep else redraw_measurement(folder, out)
         except (ValueError, OSError) as error:  # one bad folder: said, and the others drawn
-            from zoo.figures import plt
+            from zoo.results.style import plt
 
             plt.close("all")
             skipped.append(folder)

@@ -1,6 +1,6 @@
 """One look for every figure of the zoo: one matplotlib set-up, one colour per depth, one save.
 
-Every figure module (``zoo.report``, ``zoo.plot``, ``zoo.results``, the experiments) draws
+Every figure module (``zoo.results.report``, ``.plot``, ``.collect``, the experiments) draws
 through this file, so that a reader learns the code of one figure and reads all of them:
 
 - the colour says the **depth**: ResNet-56 and plain-56 share a colour in every figure, and a
@@ -8,7 +8,7 @@ through this file, so that a reader learns the code of one figure and reads all 
 - the line says the **skip**: plain nets dashed, residual (and dense) nets solid
   (:data:`LINESTYLES`).
 
-    from zoo.figures import plt, save, style_for
+    from zoo.results.style import plt, save, style_for
     figure, axis = plt.subplots()
     axis.plot(steps, errors, label="plain56", **style_for("plain56"))
     save(figure, "docs/figures/degradation/train_error.png")

@@ -56,7 +56,7 @@ class StopSignals:
     * later signals are ignored: the checkpoint save and the resume line must finish;
     * SIGUSR1 and SIGHUP stop the run as SIGTERM does (they used to kill it with no checkpoint,
       no run.json, no word: exit 138 / 129); Lightning's SLURM requeue, which answered SIGUSR1
-      with a second checkpoint lineage, is off (``zoo.trainer_setup.slurm_plugins``).
+      with a second checkpoint lineage, is off (``zoo.runs.trainer.slurm_plugins``).
 
     The callback :class:`PreemptionCheckpoint` keeps ``phase`` and ``saved_now`` up to date.
     """

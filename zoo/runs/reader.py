@@ -28,7 +28,6 @@ from zoo.runs.files import checked_record, plain_config
 from zoo.weights.predict import cut
 
 RUN_RECORD_FILE = "run.json"
-DIVERGED_EXIT_CODE = 3  # the run itself failed, not its input: a distinct code for sweeps
 STATUSES = ("done", "diverged", "preempted", "failed")
 METRICS_FILE = Path("csv") / "metrics.csv"
 HYDRA_CONFIG_FILE = Path(".hydra") / "config.yaml"

@@ -39,6 +39,7 @@ from pytorch_lightning.loggers import CSVLogger, WandbLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 from pytorch_lightning.loggers.logger import rank_zero_experiment
 
+from zoo.runs.exits import ExitCode
 from zoo.weights.checkpoint import CheckpointError, check_resume_compatible, resolve_ckpt_path
 
 log = logging.getLogger("zoo")
@@ -320,7 +321,7 @@ class ResumeSettings(Callback):
             if os.environ.get("ZOO_DEBUG"):
                 raise
             print(f"error: {error}", file=sys.stderr, flush=True)
-            sys.exit(2)
+            sys.exit(ExitCode.BAD_INPUT)
 
 
 def prepare_resume(config: DictConfig) -> None:

@@ -25,8 +25,9 @@ import zoo
 from zoo.callbacks import TrainingDivergedError
 from zoo.config.schemas import plain
 from zoo.data import build_datamodule
+from zoo.runs.exits import ExitCode
 from zoo.runs.log import print_and_log
-from zoo.runs.reader import DIVERGED_EXIT_CODE, RunRecorder, wandb_summary
+from zoo.runs.reader import RunRecorder, wandb_summary
 from zoo.runs.resume import Resumed, resumed_from
 from zoo.runs.signals import refuse_lightning_hpc_checkpoints, stop_signals
 from zoo.runs.trainer import build_trainer
@@ -155,7 +156,7 @@ def fit_and_test(
         # run as failed, so that a sweep's next job gets a run of its own.
         record = recorder.finish("diverged", error=diverged,
                                  fit_seconds=time.perf_counter() - fit_started)
-        close_wandb(loggers, trainer, DIVERGED_EXIT_CODE, wandb_summary(record))
+        close_wandb(loggers, trainer, ExitCode.DIVERGED, wandb_summary(record))
         raise
     except BaseException as error:
         elapsed = fit_seconds if fit_seconds is not None else time.perf_counter() - fit_started
@@ -192,7 +193,7 @@ def end_stopped_run(error: BaseException, trainer: pl.Trainer, recorder: RunReco
         recorder.finish("preempted" if preempted else "failed", error=preempted or error, **facts)
     except OSError as record_error:  # a full disk must not hide the error that matters
         log.warning("could not write run.json: %s", record_error)
-    close_wandb(loggers, trainer, preempted.exit_code if preempted else 1)
+    close_wandb(loggers, trainer, preempted.exit_code if preempted else ExitCode.FAILED)
     if preempted is not None:
         raise preempted from None
     raise error

@@ -48,21 +48,10 @@ _DENSENET_BC = re.compile(r"densenet_bc_(\d+)_12$")
 
 
 def build_net(name: str, memory_efficient: bool, in_channels: int = 3) -> nn.Module:
-    """A registered net, or ``densenet_bc_{depth}_12`` at any depth 6n+4: DenseNet-BC-100-12
-    with n bottleneck layers per dense block instead of 16."""
-    match = _DENSENET_BC.match(name)
-    if match is None or name in zoo.list_models():
-        return zoo.create(name, num_classes=10, in_channels=in_channels,
-                          memory_efficient=memory_efficient)
-    from zoo.models import densenet
-
-    depth = int(match.group(1))
-    if depth < 10 or (depth - 4) % 6:
-        raise ValueError(f"{name}: DenseNet-BC depths are 6n+4 (10, 16, ..., 40, 64, 100, ...)")
-    layers = (depth - 4) // 6
-    variant = {**densenet.VARIANTS["densenet_bc_100_12"], "block_config": (layers,) * 3}
-    return densenet.build(variant, num_classes=10, in_channels=in_channels,
-                          memory_efficient=memory_efficient)
+    """A registered net with 10 classes; ``densenet_bc_{depth}_12`` builds DenseNet-BC-k12 at any
+    depth 6n+4 (the registry resolves it: n bottleneck layers per dense block)."""
+    return zoo.create(name, num_classes=10, in_channels=in_channels,
+                      memory_efficient=memory_efficient)
 
 
 def timed(step: Callable[[], None], repeats: int, device: torch.device) -> float:

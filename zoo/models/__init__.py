@@ -71,16 +71,29 @@ def family_of(name: str) -> str:
     return _resolve(name)[0].__name__.rsplit(".", 1)[-1]
 
 
-def describe(name: str) -> dict[str, Any]:
-    """Facts about a registered name: family, skip type ("add", "concat", "none"), classes, and
-    the depth the name states (None where the name has no depth parameter)."""
+def describe(net_or_name: str | nn.Module) -> dict[str, Any]:
+    """What a network is, from the registry (never from its name's spelling):
+
+    ``family`` (the family file: ``cifar_resnet``, ``resnet``, ``preact_resnet``, ``densenet``,
+    ``vit``), ``skip`` (``"add"``, ``"concat"`` or ``"none"``: the one vocabulary), ``depth``
+    (weighted layers; a ViT's blocks), ``paper``, ``input_size`` (native pixels per side),
+    ``default_num_classes`` and ``relu_after_addition`` (True: a ReLU follows the sum, He et al.
+    2015; False: the block ends in the sum; None: no addition). A network built by
+    :func:`create` carries its name, so ``describe(net)`` works as well."""
+    name = net_or_name if isinstance(net_or_name, str) else getattr(net_or_name, "zoo_name", None)
+    if name is None:
+        raise TypeError(f"describe() takes a registry name or a network built by zoo.create, "
+                        f"got {type(net_or_name).__name__}")
     family, arguments = _resolve(name)
     return {
         "name": name,
         "family": family.__name__.rsplit(".", 1)[-1],
         "skip": family.skip_type(arguments),
         "default_num_classes": arguments.get("default_num_classes", family.DEFAULT_NUM_CLASSES),
-        "depth": arguments.get("depth"),
+        "depth": arguments["depth"],
+        "paper": family.PAPER,
+        "input_size": arguments.get("input_size", family.INPUT_SIZE),
+        "relu_after_addition": family.RELU_AFTER_ADDITION,
     }
 
 
@@ -113,8 +126,10 @@ def create(
             f"{name} does not take option(s) {', '.join(unknown)}; "
             f"its options are: {', '.join(sorted(accepted)) or 'none'}"
         )
-    arguments = dict(arguments)
-    return family.build(arguments, num_classes=num_classes, in_channels=in_channels, **options)
+    net = family.build(dict(arguments), num_classes=num_classes, in_channels=in_channels,
+                       **options)
+    net.zoo_name = name  # describe(net); a plain attribute, not in the state dict
+    return net
 
 
 __all__ = [

@@ -61,7 +61,7 @@ from IPython.display import Image, Markdown, display
 
 import zoo
 from zoo import experiments
-from zoo.results import collect
+from zoo.results import collect, redraw, sweep_figures
 from zoo.experiments.lesion_figures import lesion_finding
 from zoo.experiments.memory import memory_rows
 
@@ -130,12 +130,12 @@ def train_on_digits(name: str, seed: int = 0) -> Path:
 
 run_dirs = [train_on_digits(name) for name in TRAIN_MODELS]
 run_rows, curves, _ = collect.run_rows([WORK / "runs"])
-display(Markdown(collect.summary_table(run_rows)))"""),
+display(Markdown(redraw.summary_table(run_rows)))"""),
     ("code", """figures = WORK / "figures"
-display(Image(filename=str(collect.plot_against_depth(
+display(Image(filename=str(sweep_figures.plot_against_depth(
     run_rows, "train_eval_err", "training error", figures / "train_error_vs_depth.png"))))
-display(Image(filename=str(collect.plot_curves(run_rows, curves, figures / "curves.png"))))
-for (family, _), points in collect.depth_series(run_rows, "train_eval_err").items():
+display(Image(filename=str(sweep_figures.plot_curves(run_rows, curves, figures / "curves.png"))))
+for (family, _), points in sweep_figures.depth_series(run_rows, "train_eval_err").items():
     print(f"{family:>8}: " + ", ".join(f"{depth} layers {error:.1f}%"
                                        for depth, error, *_ in points))"""),
     ("md", """**What these runs can show, and what they cannot.** The printed line per family is the

@@ -13,7 +13,7 @@ import pytest
 from conftest import REPO
 from test_report import _fake_run, _record
 
-from zoo.results import collect, report
+from zoo.results import collect, redraw, report
 from zoo.runs import reader
 
 SECRET = "zoo-secret-7d1f"  # the value of an environment variable a run's config points at
@@ -136,7 +136,7 @@ def test_redraw_skips_a_malformed_folder_naming_its_file_and_draws_the_others(tm
         for tidy in good.iterdir():
             (folder / tidy.name).write_text(tidy.read_text())
         (folder / file).write_text(damage((good / file).read_text()))
-    written = collect.redraw(tmp_path / "results", tmp_path / "figures")
+    written = redraw.redraw(tmp_path / "results", tmp_path / "figures")
     assert {path.parent.name for path in written} == {"degradation_ok"}
     err = capsys.readouterr().err
     for name, (file, _) in cases.items():

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from zoo.results import collect
+from zoo.results import collect, redraw, sweep_figures
 from zoo.runs.reader import RUN_RECORD_FILE
 
 # Final eval-mode training error per (model, seed): plain nets degrade with depth, ResNets do not.
@@ -104,7 +104,7 @@ def test_wall_time_of_runs_from_two_sessions_leaves_out_the_gap():
 def test_redraw_draws_the_degradation_figures_and_a_mean_std_table(sweep, tmp_path):
     out = tmp_path / "results" / "degradation"
     collect.collect([sweep], out, argv=[])
-    written = collect.redraw(tmp_path / "results", tmp_path / "figures")
+    written = redraw.redraw(tmp_path / "results", tmp_path / "figures")
     names = {path.name for path in written}
     assert names == {"train_error_vs_depth.png", "test_error_vs_depth.png", "curves.png",
                      "summary.md"}
@@ -124,14 +124,16 @@ def test_redraw_draws_the_degradation_figures_and_a_mean_std_table(sweep, tmp_pa
 
 def test_the_depth_title_states_what_the_numbers_show(sweep, tmp_path):
     rows, _, _ = collect.run_rows([sweep])
-    title = collect.depth_finding(collect.depth_series(rows, "train_eval_err"), "training error")
+    series = sweep_figures.depth_series(rows, "train_eval_err")
+    title = sweep_figures.depth_finding(series, "training error")
     assert title.startswith("Deeper plain nets have a higher training error; residual nets do not")
     assert "plain 6.0% at 20 → 22.0% at 56 layers" in title
     # Residual nets that degrade as well: the title must not claim they do not.
     for row in rows:
         if row["model"] == "resnet56":
             row["train_eval_err"] = 0.5
-    title = collect.depth_finding(collect.depth_series(rows, "train_eval_err"), "training error")
+    series = sweep_figures.depth_series(rows, "train_eval_err")
+    title = sweep_figures.depth_finding(series, "training error")
     assert title.startswith("Deeper plain and residual nets have a higher training error")
 
 
@@ -144,47 +146,53 @@ def test_pre_activation_nets_are_their_own_series_beside_the_original_resnets():
                                        ("preact_resnet110", 110, (0.30, 0.32)),
                                        ("preact_resnet1001", 1001, (0.20, 0.22))]
             for err in errs]
-    series = collect.depth_series(rows, "train_eval_err")
+    series = sweep_figures.depth_series(rows, "train_eval_err")
     assert [point[:2] for point in series[("residual", "")]] == [(110, pytest.approx(11.0))]
     assert [point[:2] for point in series[("residual", "pre-activation")]] == [
         (110, pytest.approx(31.0)), (1001, pytest.approx(21.0))]
     assert [point[4] for point in series[("residual", "pre-activation")]] == [
         "preact_resnet110", "preact_resnet1001"]
     assert series[("residual", "")][0][4] == "resnet110"
-    title = collect.depth_finding(series, "training error")
+    title = sweep_figures.depth_finding(series, "training error")
     assert title.startswith("No family's training error rises with depth")
     assert "residual pre-activation 31.0% at 110 → 21.0% at 1001 layers" in title
 
 
-def test_a_sweep_that_is_not_degradation_gets_curves_and_table_only(sweep, tmp_path):
+def test_what_a_sweep_gets_comes_from_its_rows_not_its_folder_name(sweep, tmp_path):
+    # plain and residual nets at two depths: error against depth, whatever the folder is called
     collect.collect([sweep], tmp_path / "results" / "lr_sweep", argv=[])
-    written = collect.redraw(tmp_path / "results" / "lr_sweep", tmp_path / "figures")
-    assert {path.name for path in written} == {"curves.png", "summary.md"}
+    written = redraw.redraw(tmp_path / "results" / "lr_sweep", tmp_path / "figures")
+    assert {path.name for path in written} == {
+        "train_error_vs_depth.png", "test_error_vs_depth.png", "curves.png", "summary.md"}
+    rows = [dict(row, depth=56) for row in collect.run_rows([sweep])[0]]
+    assert not redraw.spans_depths(rows) and not redraw.is_lr_control(rows)
+    lr_rows = [{"model": "resnet56", "setting": "resnet56", "lr": 0.1},
+               {"model": "resnet56", "setting": "resnet56 optim.lr=0.2", "lr": 0.2}]
+    assert redraw.is_lr_control(lr_rows)
+    assert not redraw.is_lr_control([*lr_rows, {"model": "resnet56", "lr": 0.1,
+                                                "setting": "resnet56 model.norm=none"}])
+    assert redraw.compares_add_and_concat([{"family": "residual"}, {"family": "dense"}])
 
 
-def test_redraw_hands_measurement_folders_to_their_experiment(tmp_path, monkeypatch):
+def test_redraw_hands_measurement_folders_to_their_experiment(tmp_path, monkeypatch, capsys):
     import zoo.experiments.__main__ as experiments_cli
-
-    def draw_toy(folder: Path) -> list[Path]:
-        path = folder / "toy.png"
-        path.write_bytes(b"\x89PNG toy")
-        return [path]
 
     def draw_elsewhere(folder: Path, out: Path) -> list[Path]:
         out.mkdir(parents=True, exist_ok=True)
         (out / "direct.png").write_bytes(b"\x89PNG direct")
         return [out / "direct.png"]
 
-    monkeypatch.setitem(experiments_cli.EXPERIMENTS, "toy", (None, draw_toy))
     monkeypatch.setitem(experiments_cli.EXPERIMENTS, "toy2", (None, draw_elsewhere))
-    for name in ("toy", "toy2", "unknown"):
+    for name in ("toy2", "unknown"):
         (tmp_path / "results" / name).mkdir(parents=True)
         (tmp_path / "results" / name / "meta.json").write_text(json.dumps({"experiment": name}))
-    written = collect.redraw(tmp_path / "results", tmp_path / "figures")
-    # "unknown" is skipped, not fatal
-    assert written == [tmp_path / "figures" / "toy" / "toy.png",
-                       tmp_path / "figures" / "toy2" / "direct.png"]
-    assert written[0].read_bytes() == b"\x89PNG toy"
+    (tmp_path / "results" / "toy2_named_folder").mkdir()  # no meta.json: the name decides nothing
+    written = redraw.redraw(tmp_path / "results", tmp_path / "figures")
+    # "unknown" and the folder without meta.json are skipped, not fatal
+    assert written == [tmp_path / "figures" / "toy2" / "direct.png"]
+    assert written[0].read_bytes() == b"\x89PNG direct"
+    said = capsys.readouterr().err
+    assert "no redraw for experiment 'unknown'" in said and "no meta.json" in said
 
 
 def test_command_line_errors_are_one_line(tmp_path, capsys):
@@ -197,7 +205,7 @@ def test_command_line_errors_are_one_line(tmp_path, capsys):
 def test_redraw_draws_the_gradient_flow_during_training_from_its_committed_runs(tmp_path):
     import shutil
 
-    from zoo.results.collect import redraw
+    from zoo.results.redraw import redraw
 
     results = tmp_path / "gradient_flow_training"
     committed = Path(__file__).resolve().parents[1] / "docs" / "results"

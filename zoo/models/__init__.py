@@ -1,8 +1,11 @@
 """The registry: every network of the zoo by name.
 
-Each family module (``cifar_resnet``, ``resnet``, ``preact_resnet``, ``densenet``, ``vit``) holds
-a table ``VARIANTS`` of names to constructor arguments and one ``build(variant, num_classes,
-in_channels, **options)`` function. Variants are data; there is no class per variant.
+Each family module (``cifar_resnet``, ``resnet``, ``preact_resnet``, ``densenet``, ``vit``, and
+any other file of this folder that has them) holds a table ``VARIANTS`` of names to constructor
+arguments (with their ``depth``), one ``build(variant, num_classes, in_channels, **options)``
+function, ``skip_type(variant)``, its ``DEFAULT_NUM_CLASSES``, ``PAPER``, ``INPUT_SIZE`` and
+``RELU_AFTER_ADDITION``, and optionally ``resolve(name)`` for names of any depth. Variants are
+data; there is no class per variant.
 
 This is the bottom layer: it imports nothing else of the zoo. Weights are loaded above it, by
 ``zoo.create(name, pretrained=...)`` (:func:`zoo.weights.pretrained.create`, which builds with
@@ -12,16 +15,33 @@ This is the bottom layer: it imports nothing else of the zoo. Weights are loaded
 from __future__ import annotations
 
 import difflib
+import importlib
 import inspect
+import pkgutil
 from types import ModuleType
 from typing import Any
 
 from torch import nn
 
-from zoo.models import cifar_resnet, densenet, preact_resnet, resnet, vit
 from zoo.models.common import DepthUnit, SkipBlock, count_parameters
 
-FAMILIES: list[ModuleType] = [cifar_resnet, resnet, preact_resnet, densenet, vit]
+NOT_FAMILIES = ("common", "catalogue")  # the shared pieces and the table, not families
+
+
+def _families() -> list[ModuleType]:
+    """Every family file of this folder: a module with ``VARIANTS`` and ``build``. Adding a
+    family is adding its file (and its schema, zoo/config/schemas.py); nothing lists it."""
+    found = []
+    for module in pkgutil.iter_modules(__path__):
+        if module.name.startswith("_") or module.name in NOT_FAMILIES:
+            continue
+        family = importlib.import_module(f"{__name__}.{module.name}")
+        if hasattr(family, "VARIANTS") and hasattr(family, "build"):
+            found.append(family)
+    return found
+
+
+FAMILIES: list[ModuleType] = _families()
 
 
 class UnknownModelError(ValueError):

@@ -1,5 +1,5 @@
-"""zoo.results.collect: collect tidy files from run directories, redraw figures and tables from them
-alone."""
+"""zoo.results: collect tidy files from run directories (collect), redraw figures and tables from
+them alone (redraw)."""
 
 from __future__ import annotations
 

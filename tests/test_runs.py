@@ -139,7 +139,7 @@ def test_labels_name_the_setting_that_differs_between_siblings(tmp_path):
     assert [run.label for run in found] == [
         "resnet56 model.norm=batch", "resnet56 model.norm=none seed=1",
         "resnet56 model.norm=none seed=2", "plain56"]
-    # Repeats over seeds share one setting label (what zoo.results.collect averages over).
+    # Repeats over seeds share one setting label (what zoo.results.redraw averages over).
     assert reader.setting_labels(found, ignore=("seed",))[1:3] == ["resnet56 model.norm=none"] * 2
 
 

@@ -1,5 +1,5 @@
 """zoo.results.sweep_figures: the addition-vs-concatenation and learning-rate figures state what
-their rows show, and zoo.results.collect routes each experiment folder to them."""
+their rows show, and zoo.results.redraw routes each sweep to them."""
 
 from __future__ import annotations
 

@@ -239,7 +239,7 @@ def run_vit_rank_trained(args: argparse.Namespace) -> list[str]:
 
 
 # Each takes the folder of tidy files and, optionally, another folder for the figures
-# (``zoo.results.collect`` draws the docs' figures where the docs look for them).
+# (``zoo.results`` draws the docs' figures where the docs look for them).
 
 
 def redraw_gradients(folder: Path, figures: Path | None = None) -> list[Path]:

@@ -1,6 +1,6 @@
 """Every figure of a training sweep, drawn from the rows of its ``runs.csv`` and ``curves.csv``
-(``zoo.results.collect`` writes and reads those files). Seeds of one setting are averaged:
-mean ± std (sample std); every number in a title is computed from the rows.
+(``zoo.results.collect`` writes them, ``zoo.results.redraw`` reads them). Seeds of one setting
+are averaged: mean ± std (sample std); every number in a title is computed from the rows.
 
 * :func:`plot_against_depth`: a metric against depth, plain nets dashed, residual nets solid
   (the degradation problem, section 2 of docs/RESULTS.md; over 1000 layers, section 7).

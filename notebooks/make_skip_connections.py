@@ -60,7 +60,8 @@ import torch
 from IPython.display import Image, Markdown, display
 
 import zoo
-from zoo import experiments, results
+from zoo import experiments
+from zoo.results import collect, redraw, sweep_figures
 from zoo.experiments.lesion_figures import lesion_finding
 from zoo.experiments.memory import memory_rows
 
@@ -91,7 +92,7 @@ for path in experiments.plot_gradient_at_init(rows, WORK / "gradients"):
     display(Image(filename=str(path)))"""),
     ("md", """## 2. Degradation: plain and residual nets with the same recipe
 
-`zoo.run.train` is what `python train.py` runs; here it gets a config composed from the real
+`zoo.runs.train.train` is what `python train.py` runs; here it gets a config composed from the real
 `configs/` -- only the model, the data (digits, batch 32), the number of epochs and quiet
 logging are chosen. At the end of fit every run measures its **training error as He et al.
 mean it**: the trained net in eval mode over all 1,137 training images, no augmentation
@@ -100,9 +101,9 @@ tidy rows and draws that error against depth (plain dashed, residual solid) and 
     ("code", """from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from zoo.compat import quiet_library_noise
-from zoo.config import register_configs
-from zoo.run import train
+from zoo.training.compat import quiet_library_noise
+from zoo.config.source import register_configs
+from zoo.runs.train import train
 
 CONFIGS = str(Path(zoo.__file__).resolve().parents[1] / "configs")
 register_configs()  # what train.py registers: the config schemas, model names of any depth
@@ -128,13 +129,13 @@ def train_on_digits(name: str, seed: int = 0) -> Path:
 
 
 run_dirs = [train_on_digits(name) for name in TRAIN_MODELS]
-run_rows, curves, _ = results.run_rows([WORK / "runs"])
-display(Markdown(results.summary_table(run_rows)))"""),
+run_rows, curves, _ = collect.run_rows([WORK / "runs"])
+display(Markdown(redraw.summary_table(run_rows)))"""),
     ("code", """figures = WORK / "figures"
-display(Image(filename=str(results.plot_against_depth(
+display(Image(filename=str(sweep_figures.plot_against_depth(
     run_rows, "train_eval_err", "training error", figures / "train_error_vs_depth.png"))))
-display(Image(filename=str(results.plot_curves(run_rows, curves, figures / "curves.png"))))
-for (family, _), points in results.depth_series(run_rows, "train_eval_err").items():
+display(Image(filename=str(sweep_figures.plot_curves(run_rows, curves, figures / "curves.png"))))
+for (family, _), points in sweep_figures.depth_series(run_rows, "train_eval_err").items():
     print(f"{family:>8}: " + ", ".join(f"{depth} layers {error:.1f}%"
                                        for depth, error, *_ in points))"""),
     ("md", """**What these runs can show, and what they cannot.** The printed line per family is the

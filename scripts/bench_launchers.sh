@@ -44,7 +44,7 @@ from pathlib import Path
 
 import torch
 
-from zoo.precision import cpu_model
+from zoo.training.precision import cpu_model
 
 serial, parallel, target, cores, runs = (float(a) for a in sys.argv[1:6])
 ratio = serial / parallel

@@ -22,7 +22,7 @@ def compose():
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from zoo.config import register_configs
+    from zoo.config.source import register_configs
 
     register_configs()  # model=<any valid depth>, as train.py composes
 

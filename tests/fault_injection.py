@@ -8,7 +8,7 @@ line). Faults:
   itself in ``MARKS/method`` and sleeps ``slow_seconds``: a test waits for the count, then
   sends a real signal while the run is in that phase.
 * ``full_disk_at_save``: N: the N-th checkpoint save's writes fail with ``ENOSPC``, as a full
-  disk fails them (``zoo.checkpoint._WriteRecorder`` is where the checkpoint IO writes).
+  disk fails them (``zoo.weights.checkpoint._WriteRecorder`` is where the checkpoint IO writes).
 * ``fail``: ``["module:Class.method", ...]``: each call raises ``RuntimeError`` (a W&B write
   that fails, say).
 * ``at_call``: ``{"spec": "module:Class.method", "n": N, "do": WHAT}``: at the N-th call (sanity
@@ -69,7 +69,7 @@ for spec in faults.get("slow", []):
 for spec in faults.get("fail", []):
     patch(spec, fail)
 if faults.get("full_disk_at_save"):
-    import zoo.checkpoint as checkpoint
+    import zoo.weights.checkpoint as checkpoint
 
     saves = []
     opened = checkpoint._WriteRecorder.__init__
@@ -108,7 +108,7 @@ if faults.get("at_call"):
 
     patch(at["spec"], at_call)
 if faults.get("read_only_at_save"):
-    import zoo.checkpoint as checkpoint
+    import zoo.weights.checkpoint as checkpoint
 
     tries = []
     open_exclusive = checkpoint._open_exclusive

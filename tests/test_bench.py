@@ -14,7 +14,7 @@ import pytest
 
 import zoo
 from zoo import bench
-from zoo.precision import cpu_flags
+from zoo.training.precision import cpu_flags
 
 ENVIRONMENT_FIELDS = ("device", "device_name", "cpu_model", "cpu_cores", "cpu_avx512_bf16",
                       "cpu_amx_bf16", "torch", "pytorch_lightning", "size")
@@ -87,7 +87,7 @@ def test_loop_at_both_precisions_reports_bf16_over_fp32_from_the_same_run(tmp_pa
 
 
 def test_precision_auto_is_what_train_py_picks():
-    from zoo.precision import choose_precision
+    from zoo.training.precision import choose_precision
 
     args = bench.parse_args(["loop", "--device", "cpu"])
     bench.cli.resolve_numerics(args, __import__("torch").device("cpu"))
@@ -200,7 +200,7 @@ def test_fmnist_speed_experiment_composes(compose):
     assert cfg.model.name == "resnet18" and cfg.model.stem == "cifar"
     assert cfg.data.name == "fashion_mnist" and cfg.data.loader == "device"
     assert cfg.data.batch_size == 512
-    # precision=auto: bf16-mixed on a bf16 GPU (zoo.precision)
+    # precision=auto: bf16-mixed on a bf16 GPU (zoo.training.precision)
     assert cfg.trainer.accelerator == "gpu" and cfg.trainer.precision == "auto"
     # keys at the top level of train.yaml: the overlay must win over train.yaml's defaults
     assert cfg.group == "fmnist_speed"

@@ -1,5 +1,5 @@
-"""Tests of the measurements (zoo/measure) and their callbacks (zoo/callbacks/); zoo/plot.py's
-are in test_plot.py.
+"""Tests of the measurements (zoo/measure) and their callbacks (zoo/callbacks/); the figures
+of zoo/results/plot.py are in test_plot.py.
 
 The Lightning runs use a small LightningModule of their own around ``zoo.create`` so that they
 test the callbacks alone, on random data, on the CPU."""
@@ -36,9 +36,9 @@ from zoo.callbacks import (
     TrainingDivergedError,
     build_measurement_callbacks,
 )
+from zoo.config.schemas import load_group_file
 from zoo.measure.gradients import GradientNormMeter, SharedGradientNorms, residual_gains
 from zoo.models.common import DepthUnit
-from zoo.schemas import load_group_file
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE_SIZE = 16  # px: the CIFAR nets pool adaptively, so small images keep the runs fast

@@ -1,4 +1,4 @@
-"""zoo.compat: each private Lightning / W&B attribute the zoo relies on still exists and works."""
+"""zoo.training.compat: each private Lightning / W&B attribute the zoo relies on still works."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.demos.boring_classes import BoringModel
 from torch import nn
 
-from zoo.compat import (
+from zoo.training.compat import (
     attached_trainer,
     checkpoint_may_save_at_step,
     reset_train_dataloader,
@@ -77,7 +77,7 @@ def test_quiet_library_noise_drops_the_tips_and_hardware_lines_and_keeps_the_res
     import logging
     import warnings
 
-    from zoo.compat import quiet_library_noise
+    from zoo.training.compat import quiet_library_noise
 
     quiet_library_noise()
     with caplog.at_level(logging.INFO):
@@ -112,7 +112,7 @@ def test_quiet_library_noise_drops_the_tips_and_hardware_lines_and_keeps_the_res
 def test_drop_wandb_anonymous_removes_the_argument_lightning_always_passes(tmp_path):
     from pytorch_lightning.loggers import WandbLogger
 
-    from zoo.compat import drop_wandb_anonymous
+    from zoo.training.compat import drop_wandb_anonymous
 
     logger = WandbLogger(save_dir=str(tmp_path), offline=True)
     assert "anonymous" in logger._wandb_init
@@ -126,11 +126,11 @@ def test_lightnings_observer_of_a_dead_ddp_child_ends_in_one_line_and_exit_1():
     import subprocess
     import sys
 
-    from zoo.compat import DDP_PEER_DIED
+    from zoo.training.compat import DDP_PEER_DIED
 
     script = "\n".join([
         "import os, subprocess, sys",
-        "from zoo.compat import ddp_peer_death_in_one_line",
+        "from zoo.training.compat import ddp_peer_death_in_one_line",
         "ddp_peer_death_in_one_line()",
         "from lightning_fabric.strategies.launchers.subprocess_script import _ChildProcessObserver",
         "dead = subprocess.Popen([sys.executable, '-c', 'raise SystemExit(3)'])",

@@ -12,7 +12,7 @@ import pytest
 from conftest import FAST_OVERRIDES, REPO, run_train
 from omegaconf import OmegaConf
 
-from zoo.config import check_hydra_callbacks, config_error_line, internal_choice
+from zoo.config.source import check_hydra_callbacks, config_error_line, internal_choice
 
 
 def one_line(result) -> str:
@@ -72,12 +72,13 @@ def test_only_the_zoos_own_and_hydras_callbacks_pass():
     def config(**callbacks):
         return OmegaConf.create({"hydra": {"callbacks": callbacks}})
 
-    check_hydra_callbacks(config(run_directory={"_target_": "zoo.rundir.RunDirectoryCheck"}))
+    check_hydra_callbacks(config(
+        run_directory={"_target_": "zoo.runs.directory.RunDirectoryCheck"}))
     check_hydra_callbacks(config(log={
         "_target_": "hydra.experimental.callbacks.LogJobReturnCallback"}))
     for refused in ({"_target_": "os.system", "command": "true"},
                     {"_target_": "hydra.utils.call", "path": "os.system"},
-                    {"_target_": "zoo.rundir.RunDirectoryCheck",
+                    {"_target_": "zoo.runs.directory.RunDirectoryCheck",
                      "inner": {"_target_": "os.system", "command": "true"}},
                     {"no_target": 1}):
         with pytest.raises(ValueError, match="the zoo runs only its own Hydra callback"):

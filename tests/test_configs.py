@@ -28,7 +28,7 @@ def test_data_configs_state_the_dataset_facts(compose, data):
 
 @pytest.mark.parametrize("model", names("model"))
 def test_model_configs_compose_and_build(compose, model):
-    from zoo.module import ZooModule
+    from zoo.training.module import ZooModule
 
     cfg = compose(f"model={model}", "data=digits")
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)

@@ -19,6 +19,7 @@ import torchvision.transforms.functional as TF
 from omegaconf import OmegaConf
 from PIL import Image
 
+from zoo.config.schemas import load_group_file
 from zoo.data import (
     DATASET_NAMES,
     CorruptDataError,
@@ -30,7 +31,6 @@ from zoo.data import (
     sources,
     torch_loader,
 )
-from zoo.schemas import load_group_file
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "data"
 FMNIST_SYSTEM = Path("/usr/share/datasets/fashion-mnist")

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from zoo import results
+from zoo.results import redraw
 
 REPO = Path(__file__).resolve().parents[1]
-BLOCKS = [(page, source, body) for page in results.GENERATED_DOCS
-          for source, body in results.generated_blocks((REPO / page).read_text())]
+BLOCKS = [(page, source, body) for page in redraw.GENERATED_DOCS
+          for source, body in redraw.generated_blocks((REPO / page).read_text())]
 
 
 def test_the_results_page_has_generated_tables():
@@ -33,7 +33,7 @@ REDRAWN = sorted({source for _, source, _ in BLOCKS if source.startswith("docs/f
 def test_each_generated_file_is_what_the_committed_data_give(source, tmp_path):
     folder = Path(source).parent.name  # docs/figures/<experiment>/summary.md
     shutil.copytree(REPO / "docs" / "results" / folder, tmp_path / "results" / folder)
-    results.redraw(tmp_path / "results", tmp_path / "figures")
+    redraw.redraw(tmp_path / "results", tmp_path / "figures")
     assert (tmp_path / "figures" / folder / Path(source).name).read_text() == \
         (REPO / source).read_text(), f"{source} no longer matches docs/results/{folder}"
 
@@ -54,7 +54,7 @@ def test_refresh_copies_the_file_between_the_markers(tmp_path):
     (tmp_path / "table.md").write_text("| a |\n")
     page = tmp_path / "page.md"
     page.write_text("intro\n<!-- generated from table.md -->\nold\n<!-- end generated -->\nend\n")
-    assert results.refresh_generated(page, tmp_path)
+    assert redraw.refresh_generated(page, tmp_path)
     assert page.read_text() == ("intro\n<!-- generated from table.md -->\n| a |\n"
                                 "<!-- end generated -->\nend\n")
-    assert not results.refresh_generated(page, tmp_path)  # nothing left to change
+    assert not redraw.refresh_generated(page, tmp_path)  # nothing left to change

@@ -1,6 +1,6 @@
 """The skip-connection experiments: configs compose, the non-training experiments measure what
 they claim, write meta.json and redraw from their tidy files (the lesion's own tests:
-tests/test_lesion.py; zoo.report's: tests/test_report.py)."""
+tests/test_lesion.py; zoo.results.report's: tests/test_report.py)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ import pytest
 import torch
 
 import zoo
-from zoo import experiments, report
+from zoo import experiments
 from zoo.experiments import gradients, lesion, lesion_figures, memory, tidy
 from zoo.experiments.__main__ import main
+from zoo.results import report
 
 REPO = Path(__file__).resolve().parents[1]
 # The overlays of issue 6 (other overlays in configs/experiment/ are tested by their owners).
@@ -126,10 +127,10 @@ def test_ratio_summary_is_the_mean_and_std_of_per_seed_ratios():
     (row,) = experiments.summarise_gradients(rows)
     assert row["seeds"] == 3 and row["head_grad_norm"] == pytest.approx(2.0)
     assert row["stem_over_head_mean"] == pytest.approx(7 / 3)
-    spread = math.sqrt(((2 - 7 / 3) ** 2 * 2 + (3 - 7 / 3) ** 2) / 3)  # population std
+    spread = math.sqrt(((2 - 7 / 3) ** 2 * 2 + (3 - 7 / 3) ** 2) / 2)  # sample std (n - 1)
     assert row["stem_over_head_std"] == pytest.approx(spread)
     assert row["first_over_head"] == pytest.approx(2.5)
-    assert row["first_unit_grad_norm_std"] == pytest.approx(math.sqrt(26 / 3))
+    assert row["first_unit_grad_norm_std"] == pytest.approx(math.sqrt(26 / 2))
 
 
 # ---------------------------------------------------------------- memory

@@ -1,8 +1,8 @@
-"""zoo.figures: one colour per depth, dashed plain / solid residual, and a save that writes."""
+"""zoo.results.style: a colour per depth, dashed plain / solid residual, a save that writes."""
 
 from __future__ import annotations
 
-from zoo.figures import depth_of, family_of, plt, save, style_for
+from zoo.results.style import depth_of, family_of, plt, save, style_for
 
 
 def test_depth_decides_colour_and_skip_decides_line():

@@ -8,8 +8,8 @@ from types import SimpleNamespace
 import pytest
 from omegaconf import OmegaConf
 
-from zoo.module import ZooModule, lr_factor
-from zoo.schemas import OptimConfig, SchedulerConfig, plain, schema_defaults
+from zoo.config.schemas import OptimConfig, SchedulerConfig, plain, schema_defaults
+from zoo.training.module import ZooModule, lr_factor
 
 MODEL = {"name": "resnet8", "num_classes": 10, "in_channels": 1}
 STEPS = 100
@@ -35,7 +35,7 @@ def test_a_module_built_in_python_warms_up_exactly_as_train_py(compose):
     cfg = plain(compose("model=resnet8", "data=digits"))
     as_train_py = ZooModule(MODEL, optim=OmegaConf.to_container(cfg.optim, resolve=True),
                             scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True),
-                            batch_size=128)  # zoo.run.build_module's arguments
+                            batch_size=128)  # zoo.runs.train.build_module's arguments
     in_python = ZooModule(MODEL, batch_size=128)
     expected = rates_over_training(as_train_py)
     assert rates_over_training(in_python) == pytest.approx(expected)

@@ -11,9 +11,9 @@ import torch
 from community_weights import write_akamaster_file
 
 import zoo
-from zoo import pretrained
-from zoo.predict import KNOWN_CLASS_NAMES
-from zoo.pretrained import CheckpointError, PretrainedUnavailableError
+from zoo.weights import pretrained
+from zoo.weights.predict import KNOWN_CLASS_NAMES
+from zoo.weights.pretrained import CheckpointError, PretrainedUnavailableError
 
 
 @pytest.fixture

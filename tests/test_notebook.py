@@ -42,7 +42,7 @@ def test_notebook_executes(monkeypatch, tmp_path):
     outputs = [o for c in notebook.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     assert not any(o.get("output_type") == "error" for o in outputs)
     text = "".join(str(o.get("text", "")) for o in outputs)
-    # Library lines a reader cannot act on, which train.py silences too (zoo/compat.py)
+    # Library lines a reader cannot act on, which train.py silences too (zoo/training/compat.py)
     for noise in ("GPU available", "TPU available", "Tip:", "litlogger",
                   "Loading `train_dataloader`", "LeafSpec"):
         assert noise not in text, noise

@@ -1,4 +1,4 @@
-"""zoo.plot: gradient-flow and residual-gain figures from the callbacks' tidy files."""
+"""zoo.results.plot: gradient-flow and residual-gain figures from the callbacks' tidy files."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from zoo.plot import _labels, main, run_label
-from zoo.runs import read_run
+from zoo.results.plot import _labels, main, run_label
+from zoo.runs.reader import read_run
 
 GRADIENT_FLOW_COLUMNS = ["step", "unit_index", "unit_name", "stage", "grad_norm"]
 RESIDUAL_GAIN_COLUMNS = ["epoch", "step", "unit_index", "unit_name", "stage", "residual_gain"]
@@ -72,7 +72,7 @@ def test_plot_command_line_on_a_bare_folder_of_tidy_files(tmp_path: Path) -> Non
            [[0, 0, "conv1", "stem", 1.0], [0, 1, "linear", "head", 2.0]])
     assert _labels([tmp_path / "run"])[1] == ["run"]
     result = subprocess.run(
-        [sys.executable, "-m", "zoo.plot", "gradflow", str(tmp_path / "run"), "--out",
+        [sys.executable, "-m", "zoo.results", "gradflow", str(tmp_path / "run"), "--out",
          str(tmp_path / "out")], capture_output=True, text=True, timeout=120, check=False,
     )
     assert result.returncode == 0, result.stderr
@@ -81,7 +81,7 @@ def test_plot_command_line_on_a_bare_folder_of_tidy_files(tmp_path: Path) -> Non
 
 def test_a_run_without_tidy_files_gets_one_line_saying_what_to_do(tmp_path: Path) -> None:
     _config(tmp_path / "run", "model:\n  name: plain20\n")
-    result = subprocess.run([sys.executable, "-m", "zoo.plot", "gain", str(tmp_path / "run")],
+    result = subprocess.run([sys.executable, "-m", "zoo.results", "gain", str(tmp_path / "run")],
                             capture_output=True, text=True, timeout=120, check=False, cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
@@ -90,8 +90,8 @@ def test_a_run_without_tidy_files_gets_one_line_saying_what_to_do(tmp_path: Path
 
 
 def test_in_training_ratio_leaves_out_the_start_and_the_finding_reads_the_ranges(tmp_path):
-    from zoo import plot
-    from zoo.runs import Run
+    from zoo.results import plot
+    from zoo.runs.reader import Run
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()

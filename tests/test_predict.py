@@ -49,7 +49,7 @@ def first_run(tmp_path_factory):
 PREDICT_IN_A_FRESH_PROCESS = """
 import json, sys
 from zoo.data.sources import load_in_memory
-from zoo.module import ZooModule
+from zoo.training.module import ZooModule
 module = ZooModule.load_from_checkpoint(sys.argv[1], map_location="cpu")
 test = load_in_memory("digits", None, 300).test          # raw uint8 (N, 1, 8, 8)
 result = module.predict(test.images[:, 0])                # as (N, H, W) grey images
@@ -111,7 +111,7 @@ def test_resume_writes_into_the_same_run_directory_and_wandb_run(first_run):
 
 
 def test_sweep_group_carries_the_date():
-    from zoo.run import sweep_group
+    from zoo.runs.train import sweep_group
 
     dated = Path("multirun/2026-11-28/16-31-15-ab12")
     assert sweep_group(dated) == "sweep-2026-11-28-16-31-15-ab12"

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 import zoo
-from zoo.predict import Preprocess, predict
-from zoo.pretrained import CheckpointError, UnsafeCheckpointError
+from zoo.weights.predict import Preprocess, predict
+from zoo.weights.pretrained import CheckpointError, UnsafeCheckpointError
 
 GREY = Preprocess([0.3], [0.4], image_size=8, in_channels=1, class_names=list("0123456789"))
 COLOUR = Preprocess([0.5] * 3, [0.25] * 3, image_size=8, in_channels=3)
@@ -34,7 +34,7 @@ def save_zoo_checkpoint(path: Path, **hyper_parameters) -> Path:
     """A checkpoint as Lightning writes one for ZooModule, without a training run."""
     import pytorch_lightning as pl
 
-    from zoo.module import ZooModule
+    from zoo.training.module import ZooModule
 
     module = ZooModule({"name": "resnet8", "num_classes": 10, "in_channels": 1}, dataset=FACTS)
     torch.save({"state_dict": module.state_dict(), "pytorch-lightning_version": pl.__version__,
@@ -209,7 +209,7 @@ def http_folder(tmp_path: Path):
 
 
 def test_a_hostile_checkpoint_from_a_url_is_refused_and_never_runs(tmp_path: Path, http_folder):
-    from zoo.module import ZooModule
+    from zoo.training.module import ZooModule
 
     folder, url = http_folder
     marker = tmp_path / "marker"

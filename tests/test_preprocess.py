@@ -1,5 +1,6 @@
-"""zoo.predict's preprocessing: every accepted input form gives the loaders' exact batch; the
-progress bar shows the current epoch's train/acc; pretrained weights carry their preprocessing."""
+"""zoo.weights.predict's preprocessing: every accepted input form gives the loaders' exact batch;
+the progress bar shows the current epoch's train/acc; pretrained weights carry their
+preprocessing."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import torch
 from community_weights import write_akamaster_file
 
 import zoo
-from zoo.predict import KNOWN_CLASS_NAMES, Preprocess
+from zoo.weights.predict import KNOWN_CLASS_NAMES, Preprocess
 
 GREY = Preprocess([0.3], [0.4], image_size=8, in_channels=1, class_names=list("0123456789"))
 
@@ -52,7 +53,7 @@ def test_float_images_outside_unit_range_and_odd_dtypes_get_one_clear_error():
 
 
 def test_predict_restores_train_mode_and_names_classes():
-    from zoo.predict import predict
+    from zoo.weights.predict import predict
 
     net = zoo.create("resnet8", num_classes=10, in_channels=1).train()
     result = predict(net, torch.zeros(4, 8, 8, dtype=torch.uint8), preprocess=GREY)
@@ -67,7 +68,7 @@ def test_progress_bar_shows_this_epochs_train_acc():
     from pytorch_lightning.callbacks import TQDMProgressBar
 
     from zoo.data import build_datamodule
-    from zoo.module import ZooModule
+    from zoo.training.module import ZooModule
 
     datamodule = build_datamodule({
         "name": "digits", "num_classes": 10, "in_channels": 1, "image_size": 8, "mean": [0.3052],

@@ -14,8 +14,8 @@ import torchvision
 from community_weights import write_akamaster_file
 
 import zoo
-from zoo import pretrained
-from zoo.pretrained import (
+from zoo.weights import pretrained
+from zoo.weights.pretrained import (
     ArchitectureMismatchError,
     CheckpointError,
     PretrainedUnavailableError,
@@ -157,12 +157,12 @@ def test_other_num_classes_loads_all_but_the_classifier(
     torch.manual_seed(0)
     fresh = zoo.create("resnet20", num_classes=100)
     torch.manual_seed(0)
-    with caplog.at_level(logging.INFO, logger="zoo.pretrained"):
+    with caplog.at_level(logging.INFO, logger="zoo.weights.pretrained"):
         net = zoo.create("resnet20", num_classes=100, pretrained=str(path))
     assert net.linear.weight.shape == (100, 64)
     assert torch.equal(net.linear.weight, fresh.linear.weight)  # classifier untouched
     assert torch.equal(net.layer3[2].conv2.weight, stored["module.layer3.2.conv2.weight"])
-    records = [r for r in caplog.records if r.name == "zoo.pretrained"]
+    records = [r for r in caplog.records if r.name == "zoo.weights.pretrained"]
     assert len(records) == 1
     assert "classifier" in records[0].getMessage() and "100" in records[0].getMessage()
 
@@ -315,7 +315,7 @@ def test_download_checks_the_hash_in_the_file_name(tmp_path: Path) -> None:
 
 
 def test_importing_the_zoo_loads_no_lightning() -> None:
-    # zoo.create loads weights through zoo.pretrained, which needs no Lightning; the models
+    # zoo.create loads weights through zoo.weights.pretrained, which needs no Lightning; the models
     # layer imports nothing above it.
     import subprocess
     import sys

@@ -1,6 +1,6 @@
 """What the zoo prints holds nothing a user cannot act on and leaves nothing out (issue 25, item
 8): the model summary lists the network, not the metric objects; the progress bar has no logger
-version (v_num); zoo.report names every file it wrote."""
+version (v_num); zoo.results.report names every file it wrote."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import TQDMProgressBar
 from pytorch_lightning.loggers import CSVLogger
 
-from zoo.compat import quiet_library_noise
+from zoo.config.schemas import plain
 from zoo.data import build_datamodule
-from zoo.module import ZooModule
-from zoo.schemas import plain
-from zoo.trainer_setup import SummaryWithoutMetrics, TQDMBar, build_callbacks
+from zoo.runs.trainer import SummaryWithoutMetrics, TQDMBar, build_callbacks
+from zoo.training.compat import quiet_library_noise
+from zoo.training.module import ZooModule
 
 DIGITS = {"name": "digits", "num_classes": 10, "in_channels": 1, "image_size": 8,
           "mean": [0.3052], "std": [0.3755], "batch_size": 32, "num_workers": 0,
@@ -52,7 +52,7 @@ def test_summary_lists_the_network_not_the_metrics_and_the_bar_has_no_v_num(
 def test_report_names_every_file_it_wrote(tmp_path, capsys):
     from test_report import _fake_run
 
-    from zoo import report
+    from zoo.results import report
 
     _fake_run(tmp_path / "runs", "0-resnet8-digits-s42", "resnet8", [0.5, 0.9], [0.6, 0.8],
               losses=[(1, 2.0), (2, 1.5)])

@@ -1,4 +1,4 @@
-"""Readers of many runs (zoo.report, zoo.results collect and redraw, zoo.runs) read a run folder as
+"""Readers of many runs (zoo.results report, collect and redraw, zoo.runs) read a run folder as
 data (issue 24): no interpolation or resolver of its files runs, a malformed file is one line
 naming it and is skipped while the rest is finished, and a TensorBoard-only run is read from its
 event files (issue 25 item 4)."""
@@ -13,7 +13,8 @@ import pytest
 from conftest import REPO
 from test_report import _fake_run, _record
 
-from zoo import report, results, runs
+from zoo.results import collect, redraw, report
+from zoo.runs import reader
 
 SECRET = "zoo-secret-7d1f"  # the value of an environment variable a run's config points at
 
@@ -34,20 +35,20 @@ def test_no_reader_resolves_an_interpolation_of_a_runs_config(tmp_path, monkeypa
     config = run / ".hydra" / "config.yaml"
     config.write_text(config.read_text().replace("norm: batch", "norm: ${oc.env:ZOO_TEST_SECRET}")
                       + "optim:\n  lr: ${oc.env:ZOO_TEST_SECRET}\n")
-    read = runs.read_run(run)
+    read = reader.read_run(run)
     assert read.record["model"]["norm"] == "${oc.env:ZOO_TEST_SECRET}"  # as text, not run
     assert read.record["model"]["num_classes"] == 10
     written = report.write_report([tmp_path / "sweep"], tmp_path / "report")
-    assert results.collect([tmp_path / "sweep"], tmp_path / "results") and \
-        results.main(["collect", str(tmp_path / "sweep"), "--out", str(tmp_path / "r2")]) == 0
-    assert runs.main([str(tmp_path / "sweep")]) == 0
+    assert collect.collect([tmp_path / "sweep"], tmp_path / "results") and \
+        collect.main(["collect", str(tmp_path / "sweep"), "--out", str(tmp_path / "r2")]) == 0
+    assert reader.main([str(tmp_path / "sweep")]) == 0
     shown = written["summary"].read_text() + "".join(
         path.read_text() for path in (tmp_path / "results").iterdir())
     assert SECRET not in shown + "".join(capsys.readouterr())
 
 
 def test_a_reference_to_another_key_is_still_looked_up(tmp_path):
-    from zoo.run_files import plain_config
+    from zoo.runs.files import plain_config
 
     path = tmp_path / "config.yaml"
     path.write_text("data:\n  num_classes: 7\nmodel:\n  num_classes: ${data.num_classes}\n"
@@ -85,7 +86,7 @@ def test_a_malformed_run_json_is_one_line_naming_it_and_the_other_runs_are_repor
     warnings = [line for line in capsys.readouterr().err.splitlines() if "skipped" in line]
     assert len(warnings) == 1 and str(bad / "run.json") in warnings[0], warnings
     assert len(warnings[0]) < 400
-    rows, _, _ = results.run_rows([sweep])
+    rows, _, _ = collect.run_rows([sweep])
     assert [row["run"] for row in rows] == ["0-resnet8-digits-s42"]
 
 
@@ -104,7 +105,7 @@ def test_a_malformed_metrics_csv_is_one_line_naming_it(tmp_path, capsys, content
     _good_run(sweep)
     bad = _good_run(sweep, "1-resnet8-digits-s43")
     (bad / "csv" / "metrics.csv").write_bytes(content.encode("utf-8", "surrogateescape"))
-    assert results.main(["collect", str(sweep), "--out", str(tmp_path / "out")]) == 0
+    assert collect.main(["collect", str(sweep), "--out", str(tmp_path / "out")]) == 0
     err = capsys.readouterr().err
     assert f"skipped {bad}: {bad / 'csv' / 'metrics.csv'}" in err
     assert "Traceback" not in err
@@ -115,7 +116,7 @@ def test_nothing_readable_exits_2_with_one_line(tmp_path, capsys):
     sweep = tmp_path / "sweep"
     (_good_run(sweep) / "run.json").write_text("null")
     assert report.main([str(sweep), "--out", str(tmp_path / "out")]) == 2
-    assert runs.main([str(sweep)]) == 2
+    assert reader.main([str(sweep)]) == 2
     err = capsys.readouterr().err
     assert "error: no runs under" in err and "holds NoneType, not a run record" in err
 
@@ -124,7 +125,7 @@ def test_redraw_skips_a_malformed_folder_naming_its_file_and_draws_the_others(tm
     sweep = tmp_path / "sweep"
     _good_run(sweep)
     good = tmp_path / "results" / "degradation_ok"
-    results.collect([sweep], good)
+    collect.collect([sweep], good)
     cases = {"runs_csv_text": ("runs.csv", lambda t: t.replace(",20,", ",twenty,")),
              "runs_csv_family": ("runs.csv", lambda t: t.replace(",residual,", ",alien,")),
              "meta_truncated": ("meta.json", lambda t: t[:20]),
@@ -135,13 +136,13 @@ def test_redraw_skips_a_malformed_folder_naming_its_file_and_draws_the_others(tm
         for tidy in good.iterdir():
             (folder / tidy.name).write_text(tidy.read_text())
         (folder / file).write_text(damage((good / file).read_text()))
-    written = results.redraw(tmp_path / "results", tmp_path / "figures")
+    written = redraw.redraw(tmp_path / "results", tmp_path / "figures")
     assert {path.parent.name for path in written} == {"degradation_ok"}
     err = capsys.readouterr().err
     for name, (file, _) in cases.items():
         assert f"skipped {tmp_path / 'results' / name}: {tmp_path / 'results' / name / file}" \
             in err, err
-    assert results.main(["redraw", str(tmp_path / "results" / "meta_list"), "--figures",
+    assert collect.main(["redraw", str(tmp_path / "results" / "meta_list"), "--figures",
                          str(tmp_path / "figures")]) == 2
 
 
@@ -160,7 +161,7 @@ def test_a_tensorboard_only_run_is_reported_from_its_event_files(tmp_path, capsy
             writer.add_scalar(tag, value, step)
     writer.close()
     _record(run, model={"name": "resnet8"}, global_step=20, test={"test/acc": 0.7})
-    (row,) = report.summary_rows(runs.read_runs([run]))
+    (row,) = report.summary_rows(reader.read_runs([run]))
     assert row["epochs"] == 2 and row["final train error"] == pytest.approx(0.2)
     assert row["best val acc"] == pytest.approx(0.75) and row["final train loss"] == 1.0
 
@@ -184,7 +185,7 @@ def test_python_m_zoo_runs_help_prints_help():
 
 
 def test_a_config_of_nested_yaml_aliases_is_refused_not_expanded(tmp_path):
-    from zoo.run_files import plain_config
+    from zoo.runs.files import plain_config
 
     lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
     lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]

@@ -12,8 +12,8 @@ import pytest
 import torch
 from conftest import run_train
 
-from zoo.module import ZooModule, lr_factor
-from zoo.precision import (
+from zoo.training.module import ZooModule, lr_factor
+from zoo.training.precision import (
     check_accelerator,
     choose_channels_last,
     choose_precision,

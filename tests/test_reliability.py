@@ -13,7 +13,7 @@ import pytest
 import torch
 from conftest import FAST_OVERRIDES, REPO, run_train
 
-from zoo.checkpoint import AtomicCheckpointIO, CheckpointError, safe_load
+from zoo.weights.checkpoint import AtomicCheckpointIO, CheckpointError, safe_load
 
 
 class RunsCommand:

@@ -20,8 +20,8 @@ from conftest import FAST_OVERRIDES, REPO, run_train
 from fault_injection import run_with_faults
 from test_data import write_cifar10, write_fashion
 
-from zoo.checkpoint import AtomicCheckpointIO, CheckpointError, resolve_ckpt_path, safe_load
 from zoo.data.sources import CorruptDataError, read_cifar_batch, read_idx
+from zoo.weights.checkpoint import AtomicCheckpointIO, CheckpointError, resolve_ckpt_path, safe_load
 
 TINY = ["model=resnet8", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
         "trainer.limit_val_batches=1", "trainer.limit_test_batches=1"]
@@ -265,7 +265,8 @@ def test_processes_of_one_srun_or_torchrun_launch_agree_on_the_directory_others_
     def launch_id(**env: str) -> str:
         clean = {k: v for k, v in os.environ.items()
                  if not k.startswith(("SLURM_", "TORCHELASTIC_"))}
-        return subprocess.run([sys.executable, "-c", "import zoo.rundir as r; print(r.LAUNCH_ID)"],
+        code = "import zoo.runs.directory as r; print(r.LAUNCH_ID)"
+        return subprocess.run([sys.executable, "-c", code],
                               env={**clean, **env}, capture_output=True, text=True,
                               check=True).stdout.strip()
 

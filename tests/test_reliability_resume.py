@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from conftest import FAST_OVERRIDES, REPO, run_train
 
-from zoo.checkpoint import safe_load
+from zoo.weights.checkpoint import safe_load
 
 # a non-default model option and dataset: the resume must bring them back by itself
 TRAINED = ["model=resnet8", "model.widths=[4,8,16]", "trainer.max_epochs=1", "logger=csv",
@@ -144,7 +144,7 @@ def test_a_sweep_runs_every_job_it_can_and_ends_with_a_summary(tmp_path):
 def test_a_resume_drops_the_metrics_rows_logged_after_its_checkpoint(tmp_path):
     """After a SIGKILL the CSV can hold steps the checkpoint does not: the resumed run logs them
     again, so the earlier rows of those steps go (they would appear twice)."""
-    from zoo.resume import ContinuingCSVLogger
+    from zoo.runs.resume import ContinuingCSVLogger
 
     metrics = tmp_path / "csv" / "metrics.csv"
     metrics.parent.mkdir()
@@ -159,7 +159,7 @@ def test_a_resume_drops_the_metrics_rows_logged_after_its_checkpoint(tmp_path):
 
 
 def test_ckpt_path_auto_without_a_run_directory_given_starts_fresh_in_a_new_one(tmp_path):
-    from zoo.resume import resume_dir
+    from zoo.runs.resume import resume_dir
 
     assert resume_dir("auto", "resnet8-digits-s42", "outputs/new") == "outputs/new"
     assert resume_dir(None, "resnet8-digits-s42", "outputs/new") == "outputs/new"
@@ -168,7 +168,7 @@ def test_ckpt_path_auto_without_a_run_directory_given_starts_fresh_in_a_new_one(
 def test_a_run_folder_whose_config_asks_for_a_resolver_is_refused(tmp_path):
     from omegaconf import OmegaConf
 
-    from zoo.resume import ResumeRefused, refuse_resolvers
+    from zoo.runs.resume import ResumeRefused, refuse_resolvers
 
     refuse_resolvers(OmegaConf.create({"model": {"num_classes": "${data.num_classes}"}}), tmp_path)
     with pytest.raises(ResumeRefused, match="asks for a resolver"):

@@ -23,7 +23,7 @@ def only_line(stderr: str) -> str:
 def test_out_of_memory_in_a_step_is_one_line_and_recorded(tmp_path):
     run_dir = tmp_path / "run"
     result = run_with_faults(tmp_path, run_dir, *TINY, faults={"at_call": {
-        "spec": "zoo.module:ZooModule.training_step", "n": 3, "do": "out_of_memory"}})
+        "spec": "zoo.training.module:ZooModule.training_step", "n": 3, "do": "out_of_memory"}})
     assert result.returncode == 1, result.stderr[-3000:]
     line = only_line(result.stderr)
     assert line.startswith("error: out of memory during training (CUDA out of memory. Tried to")
@@ -46,14 +46,14 @@ def test_a_checkpoint_folder_made_read_only_mid_run_is_one_line_and_recorded(tmp
 def test_the_run_directory_deleted_mid_run_is_one_clear_line_not_bad_input(tmp_path):
     run_dir = tmp_path / "run"
     result = run_with_faults(tmp_path, run_dir, *TINY, faults={"at_call": {
-        "spec": "zoo.module:ZooModule.training_step", "n": 3, "do": "remove_run_dir"}})
+        "spec": "zoo.training.module:ZooModule.training_step", "n": 3, "do": "remove_run_dir"}})
     assert result.returncode == 1, result.stderr[-3000:]
     assert only_line(result.stderr).startswith(
         f"error: the run directory {run_dir} was removed while the run was writing into it")
 
 
 def test_the_resume_line_pastes_into_a_shell_when_the_path_has_spaces(tmp_path):
-    from zoo.preemption import StopSignals
+    from zoo.runs.signals import StopSignals
 
     stopped = StopSignals()
     stopped.new_run(tmp_path / "my runs" / "checkpoints")
@@ -72,7 +72,7 @@ def test_wandb_without_home_prints_none_of_its_service_log(tmp_path):
 
 
 def test_the_upload_hint_after_a_resume_syncs_every_offline_session(tmp_path):
-    from zoo.run import wandb_sync_command
+    from zoo.runs.train import wandb_sync_command
 
     wandb_dir = tmp_path / "my run" / "wandb"
     for started in ("20260101_100000", "20260101_110000"):
@@ -87,7 +87,7 @@ def test_the_upload_hint_after_a_resume_syncs_every_offline_session(tmp_path):
 def test_a_fresh_start_under_slurm_refuses_lightnings_hpc_checkpoints(tmp_path, monkeypatch):
     import pytest
 
-    from zoo.preemption import refuse_lightning_hpc_checkpoints
+    from zoo.runs.signals import refuse_lightning_hpc_checkpoints
 
     (tmp_path / "hpc_ckpt_1.ckpt").write_bytes(b"")
     refuse_lightning_hpc_checkpoints(tmp_path)  # outside SLURM Lightning never restores them

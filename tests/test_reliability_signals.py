@@ -21,7 +21,10 @@ import pytest
 from conftest import run_train
 from fault_injection import start_train
 
-from zoo.checkpoint import safe_load
+from zoo.weights.checkpoint import safe_load
+
+# the step functions a test marks and signals in (module:qualname)
+STEP = "zoo.training.module:ZooModule."
 
 TINY = ["model=resnet8", "trainer.max_epochs=1", "trainer.limit_train_batches=4",
         "trainer.limit_val_batches=3", "trainer.limit_test_batches=3"]
@@ -59,7 +62,7 @@ def test_sigterm_during_test_exits_143_closes_wandb_and_the_resume_only_tests(tm
     from wandb_records import read_run, run_file
 
     run_dir = tmp_path / "run"
-    code, stdout, stderr = signal_when_marked(tmp_path, run_dir, "zoo.module:ZooModule.test_step",
+    code, stdout, stderr = signal_when_marked(tmp_path, run_dir, STEP + "test_step",
                                               [signal.SIGTERM], "logger=[wandb,csv]")
     assert code == 143, stderr[-2000:]
     last = run_dir / "checkpoints" / "last.ckpt"
@@ -77,7 +80,7 @@ def test_sigterm_during_test_exits_143_closes_wandb_and_the_resume_only_tests(tm
 
 def test_sigterm_during_validation_at_epoch_0_saves_and_says_where(tmp_path):
     run_dir = tmp_path / "run"
-    code, _, stderr = signal_when_marked(tmp_path, run_dir, "zoo.module:ZooModule.validation_step",
+    code, _, stderr = signal_when_marked(tmp_path, run_dir, STEP + "validation_step",
                                          [signal.SIGTERM], "logger=none", "trainer.max_epochs=3")
     assert code == 143, stderr[-2000:]
     last = run_dir / "checkpoints" / "last.ckpt"
@@ -101,7 +104,7 @@ def test_sigterm_during_set_up_says_nothing_was_saved(tmp_path):
 
 def test_double_ctrl_c_still_saves_and_prints_the_resume_line(tmp_path):
     run_dir = tmp_path / "run"
-    code, _, stderr = signal_when_marked(tmp_path, run_dir, "zoo.module:ZooModule.training_step",
+    code, _, stderr = signal_when_marked(tmp_path, run_dir, STEP + "training_step",
                                          [signal.SIGINT, signal.SIGINT], "logger=none",
                                          "trainer.max_epochs=3", faults={"slow_seconds": 1.0},
                                          calls=2)
@@ -115,7 +118,7 @@ def test_double_ctrl_c_still_saves_and_prints_the_resume_line(tmp_path):
 
 def test_sigterm_while_finishing_lets_the_run_complete_then_exits_143(tmp_path):
     run_dir = tmp_path / "run"
-    code, stdout, stderr = signal_when_marked(tmp_path, run_dir, "zoo.run:report_paths",
+    code, stdout, stderr = signal_when_marked(tmp_path, run_dir, "zoo.runs.train:report_paths",
                                               [signal.SIGTERM], "logger=csv")
     assert code == 143, stderr[-2000:]
     assert "test metrics: test/acc=" in stdout
@@ -168,7 +171,7 @@ def test_a_slurm_job_stopped_by_sigusr1_twice_ends_as_one_run_with_one_checkpoin
     outputs = []
     for _ in range(2):
         code, stdout, stderr = signal_when_marked(
-            tmp_path, run_dir, "zoo.module:ZooModule.training_step", [signal.SIGUSR1], *job,
+            tmp_path, run_dir, STEP + "training_step", [signal.SIGUSR1], *job,
             env=env, calls=2)
         assert code == 138, stderr[-2000:]
         assert re.match(r"stopped by SIGUSR1 during (training|validation); progress saved in ",
@@ -206,7 +209,7 @@ def test_a_slurm_job_stopped_by_sigusr1_twice_ends_as_one_run_with_one_checkpoin
 
 def test_sighup_outside_slurm_saves_records_and_exits_129(tmp_path):
     run_dir = tmp_path / "run"
-    code, _, stderr = signal_when_marked(tmp_path, run_dir, "zoo.module:ZooModule.training_step",
+    code, _, stderr = signal_when_marked(tmp_path, run_dir, STEP + "training_step",
                                          [signal.SIGHUP], "logger=csv", "trainer.max_epochs=3",
                                          calls=2)
     assert code == 129, stderr[-2000:]

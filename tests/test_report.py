@@ -1,4 +1,4 @@
-"""zoo.report: runs into error-curve figures and a summary table, status from run.json."""
+"""zoo.results.report: runs into error-curve figures and a summary table, status from run.json."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 import zoo
-from zoo import report
-from zoo.runs import RUN_RECORD_FILE, read_runs
+from zoo.results import report
+from zoo.runs.reader import RUN_RECORD_FILE, read_runs
 
 
 def _fake_run(root: Path, name: str, model: str, train_acc: list[float], val_acc: list[float],
@@ -43,7 +43,7 @@ def _fake_run(root: Path, name: str, model: str, train_acc: list[float], val_acc
 
 
 def _record(run: Path, **facts) -> None:
-    """A run.json as zoo.run writes it, with the facts a test needs."""
+    """A run.json as zoo.runs.train writes it, with the facts a test needs."""
     config_model = {"name": "resnet56", "norm": "none", "num_classes": 10}
     record = {"status": "done", "message": None, "global_step": 0, "epoch": 0, "diverged": None,
               "fit_seconds": 1.5, "parameters": None, "test": {}, "train_eval": {},
@@ -116,8 +116,8 @@ def test_report_names_runs_of_one_model_by_the_override_that_differs(tmp_path):
 def test_report_refuses_an_empty_dir_in_one_line(tmp_path):
     with pytest.raises(FileNotFoundError, match="no runs"):
         report.write_report([tmp_path], tmp_path / "out")
-    result = subprocess.run([sys.executable, "-m", "zoo.report", str(tmp_path / "nowhere"), "--out",
-                             str(tmp_path / "out")], capture_output=True, text=True, timeout=120,
-                            check=False)
+    result = subprocess.run([sys.executable, "-m", "zoo.results", "report",
+                             str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")],
+                            capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 2 and result.stderr.strip().count("\n") == 0
     assert "does not exist" in result.stderr

@@ -1,5 +1,5 @@
-"""zoo.results: collect tidy files from run directories, redraw figures and tables from them
-alone."""
+"""zoo.results: collect tidy files from run directories (collect), redraw figures and tables from
+them alone (redraw)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from zoo import results
-from zoo.runs import RUN_RECORD_FILE
+from zoo.results import collect, redraw, sweep_figures
+from zoo.runs.reader import RUN_RECORD_FILE
 
 # Final eval-mode training error per (model, seed): plain nets degrade with depth, ResNets do not.
 TRAIN_EVAL_ERR = {"plain20": [0.05, 0.07, 0.06], "plain56": [0.20, 0.24, 0.22],
@@ -57,11 +57,11 @@ def sweep(tmp_path):
 
 def test_collect_writes_one_row_per_run_and_the_curves(sweep, tmp_path):
     out = tmp_path / "results" / "degradation"
-    written = results.collect([sweep], out, argv=["collect", str(sweep), "--out", str(out)])
+    written = collect.collect([sweep], out, argv=["collect", str(sweep), "--out", str(out)])
     assert {p.name for p in written} == {"runs.csv", "curves.csv", "meta.json"}
     with (out / "runs.csv").open() as handle:
         rows = list(csv.DictReader(handle))
-    assert len(rows) == 12 and list(rows[0]) == results.RUN_COLUMNS
+    assert len(rows) == 12 and list(rows[0]) == collect.RUN_COLUMNS
     first = rows[0]
     assert (first["model"], first["depth"], first["family"], first["seed"]) == (
         "plain20", "20", "plain", "0")
@@ -96,15 +96,15 @@ def test_wall_time_of_runs_from_two_sessions_leaves_out_the_gap():
     # later, two runs side by side 18:00-18:20 and 18:05-18:25
     runs = [run("18:05:00", "18:25:00"), run("10:00:00", "10:30:00"),
             run("10:10:00", "10:40:00"), run("18:00:00", "18:20:00")]
-    assert results.wall_seconds(runs) == (40 + 25) * 60.0
-    assert results.wall_seconds([run("10:00:00", "10:30:00")]) == 1800.0
-    assert results.wall_seconds([SimpleNamespace(record={})]) is None
+    assert collect.wall_seconds(runs) == (40 + 25) * 60.0
+    assert collect.wall_seconds([run("10:00:00", "10:30:00")]) == 1800.0
+    assert collect.wall_seconds([SimpleNamespace(record={})]) is None
 
 
 def test_redraw_draws_the_degradation_figures_and_a_mean_std_table(sweep, tmp_path):
     out = tmp_path / "results" / "degradation"
-    results.collect([sweep], out, argv=[])
-    written = results.redraw(tmp_path / "results", tmp_path / "figures")
+    collect.collect([sweep], out, argv=[])
+    written = redraw.redraw(tmp_path / "results", tmp_path / "figures")
     names = {path.name for path in written}
     assert names == {"train_error_vs_depth.png", "test_error_vs_depth.png", "curves.png",
                      "summary.md", "table.md", "depth_table.md"}
@@ -130,15 +130,17 @@ def test_redraw_draws_the_degradation_figures_and_a_mean_std_table(sweep, tmp_pa
 
 
 def test_the_depth_title_states_what_the_numbers_show(sweep, tmp_path):
-    rows, _, _ = results.run_rows([sweep])
-    title = results.depth_finding(results.depth_series(rows, "train_eval_err"), "training error")
+    rows, _, _ = collect.run_rows([sweep])
+    series = sweep_figures.depth_series(rows, "train_eval_err")
+    title = sweep_figures.depth_finding(series, "training error")
     assert title.startswith("Deeper plain nets have a higher training error; residual nets do not")
     assert "plain 6.0% at 20 → 22.0% at 56 layers" in title
     # Residual nets that degrade as well: the title must not claim they do not.
     for row in rows:
         if row["model"] == "resnet56":
             row["train_eval_err"] = 0.5
-    title = results.depth_finding(results.depth_series(rows, "train_eval_err"), "training error")
+    series = sweep_figures.depth_series(rows, "train_eval_err")
+    title = sweep_figures.depth_finding(series, "training error")
     assert title.startswith("Deeper plain and residual nets have a higher training error")
 
 
@@ -151,60 +153,66 @@ def test_pre_activation_nets_are_their_own_series_beside_the_original_resnets():
                                        ("preact_resnet110", 110, (0.30, 0.32)),
                                        ("preact_resnet1001", 1001, (0.20, 0.22))]
             for err in errs]
-    series = results.depth_series(rows, "train_eval_err")
+    series = sweep_figures.depth_series(rows, "train_eval_err")
     assert [point[:2] for point in series[("residual", "")]] == [(110, pytest.approx(11.0))]
     assert [point[:2] for point in series[("residual", "pre-activation")]] == [
         (110, pytest.approx(31.0)), (1001, pytest.approx(21.0))]
     assert [point[4] for point in series[("residual", "pre-activation")]] == [
         "preact_resnet110", "preact_resnet1001"]
     assert series[("residual", "")][0][4] == "resnet110"
-    title = results.depth_finding(series, "training error")
+    title = sweep_figures.depth_finding(series, "training error")
     assert title.startswith("No family's training error rises with depth")
     assert "residual pre-activation 31.0% at 110 → 21.0% at 1001 layers" in title
 
 
-def test_a_sweep_that_is_not_degradation_gets_curves_and_table_only(sweep, tmp_path):
-    results.collect([sweep], tmp_path / "results" / "lr_sweep", argv=[])
-    written = results.redraw(tmp_path / "results" / "lr_sweep", tmp_path / "figures")
-    assert {path.name for path in written} == {"curves.png", "summary.md"}
+def test_what_a_sweep_gets_comes_from_its_rows_not_its_folder_name(sweep, tmp_path):
+    # plain and residual nets at two depths: error against depth, whatever the folder is called
+    collect.collect([sweep], tmp_path / "results" / "lr_sweep", argv=[])
+    written = redraw.redraw(tmp_path / "results" / "lr_sweep", tmp_path / "figures")
+    assert {path.name for path in written} == {
+        "train_error_vs_depth.png", "test_error_vs_depth.png", "curves.png", "summary.md"}
+    rows = [dict(row, depth=56) for row in collect.run_rows([sweep])[0]]
+    assert not redraw.spans_depths(rows) and not redraw.is_lr_control(rows)
+    lr_rows = [{"model": "resnet56", "setting": "resnet56", "lr": 0.1},
+               {"model": "resnet56", "setting": "resnet56 optim.lr=0.2", "lr": 0.2}]
+    assert redraw.is_lr_control(lr_rows)
+    assert not redraw.is_lr_control([*lr_rows, {"model": "resnet56", "lr": 0.1,
+                                                "setting": "resnet56 model.norm=none"}])
+    assert redraw.compares_add_and_concat([{"family": "residual"}, {"family": "dense"}])
 
 
-def test_redraw_hands_measurement_folders_to_their_experiment(tmp_path, monkeypatch):
+def test_redraw_hands_measurement_folders_to_their_experiment(tmp_path, monkeypatch, capsys):
     import zoo.experiments.__main__ as experiments_cli
-
-    def draw_toy(folder: Path) -> list[Path]:
-        path = folder / "toy.png"
-        path.write_bytes(b"\x89PNG toy")
-        return [path]
 
     def draw_elsewhere(folder: Path, out: Path) -> list[Path]:
         out.mkdir(parents=True, exist_ok=True)
         (out / "direct.png").write_bytes(b"\x89PNG direct")
         return [out / "direct.png"]
 
-    monkeypatch.setitem(experiments_cli.EXPERIMENTS, "toy", (None, draw_toy))
     monkeypatch.setitem(experiments_cli.EXPERIMENTS, "toy2", (None, draw_elsewhere))
-    for name in ("toy", "toy2", "unknown"):
+    for name in ("toy2", "unknown"):
         (tmp_path / "results" / name).mkdir(parents=True)
         (tmp_path / "results" / name / "meta.json").write_text(json.dumps({"experiment": name}))
-    written = results.redraw(tmp_path / "results", tmp_path / "figures")
-    # "unknown" is skipped, not fatal
-    assert written == [tmp_path / "figures" / "toy" / "toy.png",
-                       tmp_path / "figures" / "toy2" / "direct.png"]
-    assert written[0].read_bytes() == b"\x89PNG toy"
+    (tmp_path / "results" / "toy2_named_folder").mkdir()  # no meta.json: the name decides nothing
+    written = redraw.redraw(tmp_path / "results", tmp_path / "figures")
+    # "unknown" and the folder without meta.json are skipped, not fatal
+    assert written == [tmp_path / "figures" / "toy2" / "direct.png"]
+    assert written[0].read_bytes() == b"\x89PNG direct"
+    said = capsys.readouterr().err
+    assert "no redraw for experiment 'unknown'" in said and "no meta.json" in said
 
 
 def test_command_line_errors_are_one_line(tmp_path, capsys):
-    assert results.main(["redraw", str(tmp_path / "missing")]) == 2
+    assert collect.main(["redraw", str(tmp_path / "missing")]) == 2
     assert "collect RUN_DIRS" in capsys.readouterr().err
-    assert results.main(["collect", str(tmp_path), "--out", str(tmp_path / "out")]) == 2
+    assert collect.main(["collect", str(tmp_path), "--out", str(tmp_path / "out")]) == 2
     assert capsys.readouterr().err.startswith("error: no runs under")
 
 
 def test_redraw_draws_the_gradient_flow_during_training_from_its_committed_runs(tmp_path):
     import shutil
 
-    from zoo.results import redraw
+    from zoo.results.redraw import redraw
 
     results = tmp_path / "gradient_flow_training"
     committed = Path(__file__).resolve().parents[1] / "docs" / "results"

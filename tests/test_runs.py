@@ -1,4 +1,4 @@
-"""zoo.runs: the run record a real run writes (done and diverged), and the reader of runs."""
+"""zoo.runs.reader: the run record a real run writes (done and diverged), and the reader of runs."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from conftest import FAST_OVERRIDES
 
-from zoo import runs
+from zoo.runs import reader
 
 TINY = [*FAST_OVERRIDES, "logger=[csv,wandb]", "trainer.max_epochs=1",
         "trainer.limit_train_batches=3", "trainer.limit_val_batches=1",
@@ -23,8 +23,8 @@ def finished_runs(tmp_path_factory):
     from hydra import compose, initialize_config_dir
 
     from zoo.callbacks import TrainingDivergedError
-    from zoo.config import register_configs
-    from zoo.run import train
+    from zoo.config.source import register_configs
+    from zoo.runs.train import train
 
     register_configs()  # the config schemas, as train.py registers them
     root = tmp_path_factory.mktemp("runs")
@@ -40,7 +40,7 @@ def finished_runs(tmp_path_factory):
 
 
 def test_a_finished_run_records_how_it_ended_and_what_it_measured(finished_runs):
-    record = json.loads((finished_runs["done"] / runs.RUN_RECORD_FILE).read_text())
+    record = json.loads((finished_runs["done"] / reader.RUN_RECORD_FILE).read_text())
     assert record["status"] == "done" and record["diverged"] is None
     assert record["global_step"] == 3 and record["epoch"] == 1
     assert record["test"]["test/acc"] == pytest.approx(finished_runs["metrics"]["test/acc"])
@@ -57,7 +57,7 @@ def test_a_finished_run_records_how_it_ended_and_what_it_measured(finished_runs)
 
 
 def test_a_diverged_run_records_its_step_and_unit_and_no_text_file(finished_runs):
-    record = json.loads((finished_runs["diverged"] / runs.RUN_RECORD_FILE).read_text())
+    record = json.loads((finished_runs["diverged"] / reader.RUN_RECORD_FILE).read_text())
     assert record["status"] == "diverged"
     assert record["diverged"]["step"] == 0
     # max_loss=1e-6 stops it: the loss went bad, not a unit's gradient norm (below its bound)
@@ -65,13 +65,13 @@ def test_a_diverged_run_records_its_step_and_unit_and_no_text_file(finished_runs
     assert "diverged at step 0" in record["message"]
     assert record["test"] == {}
     assert not (finished_runs["diverged"] / "diverged.txt").exists()
-    run = runs.read_run(finished_runs["diverged"])
+    run = reader.read_run(finished_runs["diverged"])
     assert run.status == "diverged" and run.model == "plain8"
 
 
 def test_a_failed_run_records_the_error(tmp_path, compose, monkeypatch):
-    from zoo.module import ZooModule
-    from zoo.run import train
+    from zoo.runs.train import train
+    from zoo.training.module import ZooModule
 
     def broken_step(self, batch, batch_index):
         raise RuntimeError("boom in step")
@@ -79,15 +79,15 @@ def test_a_failed_run_records_the_error(tmp_path, compose, monkeypatch):
     monkeypatch.setattr(ZooModule, "training_step", broken_step)
     with pytest.raises(RuntimeError, match="boom in step"):
         train(compose(*TINY), tmp_path / "failed")
-    record = runs.read_run(tmp_path / "failed").record
+    record = reader.read_run(tmp_path / "failed").record
     assert record["status"] == "failed" and record["message"] == "RuntimeError: boom in step"
     assert record["global_step"] == 0 and record["test"] == {} and record["diverged"] is None
 
 
 def test_the_reader_finds_both_runs_and_reads_their_metrics(finished_runs):
-    found = runs.find_run_dirs([finished_runs["done"].parent])
+    found = reader.find_run_dirs([finished_runs["done"].parent])
     assert found == [finished_runs["diverged"], finished_runs["done"]]
-    run = runs.read_run(finished_runs["done"])
+    run = reader.read_run(finished_runs["done"])
     assert run.last("test/acc") == pytest.approx(finished_runs["metrics"]["test/acc"])
     assert run.series("train/loss_step", by="step")  # the CSV logger's step losses
 
@@ -96,14 +96,14 @@ def test_wandb_summary_holds_the_records_facts(finished_runs):
     from wandb_records import read_run, run_file
 
     for kind in ("done", "diverged"):
-        record = json.loads((finished_runs[kind] / runs.RUN_RECORD_FILE).read_text())
+        record = json.loads((finished_runs[kind] / reader.RUN_RECORD_FILE).read_text())
         summary = read_run(run_file(finished_runs[kind]))["summary"]
         assert summary["status"] == record["status"] == kind
         assert summary["global_step"] == record["global_step"]
         assert summary["fit_seconds"] == record["fit_seconds"]
     assert summary["diverged_at_step"] == 0 and summary["diverged_message"] == record["message"]
     assert summary["diverged_unit"] == record["diverged"]["unit"] == "loss"
-    done = json.loads((finished_runs["done"] / runs.RUN_RECORD_FILE).read_text())
+    done = json.loads((finished_runs["done"] / reader.RUN_RECORD_FILE).read_text())
     summary = read_run(run_file(finished_runs["done"]))["summary"]
     assert summary["test_acc"] == done["test"]["test/acc"] and "diverged" not in summary
     assert summary["train_eval_err"] == done["train_eval"]["train_eval/err"]
@@ -124,7 +124,7 @@ def _hydra_run(root: Path, name: str, model: str, norm: str = "batch",
 
 
 def test_an_older_run_is_read_from_its_hydra_config(tmp_path):
-    run = runs.read_run(_hydra_run(tmp_path, "old", "resnet8"))
+    run = reader.read_run(_hydra_run(tmp_path, "old", "resnet8"))
     assert (run.model, run.data, run.seed) == ("resnet8", "digits", 42)
     assert run.record["model"]["num_classes"] == 10  # interpolations resolved
     assert run.status == "unfinished"  # no record and no test metrics
@@ -135,31 +135,31 @@ def test_labels_name_the_setting_that_differs_between_siblings(tmp_path):
     _hydra_run(tmp_path, "1-b", "resnet56", norm="none", overrides=["seed=1"])
     _hydra_run(tmp_path, "2-c", "resnet56", norm="none", overrides=["seed=2"])
     _hydra_run(tmp_path, "3-d", "plain56", overrides=["optim.lr=0.01", "hydra.job.chdir=true"])
-    found = runs.read_runs([tmp_path])
+    found = reader.read_runs([tmp_path])
     assert [run.label for run in found] == [
         "resnet56 model.norm=batch", "resnet56 model.norm=none seed=1",
         "resnet56 model.norm=none seed=2", "plain56"]
-    # Repeats over seeds share one setting label (what zoo.results averages over).
-    assert runs.setting_labels(found, ignore=("seed",))[1:3] == ["resnet56 model.norm=none"] * 2
+    # Repeats over seeds share one setting label (what zoo.results.redraw averages over).
+    assert reader.setting_labels(found, ignore=("seed",))[1:3] == ["resnet56 model.norm=none"] * 2
 
 
 def test_repeats_of_one_setting_are_told_apart_by_directory(tmp_path):
     _hydra_run(tmp_path, "0-a", "resnet20")
     _hydra_run(tmp_path, "1-b", "resnet20")
-    assert runs.label_runs(runs.read_runs([tmp_path])) == ["resnet20 (0-a)", "resnet20 (1-b)"]
+    assert reader.label_runs(reader.read_runs([tmp_path])) == ["resnet20 (0-a)", "resnet20 (1-b)"]
 
 
 def test_bad_paths_and_records_get_one_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        runs.find_run_dirs([tmp_path / "missing"])
+        reader.find_run_dirs([tmp_path / "missing"])
     with pytest.raises(FileNotFoundError, match="not a run directory"):
-        runs.read_run(tmp_path)
-    (tmp_path / runs.RUN_RECORD_FILE).write_text("{half")
+        reader.read_run(tmp_path)
+    (tmp_path / reader.RUN_RECORD_FILE).write_text("{half")
     with pytest.raises(ValueError, match="not valid JSON"):
-        runs.read_run(tmp_path)
+        reader.read_run(tmp_path)
 
 
 def test_run_dir_above_a_checkpoint(tmp_path):
     run = _hydra_run(tmp_path, "run", "resnet8")
     (run / "checkpoints").mkdir()
-    assert runs.run_dir_above(run / "checkpoints" / "last.ckpt") == run
+    assert reader.run_dir_above(run / "checkpoints" / "last.ckpt") == run

@@ -1,12 +1,12 @@
-"""The config schemas (zoo/schemas.py): every key the zoo owns is typed, its choices are named,
-and a bad value stops composition with one line naming the key."""
+"""The config schemas (zoo/config/schemas.py): every key the zoo owns is typed, its choices are
+named, and a bad value stops composition with one line naming the key."""
 
 from __future__ import annotations
 
 import pytest
 from omegaconf import OmegaConf
 
-from zoo.config import config_error_line
+from zoo.config.source import config_error_line
 
 
 def error_line(compose, *overrides: str) -> str:
@@ -73,7 +73,7 @@ def test_a_family_schema_admits_only_its_own_options(compose):
 
 
 def test_choices_reach_the_run_as_plain_strings(compose):
-    from zoo.schemas import plain
+    from zoo.config.schemas import plain
 
     cfg = compose("data=digits", "optim.name=adamw", "model.shortcut=B")
     assert type(cfg.optim.name).__name__ == "Optimizer"  # an enum while composing ...

@@ -1,5 +1,5 @@
-"""zoo.sweep_figures: the addition-vs-concatenation and learning-rate figures state what their
-rows show, and zoo.results routes each experiment folder to them."""
+"""zoo.results.sweep_figures: the addition-vs-concatenation and learning-rate figures state what
+their rows show, and zoo.results.redraw routes each sweep to them."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import csv
 
 import pytest
 
-from zoo import results, sweep_figures
+from zoo.results import collect, redraw, sweep_figures
 
 
 def _row(model: str, seed: int, test_acc: float, seconds: float, parameters: int,
@@ -45,8 +45,8 @@ def test_only_the_default_setting_of_a_model_is_a_cost_point():
 
 def _write_runs(folder, rows):
     folder.mkdir(parents=True)
-    with (folder / results.RUNS_FILE).open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, results.RUN_COLUMNS)
+    with (folder / collect.RUNS_FILE).open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, collect.RUN_COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
 
@@ -58,7 +58,7 @@ def test_redraw_routes_add_vs_concat_and_lr_folders_to_their_figures(tmp_path):
                for lr, err in ((0.05, 0.40), (0.1, 0.30), (0.2, 0.50)) for s in range(3)]
     _write_runs(tmp_path / "res" / "degradation_lr", lr_rows)
     written = {p.relative_to(tmp_path / "fig").as_posix()
-               for p in results.redraw(tmp_path / "res", tmp_path / "fig")}
+               for p in redraw.redraw(tmp_path / "res", tmp_path / "fig")}
     assert {"add_vs_concat/error_vs_cost.png", "degradation_lr/error_vs_lr.png"} <= written
     assert "degradation_lr/train_error_vs_depth.png" not in written  # one depth: no depth plot
     assert (tmp_path / "fig" / "add_vs_concat" / "error_vs_cost.png").stat().st_size > 10_000

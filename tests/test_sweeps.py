@@ -13,7 +13,7 @@ import pytest
 import yaml
 from conftest import FAST_OVERRIDES, REPO
 
-from zoo.objective import check_objective, objective_value
+from zoo.runs.objective import check_objective, objective_value
 
 TINY_RUN = [*FAST_OVERRIDES, "model=resnet8", "logger=csv", "trainer.max_epochs=1",
             "trainer.limit_train_batches=3", "trainer.limit_val_batches=1",
@@ -94,7 +94,7 @@ def slurm_launcher_config():
     """hydra.launcher of ``hydra/launcher=slurm hydra.launcher.partition=gpu``."""
     from hydra import compose, initialize_config_dir
 
-    from zoo.config import register_configs
+    from zoo.config.source import register_configs
 
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     register_configs()

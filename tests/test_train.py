@@ -60,7 +60,7 @@ def test_wandb_offline_run_holds_config_metrics_and_summary(trained_runs):
 
 
 def test_checkpoint_round_trip_gives_identical_logits(trained_runs):
-    from zoo.module import ZooModule
+    from zoo.training.module import ZooModule
 
     run_dir, _ = trained_runs["resnet20"]
     path = run_dir / "checkpoints" / "last.ckpt"

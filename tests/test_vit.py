@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import zoo
-from zoo.config import config_error_line
+from zoo.config.source import config_error_line
 from zoo.experiments.lesion import ShortcutOnly, lesion_network, lesioned
 from zoo.measure.gradients import residual_gains
 from zoo.measure.rank import rank_one_residual

@@ -14,9 +14,9 @@ import pytest
 
 import zoo
 from zoo import weights
-from zoo.predict import KNOWN_CLASS_NAMES
-from zoo.pretrained import CheckpointError
 from zoo.weights.__main__ import page
+from zoo.weights.predict import KNOWN_CLASS_NAMES
+from zoo.weights.pretrained import CheckpointError
 
 REPO = Path(__file__).resolve().parents[1]
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -28,7 +28,7 @@ FRESH_PROCESS = """
 import json, sys
 import zoo
 from zoo.data.sources import load_in_memory
-from zoo.predict import predict
+from zoo.weights.predict import predict
 name, count = sys.argv[1], int(sys.argv[2])
 net = zoo.create(name, pretrained="fashion_mnist")
 test = load_in_memory("fashion_mnist", None, 5000).test

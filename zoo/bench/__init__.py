@@ -6,7 +6,7 @@
     python -m zoo.bench models [...] [--models resnet20,resnet50] [--compile | --no-compile]
     python -m zoo.bench all    [...]
 
-* ``loop`` (:mod:`zoo.bench.loop`): Lightning + :class:`zoo.module.ZooModule` (Lightning's
+* ``loop`` (:mod:`zoo.bench.loop`): Lightning + :class:`zoo.training.module.ZooModule` (Lightning's
   default logger and progress bar) with and without the measurement callbacks, against a
   hand-written PyTorch loop with the same network, batch, precision and optimizer, on the same
   synthetic batches already on the device. Target: zoo >= 0.97x, with the gradient-flow callback

@@ -13,7 +13,7 @@ from zoo.bench.common import PRECISIONS, Reporter, environment
 from zoo.bench.data import bench_data
 from zoo.bench.loop import LOOP_VARIANTS, bench_loop
 from zoo.bench.models import bench_models
-from zoo.precision import choose_channels_last, choose_precision
+from zoo.training.precision import choose_channels_last, choose_precision
 
 BENCHMARKS = ("loop", "data", "models")
 SIZES = ("small", "full")

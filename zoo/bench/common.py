@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoo.precision import BF16_CPU_FLAGS, cpu_flags, cpu_model
+from zoo.training.precision import BF16_CPU_FLAGS, cpu_flags, cpu_model
 
 PRECISIONS = ("32-true", "bf16-mixed")
 
@@ -39,7 +39,7 @@ def environment(device: torch.device, size: str) -> dict[str, Any]:
     flags = cpu_flags()
     return {
         "device": device.type, "device_name": name, "cpu_model": cpu_model(), "cpu_cores": cores,
-        # bf16 matrix units: what makes bf16 autocast pay off on a CPU (zoo.precision)
+        # bf16 matrix units: what makes bf16 autocast pay off on a CPU (zoo.training.precision)
         **{f"cpu_{flag}": flag in flags for flag in BF16_CPU_FLAGS},
         "torch": torch.__version__, "pytorch_lightning": pl.__version__, "size": size,
     }

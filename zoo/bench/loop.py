@@ -32,7 +32,7 @@ from zoo.bench.common import (
     sgd,
     synchronize,
 )
-from zoo.schemas import load_group_file
+from zoo.config.schemas import load_group_file
 
 
 @dataclass(frozen=True)
@@ -171,7 +171,7 @@ def loop_setup(args: argparse.Namespace, device: torch.device) -> LoopSetup:
 def contestants(setup: LoopSetup, variants: list[str], precisions: list[str],
                 channels_last: dict[str, bool], device: torch.device) -> dict[tuple[str, str], Any]:
     """{(precision, name): the hand loop's TrainStep or a ZooModule}, all from one initial net."""
-    from zoo.module import ZooModule
+    from zoo.training.module import ZooModule
 
     torch.manual_seed(0)
     initial = zoo.create(setup.model, num_classes=10, in_channels=setup.shape[0], **setup.options)

@@ -14,8 +14,8 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from zoo.compat import checkpoint_may_save_at_step
 from zoo.measure.gradients import GradientNormMeter, GradientNorms, SharedGradientNorms, network_of
+from zoo.training.compat import checkpoint_may_save_at_step
 
 
 class TrainingDivergedError(RuntimeError):

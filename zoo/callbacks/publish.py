@@ -3,7 +3,7 @@
 * W&B: scalars, histograms, and at the end of training a table + line chart of a value against
   depth; TensorBoard: scalars and histograms; CSV (and any other logger): scalars.
 * A *tidy* CSV file in ``trainer.default_root_dir`` (one row per unit and measurement) that
-  ``python -m zoo.plot`` draws from without W&B.
+  ``python -m zoo.results gradflow`` draws from without W&B.
 
 A logger that fails to write (W&B's media files on a full disk, a closed TensorBoard writer)
 costs one warning and is skipped for the rest of the run: the measurements are a view of the

@@ -22,10 +22,10 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Subset
 
+from zoo.config.schemas import LOADERS
 from zoo.data import sources
 from zoo.data.loaders import DeviceLoader, make_dataloader, torch_loader
 from zoo.data.sources import DATASET_NAMES, RECIPES, ImageArrays, InMemorySplits, MissingDataError
-from zoo.schemas import LOADERS
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig

@@ -25,9 +25,9 @@ from typing import Any
 
 import torch
 
+from zoo.config.schemas import load_group_file
 from zoo.experiments import gradients, lesion, lesion_figures, lesion_sources, memory, vit_init
 from zoo.experiments.tidy import markdown_table, read_csv, read_meta, write_csv, write_meta
-from zoo.schemas import load_group_file
 
 GRADIENT_FILES = ("gradient_at_init.csv", "gradient_at_init_summary.csv")
 LESION_FILES = ("lesion_single.csv", "lesion_random.csv")

@@ -179,7 +179,7 @@ def summary_markdown(summary: Sequence[dict[str, Any]]) -> str:
 
 # ---------------------------------------------------------------- figures (from tidy rows)
 
-SKIPS = {"plain": "plain", "ResNet": "residual"}  # curve label prefix -> zoo.figures family
+SKIPS = {"plain": "plain", "ResNet": "residual"}  # curve label prefix -> zoo.results.style family
 SKIP_LABELS = {"plain": "plain (no skip)", "ResNet": "ResNet (identity skip)"}
 
 
@@ -231,7 +231,7 @@ def _headline(nets: Sequence[dict[str, Any]]) -> str:
 def plot_gradient_ratio(summary: Sequence[dict[str, Any]], out_dir: Path) -> Path:
     """Stem / head gradient ratio against depth, mean ± std over seeds; one panel per norm,
     plain dashed, ResNet solid, markers in each depth's colour; overflow drawn as x at the top."""
-    from zoo.figures import LINESTYLES, colour_for, legend, plt, save
+    from zoo.results.style import LINESTYLES, colour_for, legend, plt, save
 
     nets = [r for r in summary if r["family"].startswith(("plain", "ResNet"))]
     norms = [n for n in NORM_SUFFIX if any(r["norm"] == n for r in nets)]
@@ -272,7 +272,7 @@ def plot_gradient_ratio(summary: Sequence[dict[str, Any]], out_dir: Path) -> Pat
 
 def plot_gradient_profile(rows: Sequence[dict[str, Any]], out_dir: Path) -> Path:
     """Gradient norm per unit (mean over seeds) from stem to head, one panel per curve label."""
-    from zoo.figures import legend, plt, save, style_for
+    from zoo.results.style import legend, plt, save, style_for
 
     summary = summarise_gradients(rows)
     panels = list(dict.fromkeys(r["family"] for r in summary

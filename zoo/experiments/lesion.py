@@ -75,11 +75,6 @@ class ShortcutOnly(nn.Module):
         return torch.relu(out) if self.relu_after_addition else out
 
 
-def relu_after_addition(block: SkipBlock) -> bool:
-    """True for post-activation blocks; pre-activation blocks (He et al. 2016) end in the sum."""
-    return not type(block).__module__.endswith("preact_resnet")
-
-
 def keeps_shape(module: nn.Module) -> bool:
     """True when the block maps its input to an output of the same shape (stride 1, same width)."""
     convs = [m for m in module.modules() if isinstance(m, nn.Conv2d)]
@@ -96,7 +91,8 @@ def replacement_for(unit: DepthUnit) -> nn.Module:
         raise LesionError(f"{unit.name}: the {unit.stage} cannot be deleted")
     if isinstance(module, SkipBlock):
         if module.skip:
-            return ShortcutOnly(module, relu_after_addition(module))
+            # the block says what follows its sum (its family's RELU_AFTER_ADDITION)
+            return ShortcutOnly(module, module.relu_after_addition)
         if keeps_shape(module):
             return nn.Identity()  # the plain block is bypassed
         raise LesionError(f"{unit.name}: a plain block that changes the shape cannot be bypassed")

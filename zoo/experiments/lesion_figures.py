@@ -73,7 +73,7 @@ def lesion_finding(single_rows: Rows) -> str:
 
 
 def _draw_single(axis: Any, single_rows: Rows) -> None:
-    from zoo.figures import style_for
+    from zoo.results.style import style_for
 
     for model, mine in _by_model(single_rows).items():
         style = style_for(model)
@@ -98,7 +98,7 @@ def _draw_single(axis: Any, single_rows: Rows) -> None:
 
 
 def _draw_random(axis: Any, random_rows: Rows) -> None:
-    from zoo.figures import style_for
+    from zoo.results.style import style_for
 
     for model, mine in _by_model(random_rows).items():
         ks = sorted({r["k"] for r in mine})
@@ -115,7 +115,7 @@ def _draw_random(axis: Any, random_rows: Rows) -> None:
 def plot_lesion(single_rows: Rows, out_dir: Path, random_rows: Rows = ()) -> Path:
     """Accuracy with each block deleted (left) and with k random blocks deleted (right, when
     there are k-random rows); chance level drawn in both, the finding in the title."""
-    from zoo.figures import legend, plt, save
+    from zoo.results.style import legend, plt, save
 
     panels = 2 if random_rows else 1
     figure, axes = plt.subplots(1, panels, figsize=(7.5 * panels, 5.2), squeeze=False,
@@ -169,7 +169,7 @@ def gain_finding(rho: float) -> str:
 def plot_gain_against_cost(single_rows: Rows, out_dir: Path) -> Path | None:
     """Each block's residual gain ||f(x)||/||x|| against the accuracy lost when it is deleted,
     one point per block and seed; Spearman's correlation in the title. None without gains."""
-    from zoo.figures import legend, plt, save
+    from zoo.results.style import legend, plt, save
 
     points = gain_and_cost(single_rows)
     if len(points) < 3:

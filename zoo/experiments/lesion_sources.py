@@ -31,7 +31,7 @@ def checkpoint_path(path: Path) -> Path:
 
 
 def load_network(checkpoint: Path) -> tuple[nn.Module, dict[str, Any]]:
-    from zoo.module import ZooModule
+    from zoo.training.module import ZooModule
 
     module = ZooModule.load_from_checkpoint(str(checkpoint), map_location="cpu", weights_only=True)
     return module.net.eval(), dict(module.hparams["model"])
@@ -39,7 +39,7 @@ def load_network(checkpoint: Path) -> tuple[nn.Module, dict[str, Any]]:
 
 def run_data_config(checkpoint: Path) -> dict[str, Any]:
     """The data config of the run the checkpoint belongs to (its ``run.json`` or Hydra config)."""
-    from zoo.runs import read_run, run_dir_above
+    from zoo.runs.reader import read_run, run_dir_above
 
     run_dir = run_dir_above(checkpoint)
     if run_dir is None:
@@ -95,7 +95,7 @@ def calibration_batches(data_cfg: Any, images: int,
 def _run_facts(checkpoint: Path, model_cfg: dict[str, Any], split: str,
                batches: Batches) -> dict[str, Any]:
     from zoo.models import describe
-    from zoo.runs import read_run, run_dir_above
+    from zoo.runs.reader import read_run, run_dir_above
 
     shipped = SHIPPED.match(str(checkpoint)) and not checkpoint.exists()
     run_dir = None if shipped else run_dir_above(checkpoint)

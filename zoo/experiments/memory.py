@@ -48,21 +48,10 @@ _DENSENET_BC = re.compile(r"densenet_bc_(\d+)_12$")
 
 
 def build_net(name: str, memory_efficient: bool, in_channels: int = 3) -> nn.Module:
-    """A registered net, or ``densenet_bc_{depth}_12`` at any depth 6n+4: DenseNet-BC-100-12
-    with n bottleneck layers per dense block instead of 16."""
-    match = _DENSENET_BC.match(name)
-    if match is None or name in zoo.list_models():
-        return zoo.create(name, num_classes=10, in_channels=in_channels,
-                          memory_efficient=memory_efficient)
-    from zoo.models import densenet
-
-    depth = int(match.group(1))
-    if depth < 10 or (depth - 4) % 6:
-        raise ValueError(f"{name}: DenseNet-BC depths are 6n+4 (10, 16, ..., 40, 64, 100, ...)")
-    layers = (depth - 4) // 6
-    variant = {**densenet.VARIANTS["densenet_bc_100_12"], "block_config": (layers,) * 3}
-    return densenet.build(variant, num_classes=10, in_channels=in_channels,
-                          memory_efficient=memory_efficient)
+    """A registered net with 10 classes; ``densenet_bc_{depth}_12`` builds DenseNet-BC-k12 at any
+    depth 6n+4 (the registry resolves it: n bottleneck layers per dense block)."""
+    return zoo.create(name, num_classes=10, in_channels=in_channels,
+                      memory_efficient=memory_efficient)
 
 
 def timed(step: Callable[[], None], repeats: int, device: torch.device) -> float:
@@ -82,7 +71,7 @@ def timed(step: Callable[[], None], repeats: int, device: torch.device) -> float
 def measure_memory(name: str, memory_efficient: bool, batch_size: int = 64, image_size: int = 32,
                    in_channels: int = 3, steps: int = 3, device: str = "cpu") -> dict[str, Any]:
     """One tidy row: training and inference peaks, activations kept, median step time."""
-    from zoo.figures import depth_of, family_of
+    from zoo.results.style import depth_of, family_of
 
     torch.manual_seed(0)
     where = torch.device(device)
@@ -155,7 +144,7 @@ def memory_finding(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def _draw_comparison(axis: Any, rows: Sequence[dict[str, Any]]) -> None:
-    from zoo.figures import colour_for
+    from zoo.results.style import colour_for
 
     compared = [r for r in rows if r["group"] == "comparison"]
     labels = [r["model"] + (" (mem-eff)" if r["memory_efficient"] else "") for r in compared]
@@ -190,7 +179,7 @@ def _draw_dense_depth(axis: Any, rows: Sequence[dict[str, Any]]) -> None:
 def plot_memory(rows: Sequence[dict[str, Any]], out_dir: Path) -> Path:
     """Training and inference peaks of the comparison nets (left); DenseNet-BC memory against
     depth, as built (solid) and memory-efficient (dotted) (right, when measured)."""
-    from zoo.figures import legend, plt, save
+    from zoo.results.style import legend, plt, save
 
     has_depths = len({r["depth"] for r in rows if _DENSENET_BC.match(r["model"])}) >= 2
     panels = 1 + has_depths

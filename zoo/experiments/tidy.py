@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from zoo.precision import cpu_model
+from zoo.training.precision import cpu_model
 
 META_FILE = "meta.json"
 

@@ -148,7 +148,7 @@ def _gradient_finding(summary: Sequence[dict[str, Any]], init: str) -> str:
 def plot_vit_gradients(rows: Sequence[dict[str, Any]], out_dir: Path) -> list[Path]:
     """One row per init. Left: the last block's gradient norm against depth; middle: first /
     last block against depth; right: the gradient norm of every block of the deepest nets."""
-    from zoo.figures import legend, plt, save
+    from zoo.results.style import legend, plt, save
 
     summary = summarise_vit_gradients(rows)
     inits = list(dict.fromkeys(r["init"] for r in summary))
@@ -286,7 +286,7 @@ def _rank_finding(curves: dict[Curve, tuple[list[int], list[float]]]) -> str:
 def plot_vit_rank(rows: Sequence[dict[str, Any]], out_dir: Path) -> list[Path]:
     """Residual from rank one against the block: a row per init, a column with MLPs and one
     without."""
-    from zoo.figures import legend, plt, save
+    from zoo.results.style import legend, plt, save
 
     curves = rank_curves(rows)
     inits = list(dict.fromkeys(init for init, *_ in curves))
@@ -343,7 +343,7 @@ def trained_rank(checkpoints: Sequence[Path], max_images: int = 256) -> list[dic
 
 def plot_trained_rank(rows: Sequence[dict[str, Any]], out_dir: Path) -> list[Path]:
     """Residual from rank one against the block after training, mean over runs (seeds)."""
-    from zoo.figures import legend, plt, save
+    from zoo.results.style import legend, plt, save
 
     figure, axis = plt.subplots(figsize=(7.5, 4.8), layout="constrained")
     lowest = {}

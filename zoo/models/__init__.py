@@ -1,27 +1,47 @@
 """The registry: every network of the zoo by name.
 
-Each family module (``cifar_resnet``, ``resnet``, ``preact_resnet``, ``densenet``, ``vit``) holds
-a table ``VARIANTS`` of names to constructor arguments and one ``build(variant, num_classes,
-in_channels, **options)`` function. Variants are data; there is no class per variant.
+Each family module (``cifar_resnet``, ``resnet``, ``preact_resnet``, ``densenet``, ``vit``, and
+any other file of this folder that has them) holds a table ``VARIANTS`` of names to constructor
+arguments (with their ``depth``), one ``build(variant, num_classes, in_channels, **options)``
+function, ``skip_type(variant)``, its ``DEFAULT_NUM_CLASSES``, ``PAPER``, ``INPUT_SIZE`` and
+``RELU_AFTER_ADDITION``, and optionally ``resolve(name)`` for names of any depth. Variants are
+data; there is no class per variant.
 
 This is the bottom layer: it imports nothing else of the zoo. Weights are loaded above it, by
-``zoo.create(name, pretrained=...)`` (:func:`zoo.pretrained.create`, which builds with
+``zoo.create(name, pretrained=...)`` (:func:`zoo.weights.pretrained.create`, which builds with
 :func:`create` here).
 """
 
 from __future__ import annotations
 
 import difflib
+import importlib
 import inspect
+import pkgutil
 from types import ModuleType
 from typing import Any
 
 from torch import nn
 
-from zoo.models import cifar_resnet, densenet, preact_resnet, resnet, vit
 from zoo.models.common import DepthUnit, SkipBlock, count_parameters
 
-FAMILIES: list[ModuleType] = [cifar_resnet, resnet, preact_resnet, densenet, vit]
+NOT_FAMILIES = ("common", "catalogue")  # the shared pieces and the table, not families
+
+
+def _families() -> list[ModuleType]:
+    """Every family file of this folder: a module with ``VARIANTS`` and ``build``. Adding a
+    family is adding its file (and its schema, zoo/config/schemas.py); nothing lists it."""
+    found = []
+    for module in pkgutil.iter_modules(__path__):
+        if module.name.startswith("_") or module.name in NOT_FAMILIES:
+            continue
+        family = importlib.import_module(f"{__name__}.{module.name}")
+        if hasattr(family, "VARIANTS") and hasattr(family, "build"):
+            found.append(family)
+    return found
+
+
+FAMILIES: list[ModuleType] = _families()
 
 
 class UnknownModelError(ValueError):
@@ -71,16 +91,29 @@ def family_of(name: str) -> str:
     return _resolve(name)[0].__name__.rsplit(".", 1)[-1]
 
 
-def describe(name: str) -> dict[str, Any]:
-    """Facts about a registered name: family, skip type ("add", "concat", "none"), classes, and
-    the depth the name states (None where the name has no depth parameter)."""
+def describe(net_or_name: str | nn.Module) -> dict[str, Any]:
+    """What a network is, from the registry (never from its name's spelling):
+
+    ``family`` (the family file: ``cifar_resnet``, ``resnet``, ``preact_resnet``, ``densenet``,
+    ``vit``), ``skip`` (``"add"``, ``"concat"`` or ``"none"``: the one vocabulary), ``depth``
+    (weighted layers; a ViT's blocks), ``paper``, ``input_size`` (native pixels per side),
+    ``default_num_classes`` and ``relu_after_addition`` (True: a ReLU follows the sum, He et al.
+    2015; False: the block ends in the sum; None: no addition). A network built by
+    :func:`create` carries its name, so ``describe(net)`` works as well."""
+    name = net_or_name if isinstance(net_or_name, str) else getattr(net_or_name, "zoo_name", None)
+    if name is None:
+        raise TypeError(f"describe() takes a registry name or a network built by zoo.create, "
+                        f"got {type(net_or_name).__name__}")
     family, arguments = _resolve(name)
     return {
         "name": name,
         "family": family.__name__.rsplit(".", 1)[-1],
         "skip": family.skip_type(arguments),
         "default_num_classes": arguments.get("default_num_classes", family.DEFAULT_NUM_CLASSES),
-        "depth": arguments.get("depth"),
+        "depth": arguments["depth"],
+        "paper": family.PAPER,
+        "input_size": arguments.get("input_size", family.INPUT_SIZE),
+        "relu_after_addition": family.RELU_AFTER_ADDITION,
     }
 
 
@@ -113,8 +146,10 @@ def create(
             f"{name} does not take option(s) {', '.join(unknown)}; "
             f"its options are: {', '.join(sorted(accepted)) or 'none'}"
         )
-    arguments = dict(arguments)
-    return family.build(arguments, num_classes=num_classes, in_channels=in_channels, **options)
+    net = family.build(dict(arguments), num_classes=num_classes, in_channels=in_channels,
+                       **options)
+    net.zoo_name = name  # describe(net); a plain attribute, not in the state dict
+    return net
 
 
 __all__ = [

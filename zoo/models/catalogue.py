@@ -3,28 +3,19 @@
 ``python -m zoo.models`` prints it; ``--markdown`` prints the table the README holds (a test
 checks the two agree). Parameters are counted and FLOPs measured with torch's
 ``FlopCounterMode`` (a multiply-add counts as 2 FLOPs) for one image at the network's native
-input: CIFAR nets 3x32x32 with 10 classes, ImageNet nets 3x224x224 with 1000 classes. Networks
+input (the registry's ``input_size``: CIFAR nets 3x32x32 with 10 classes, ImageNet nets
+3x224x224 with 1000 classes). Networks
 are built on the ``meta`` device: no memory and no arithmetic, so the 1202-layer nets take
 seconds, not minutes.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass
 from functools import cache
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
-
-PAPERS = {
-    "cifar_resnet": "He et al. 2015",
-    "resnet": "He et al. 2015",
-    "preact_resnet": "He et al. 2016",
-    "densenet": "Huang et al. 2017",
-    "vit": "Dosovitskiy et al. 2021",
-}
-CIFAR_INPUT, IMAGENET_INPUT = 32, 224
 
 
 @dataclass(frozen=True)
@@ -45,21 +36,18 @@ def catalogue_entry(name: str) -> CatalogueEntry:
     """Facts of one network at its native input size (cached per process)."""
     from zoo.models import create, describe
 
-    facts = describe(name)
-    num_classes = facts["default_num_classes"]
-    size = CIFAR_INPUT if num_classes == 10 else IMAGENET_INPUT
+    facts = describe(name)  # the registry's facts: nothing is read from the name
+    num_classes, size = facts["default_num_classes"], facts["input_size"]
     with torch.device("meta"):
         net = create(name, num_classes=num_classes).eval()
         counter = FlopCounterMode(display=False)
         with counter, torch.no_grad():
             net(torch.empty(1, 3, size, size))
     return CatalogueEntry(
-        name=name, family=facts["family"], skip=facts["skip"],
-        # a ViT's name counts blocks after its patch size (vit_tiny_p4_d8): the registry says
-        depth=facts["depth"] or int(re.search(r"\d+", name).group()),
+        name=name, family=facts["family"], skip=facts["skip"], depth=facts["depth"],
         parameters=sum(p.numel() for p in net.parameters()),
         flops=int(counter.get_total_flops()), input_size=size, num_classes=num_classes,
-        paper=PAPERS[facts["family"]],
+        paper=facts["paper"],
     )
 
 

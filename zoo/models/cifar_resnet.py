@@ -47,6 +47,10 @@ from zoo.models.common import (
 )
 
 DEFAULT_NUM_CLASSES = 10
+# The family's facts, read by the registry's describe(): paper, native input (px per side)
+PAPER = "He et al. 2015"
+INPUT_SIZE = 32
+RELU_AFTER_ADDITION = True  # post-activation: relu(f(x) + x)
 
 # ---------------------------------------------------------------- helpers
 
@@ -95,6 +99,8 @@ def make_shortcut(
 
 class BasicBlock(SkipBlock):
     """Two 3x3 conv-BN layers; ``relu(f(x) + x)`` with the skip, ``relu(f(x))`` without."""
+
+    relu_after_addition = RELU_AFTER_ADDITION
 
     def __init__(
         self,

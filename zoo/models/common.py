@@ -53,6 +53,9 @@ class SkipBlock(nn.Module):
     """A block computing ``post(f(x) + shortcut(x))``; ``skip=False`` gives the plain twin."""
 
     skip: bool
+    # True: a ReLU follows the sum (He et al. 2015); False: the block ends in the sum (or, in a
+    # ViT, post-LN's norm). The lesion experiment keeps it when it deletes the branch.
+    relu_after_addition: bool
 
     def residual_branch(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError

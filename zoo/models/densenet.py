@@ -36,6 +36,10 @@ from torch import nn
 from zoo.models.common import DepthUnit, Network, checkpoint_module
 
 DEFAULT_NUM_CLASSES = 1000
+# The family's facts, read by the registry's describe(): paper, native input (px per side)
+PAPER = "Huang et al. 2017"
+INPUT_SIZE = 224
+RELU_AFTER_ADDITION = None  # no addition: concatenation
 
 # ---------------------------------------------------------------- helpers
 
@@ -269,7 +273,33 @@ VARIANTS: dict[str, dict[str, Any]] = {
 # One family, two datasets: the CIFAR nets default to 10 classes, not the family's 1000. The
 # registry reads this per-variant key when present (build ignores it).
 for _name in ("densenet40_12", "densenet_bc_100_12", "densenet_bc_250_24", "densenet_bc_190_40"):
-    VARIANTS[_name]["default_num_classes"] = 10
+    VARIANTS[_name].update(default_num_classes=10, input_size=32)
+
+
+def depth_of(variant: dict[str, Any]) -> int:
+    """Weighted layers as the paper counts them: one conv per dense layer (two with a
+    bottleneck), one per transition, the stem conv and the classifier."""
+    per_layer = 2 if variant["bn_size"] else 1
+    blocks = variant["block_config"]
+    return per_layer * sum(blocks) + len(blocks) - 1 + 2
+
+
+for _variant in VARIANTS.values():
+    _variant["depth"] = depth_of(_variant)
+_BC_NAME = re.compile(r"^densenet_bc_(\d+)_(\d+)$")
+
+
+def resolve(name: str) -> dict[str, Any] | None:
+    """DenseNet-BC for CIFAR at any depth 6n+4 and growth rate k: ``densenet_bc_{depth}_{k}``."""
+    match = _BC_NAME.match(name)
+    if match is None:
+        return None
+    depth, growth_rate = int(match.group(1)), int(match.group(2))
+    if depth < 10 or (depth - 4) % 6 or growth_rate < 1:
+        raise ValueError(f"{name}: DenseNet-BC depths are 6n+4 (10, 16, ..., 40, 64, 100, ...) "
+                         "and growth rates >= 1")
+    return {**_cifar_bc(depth, growth_rate), "default_num_classes": 10, "input_size": 32,
+            "depth": depth}
 
 
 def skip_type(arguments: dict[str, Any]) -> str:

@@ -38,6 +38,10 @@ from zoo.models.common import (
 )
 
 DEFAULT_NUM_CLASSES = 10
+# The family's facts, read by the registry's describe(): paper, native input (px per side)
+PAPER = "He et al. 2016"
+INPUT_SIZE = 32
+RELU_AFTER_ADDITION = False  # pre-activation: x + f(x), nothing after the sum
 
 # ---------------------------------------------------------------- helpers
 
@@ -53,6 +57,8 @@ def make_projection(in_planes: int, out_planes: int, stride: int, skip: bool) ->
 
 class PreActBasicBlock(SkipBlock):
     """BN-ReLU-conv3x3, BN-ReLU-conv3x3; the sum is the output, nothing applied after it."""
+
+    relu_after_addition = RELU_AFTER_ADDITION
 
     expansion = 1
 
@@ -89,6 +95,8 @@ class PreActBasicBlock(SkipBlock):
 # shows its whole branch and its skip in one place.
 class PreActBottleneck(SkipBlock):
     """BN-ReLU-conv1x1, BN-ReLU-conv3x3 (stride), BN-ReLU-conv1x1 (x4 channels)."""
+
+    relu_after_addition = RELU_AFTER_ADDITION
 
     expansion = 4
 

@@ -38,6 +38,10 @@ from torchvision.ops import StochasticDepth
 from zoo.models.common import DepthUnit, Network, SkipBlock, run_blocks, staged_depth_units
 
 DEFAULT_NUM_CLASSES = 1000
+# The family's facts, read by the registry's describe(): paper, native input (px per side)
+PAPER = "He et al. 2015"
+INPUT_SIZE = 224
+RELU_AFTER_ADDITION = True  # post-activation: relu(f(x) + x)
 STEMS = ("imagenet", "cifar")
 
 # ---------------------------------------------------------------- helpers
@@ -56,6 +60,8 @@ def make_downsample(in_planes: int, planes: int, stride: int, skip: bool) -> nn.
 
 class BasicBlock(SkipBlock):
     """Two 3x3 conv-BN layers (ResNet-18/34)."""
+
+    relu_after_addition = RELU_AFTER_ADDITION
 
     expansion = 1
 
@@ -95,6 +101,8 @@ class BasicBlock(SkipBlock):
 # shows its whole branch and its skip in one place.
 class Bottleneck(SkipBlock):
     """1x1 reduce, 3x3 (stride here: V1.5), 1x1 expand by 4 (ResNet-50/101/152)."""
+
+    relu_after_addition = RELU_AFTER_ADDITION
 
     expansion = 4
 
@@ -250,8 +258,10 @@ _LAYERS: dict[int, tuple[str, tuple[int, int, int, int]]] = {
 }
 VARIANTS: dict[str, dict[str, Any]] = {}
 for _depth, (_block, _layers) in _LAYERS.items():
-    VARIANTS[f"resnet{_depth}"] = {"block": _block, "layers": _layers, "skip": True}
-    VARIANTS[f"plain{_depth}"] = {"block": _block, "layers": _layers, "skip": False}
+    VARIANTS[f"resnet{_depth}"] = {"block": _block, "layers": _layers, "skip": True,
+                                   "depth": _depth}
+    VARIANTS[f"plain{_depth}"] = {"block": _block, "layers": _layers, "skip": False,
+                                  "depth": _depth}
 
 
 def skip_type(arguments: dict[str, Any]) -> str:

@@ -41,6 +41,10 @@ from zoo.models.common import DepthUnit, Network, SkipBlock, run_blocks
 
 DEFAULT_NUM_CLASSES = 10
 DEFAULT_IMAGE_SIZE = 32
+# The family's facts, read by the registry's describe(): paper, native input (px per side)
+PAPER = "Dosovitskiy et al. 2021"
+INPUT_SIZE = DEFAULT_IMAGE_SIZE
+RELU_AFTER_ADDITION = False  # x + f(x), post-LN's norm (not a ReLU) at most
 NORMS = ("pre", "post", "none")
 POOLS = ("token", "mean")  # the class token's output (timm's default), or the tokens' mean
 # timm: truncated normal, std 0.02 (timm's ViT); xavier: Xavier-uniform linear weights, the
@@ -133,6 +137,8 @@ class Mlp(nn.Module):
 class SubBlock(SkipBlock):
     """One branch (attention or MLP) with its norm and its skip: ``x + f(norm(x))`` (pre-LN),
     ``norm(x + f(x))`` (post-LN), ``x + f(x)`` (none); ``skip=False`` drops the ``x +``."""
+
+    relu_after_addition = RELU_AFTER_ADDITION
 
     def __init__(self, branch: nn.Module, width: int, norm: str, skip: bool = True) -> None:
         super().__init__()

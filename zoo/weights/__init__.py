@@ -22,7 +22,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from zoo.weight_files import CheckpointError
+from zoo.weights.files import CheckpointError
 
 HERE = Path(__file__).resolve().parent
 MANIFEST = HERE / "manifest.json"

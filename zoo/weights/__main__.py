@@ -19,7 +19,7 @@ PAGE_HEAD = """# The zoo's own trained weights
 Loadable by name, offline, from the installed package: `zoo.create("resnet56",
 pretrained="fashion_mnist")`, or `python train.py model=resnet56 data=fashion_mnist
 model.pretrained=fashion_mnist trainer.max_epochs=0`. The preprocessing and class names travel
-with the weights, so `zoo.predict.predict(net, images)` takes raw uint8 images. Every file's
+with the weights, so `zoo.weights.predict.predict(net, images)` takes raw uint8 images. Every file's
 SHA-256 is checked on load. Test accuracy (official 10,000 test images, through `predict` from
 the raw uint8 files) and eval-mode training error (the run's 55,000 training images, no
 augmentation) are measured on the shipped bf16 file, not the training checkpoint.

@@ -4,7 +4,7 @@
 (BatchNorm statistics in fp32: they are few and a variance needs the range), stores the model
 options and data facts beside it, names the file ``NAME-SHA8.pt`` like torchvision's, then loads
 that file back through ``zoo.create(name, pretrained=file)`` and measures what the table shows:
-test accuracy through :func:`zoo.predict.predict` from the raw uint8 test images, and the
+test accuracy through :func:`zoo.weights.predict.predict` from the raw uint8 test images, and the
 eval-mode training error over the run's training split (He et al.'s "training error").
 """
 
@@ -46,7 +46,7 @@ def test_accuracy(net: torch.nn.Module, data_cfg: dict[str, Any], batch: int = 1
     """Accuracy on the dataset's official test set (its first ``max_images``), from raw uint8
     images through predict()."""
     from zoo.data.sources import load_in_memory
-    from zoo.predict import predict
+    from zoo.weights.predict import predict
 
     test = load_in_memory(data_cfg["name"], data_cfg.get("root"), data_cfg["val_size"]).test
     count = len(test.labels) if max_images is None else min(max_images, len(test.labels))
@@ -74,8 +74,8 @@ def export(run_dir: Path, out_root: Path = HERE) -> dict[str, Any]:
     """Write ``out_root/<dataset>/<name>-<sha8>.pt`` from a finished run; its manifest entry."""
     import zoo
     from zoo.experiments.tidy import git_commit
-    from zoo.pretrained import _state_dict_of, safe_load
-    from zoo.runs import read_run
+    from zoo.runs.reader import read_run
+    from zoo.weights.pretrained import _state_dict_of, safe_load
 
     run = read_run(run_dir)
     if run.record.get("status") != "done":

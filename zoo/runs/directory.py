@@ -25,6 +25,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from zoo.runs.exits import ExitCode, disk_full_line
+
 
 def _launch_id() -> str:
     slurm_tasks = int(os.environ.get("SLURM_NTASKS", "1") or 1)
@@ -39,20 +41,12 @@ def _launch_id() -> str:
 
 
 LAUNCH_ID = _launch_id()
-DISK_FULL_EXIT_CODE = 74  # sysexits.h EX_IOERR; used for "no space left on device" only
-BAD_INPUT_EXIT_CODE = 2
 
 
 def register_resolvers() -> None:
     """``${launch_id:}`` for the run directory patterns; call before Hydra composes the config."""
     if not OmegaConf.has_resolver("launch_id"):
         OmegaConf.register_new_resolver("launch_id", lambda: LAUNCH_ID)
-
-
-def disk_full_line(path: Any, what: str) -> str:
-    return (f"error: no space left on the device holding {path} ({what}); free some space or set "
-            "hydra.run.dir= on a disk with room, then resume with ckpt_path=<run dir>/checkpoints/"
-            "last.ckpt (checkpoints already saved are whole)")
 
 
 def check_writable(directory: Path) -> None:
@@ -66,11 +60,11 @@ def check_writable(directory: Path) -> None:
         if error.errno in (errno.ENOSPC, errno.EDQUOT):
             print(disk_full_line(directory, "creating the run directory"), file=sys.stderr,
                   flush=True)
-            sys.exit(DISK_FULL_EXIT_CODE)
+            sys.exit(ExitCode.DISK_FULL)
         print(f"error: cannot write the run directory {directory} ({error.strerror}); set "
               "hydra.run.dir= (or hydra.sweep.dir= for -m) to a writable directory",
               file=sys.stderr, flush=True)
-        sys.exit(BAD_INPUT_EXIT_CODE)
+        sys.exit(ExitCode.BAD_INPUT)
 
 
 class RunDirectoryCheck(Callback):

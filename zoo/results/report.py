@@ -1,15 +1,16 @@
 """Collect training runs into error-curve figures and a Markdown summary table.
 
-    python -m zoo.report multirun/2026-11-28/07-10-00 --out reports/degradation
-    python -m zoo.report outputs/.../RUN_A outputs/.../RUN_B --out reports/mine
+    python -m zoo.results report multirun/2026-11-28/07-10-00 --out reports/degradation
+    python -m zoo.results report outputs/.../RUN_A outputs/.../RUN_B --out reports/mine
 
 Each argument is a run directory (its ``run.json``, or ``.hydra/config.yaml`` for older runs, and
 ``csv/metrics.csv``, as ``train.py logger=csv`` or the default loggers write them) or any folder
-above run directories, e.g. a Hydra multirun sweep directory; runs are found by :mod:`zoo.runs`.
+above run directories, e.g. a Hydra multirun sweep directory; runs are found by
+:mod:`zoo.runs.reader`.
 
 The figure follows He et al. 2015, Figure 6: training error (thin) and validation error (bold)
 against epochs, one panel per kind of network (no skip / addition / concatenation), colour by
-depth, plain dashed and residual solid as in every figure of the zoo (:mod:`zoo.figures`). The
+depth, plain dashed and residual solid as in every figure of the zoo (:mod:`zoo.results.style`). The
 thin line is ``1 - train/acc``, the running accuracy over the epoch's augmented training batches;
 the star is the training error as the papers mean it, ``train_eval/err``: an eval-mode pass over
 the whole training set after fit. A second figure draws the training loss against optimizer
@@ -28,8 +29,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from zoo.figures import FAMILY_NAMES, family_of, legend, plt, save, style_for
-from zoo.runs import HYDRA_CONFIG_FILE, METRICS_FILE, Run, label_runs, read_runs
+from zoo.results.style import FAMILY_NAMES, family_of, legend, plt, save, style_for
+from zoo.runs.reader import HYDRA_CONFIG_FILE, METRICS_FILE, Run, label_runs, read_runs
 
 TABLE_COLUMNS = ["run", "model", "params", "epochs", "steps", "final train loss",
                  "final train error", "train-eval error", "best val acc", "test acc", "seconds",
@@ -72,7 +73,7 @@ def parameters(run: Run) -> int | None:
     if run.record.get("parameters") is not None:
         return int(run.record["parameters"])
     import zoo
-    from zoo.module import create_arguments
+    from zoo.training.module import create_arguments
 
     data = run.record.get("data") or {}
     # The model's own options change the count (norm=none adds biases).
@@ -243,7 +244,7 @@ def write_report(paths: Sequence[Path | str], out_dir: Path | str) -> dict[str, 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m zoo.report",
+    parser = argparse.ArgumentParser(prog="python -m zoo.results report",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", type=Path,
                         help="run directories or folders above them (multirun dirs)")

@@ -1,7 +1,7 @@
 """The Trainer of one run and what it carries: loggers, callbacks, checkpointing.
 
-:func:`build_trainer` is what :func:`zoo.run.train` calls; the loggers and callbacks are built
-by name from the config only (a config cannot name a class to run).
+:func:`build_trainer` is what :func:`zoo.runs.train.train` calls; the loggers and callbacks are
+built by name from the config only (a config cannot name a class to run).
 """
 
 from __future__ import annotations
@@ -28,13 +28,13 @@ from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger, Wand
 from torchmetrics import Metric
 
 from zoo.callbacks import build_measurement_callbacks
-from zoo.checkpoint import AtomicCheckpointIO
-from zoo.compat import drop_wandb_anonymous
-from zoo.preemption import PreemptionCheckpoint
-from zoo.resume import ContinuingCSVLogger, Resumed, WandbRunIdInCheckpoint
-from zoo.runlog import StepLogInterval
-from zoo.schemas import PROGRESS_BARS
-from zoo.train_eval import TrainEvalPass
+from zoo.config.schemas import PROGRESS_BARS
+from zoo.runs.log import StepLogInterval
+from zoo.runs.resume import ContinuingCSVLogger, Resumed, WandbRunIdInCheckpoint
+from zoo.runs.signals import PreemptionCheckpoint
+from zoo.training.compat import drop_wandb_anonymous
+from zoo.training.train_eval import TrainEvalPass
+from zoo.weights.checkpoint import AtomicCheckpointIO
 
 LOGGERS = ("wandb", "csv", "tensorboard")
 
@@ -247,7 +247,7 @@ def slurm_plugins() -> list[Any]:
     """Under SLURM, Lightning's own requeue is off: on SIGUSR1 it wrote ``hpc_ckpt_N.ckpt`` (a
     second lineage beside last.ckpt) and restored it over last.ckpt on the next start. The zoo
     handles SIGUSR1 as it does SIGTERM (save last.ckpt, exit, ``scontrol requeue``;
-    :mod:`zoo.checkpoint`)."""
+    :mod:`zoo.weights.checkpoint`)."""
     from lightning_fabric.plugins.environments import SLURMEnvironment
 
     return [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []

@@ -1,9 +1,10 @@
 """Reading weight files from strangers safely: ``torch.load(weights_only=True)``, and errors that
 name the file and say what is wrong with it.
 
-:mod:`zoo.pretrained` (``zoo.create(pretrained=...)``, ``model.pretrained=``) and
-:mod:`zoo.checkpoint` (resume) read every file through :func:`safe_load`: loading never runs code
-from the file, and a file that needs pickled code is refused (:class:`UnsafeCheckpointError`).
+:mod:`zoo.weights.pretrained` (``zoo.create(pretrained=...)``, ``model.pretrained=``) and
+:mod:`zoo.weights.checkpoint` (resume) read every file through :func:`safe_load`: loading never
+runs code from the file, and a file that needs pickled code is refused
+(:class:`UnsafeCheckpointError`).
 No Lightning here, so that ``import zoo`` stays light.
 """
 
@@ -58,7 +59,7 @@ def local_copy(source: str | os.PathLike[str]) -> Iterator[Path]:
     if not is_url(source):
         yield Path(source)
         return
-    from zoo.pretrained import _download  # the one bounded download of the zoo
+    from zoo.weights.pretrained import _download  # the one bounded download of the zoo
 
     with tempfile.TemporaryDirectory(prefix="zoo-download-") as folder:
         local = Path(folder) / (source.split("?")[0].rsplit("/", 1)[-1] or "checkpoint")

@@ -4,9 +4,9 @@ A checkpoint is data from anywhere (a colleague, a download, a damaged disk): it
 ``hyper_parameters`` may hold a string where the zoo wrote a dict, a string learning rate, a
 2 MB model name. Each would surface as a traceback far from the file, or as a "one line" of
 megabytes. :func:`check_hyper_parameters` turns the first wrong value into one
-:class:`~zoo.pretrained.CheckpointError` line that names the file, the key and the value, cut to
-80 characters. Loading a zoo checkpoint (``zoo.load``, ``ZooModule.load_from_checkpoint``,
-``model.pretrained=``, ``ckpt_path=``) calls it.
+:class:`~zoo.weights.pretrained.CheckpointError` line that names the file, the key and the
+value, cut to 80 characters. Loading a zoo checkpoint (``zoo.load``,
+``ZooModule.load_from_checkpoint``, ``model.pretrained=``, ``ckpt_path=``) calls it.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from zoo.predict import Preprocess, cut
-from zoo.pretrained import CheckpointError
+from zoo.weights.predict import Preprocess, cut
+from zoo.weights.pretrained import CheckpointError
 
 
 def _is_number(value: Any) -> bool:
@@ -48,7 +48,10 @@ def _model_problems(model: Any) -> Iterator[str]:
 
 
 def _training_problems(hyper_parameters: dict[str, Any]) -> Iterator[str]:
-    from zoo.schemas import OPTIMIZERS, SCHEDULERS  # Hydra's ConfigStore: not at `import zoo`
+    from zoo.config.schemas import (  # Hydra's ConfigStore: not at `import zoo`
+        OPTIMIZERS,
+        SCHEDULERS,
+    )
 
     for key, names in (("optim", OPTIMIZERS), ("scheduler", SCHEDULERS)):
         section = hyper_parameters.get(key)

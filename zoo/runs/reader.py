@@ -1,6 +1,6 @@
 """Run directories: the one record a run leaves (``run.json``) and the one reader of runs.
 
-A run directory holds what ``train.py`` (through :func:`zoo.run.train`) wrote:
+A run directory holds what ``train.py`` (through :func:`zoo.runs.train.train`) wrote:
 
     run.json              how the run ended and what it measured (:class:`RunRecorder`)
     .hydra/config.yaml    Hydra's composed config (the only source for runs older than run.json)
@@ -8,9 +8,9 @@ A run directory holds what ``train.py`` (through :func:`zoo.run.train`) wrote:
     csv/metrics.csv       Lightning's CSVLogger (logger=csv, on by default)
     gradient_flow.csv, residual_gain.csv   the measurement callbacks' tidy files
 
-``zoo.report``, ``zoo.plot``, ``zoo.results`` and the experiments find runs, read them and name
-them here; nothing else opens these files by hand. Reading builds no network and starts no
-Lightning; :class:`RunRecorder` writes the record at the end of :func:`zoo.run.train`.
+``zoo.results`` (report, plot, collect) and the experiments find runs, read them and name them
+here; nothing else opens these files by hand. Reading builds no network and starts no
+Lightning; :class:`RunRecorder` writes the record at the end of :func:`zoo.runs.train.train`.
 """
 
 from __future__ import annotations
@@ -24,16 +24,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from zoo.predict import cut
-from zoo.run_files import checked_record, plain_config
+from zoo.runs.files import checked_record, plain_config
+from zoo.weights.predict import cut
 
 RUN_RECORD_FILE = "run.json"
-DIVERGED_EXIT_CODE = 3  # the run itself failed, not its input: a distinct code for sweeps
 STATUSES = ("done", "diverged", "preempted", "failed")
 METRICS_FILE = Path("csv") / "metrics.csv"
 HYDRA_CONFIG_FILE = Path(".hydra") / "config.yaml"
 HYDRA_OVERRIDES_FILE = Path(".hydra") / "overrides.yaml"
-TENSORBOARD_FOLDER = "tensorboard"  # logger=tensorboard's event files (zoo/trainer_setup.py)
+TENSORBOARD_FOLDER = "tensorboard"  # logger=tensorboard's event files (zoo/runs/trainer.py)
 GRADIENT_FLOW_FILE = "gradient_flow.csv"
 RESIDUAL_GAIN_FILE = "residual_gain.csv"
 
@@ -141,9 +140,9 @@ class Run:
     def metrics(self) -> list[dict[str, float]]:
         """Rows of ``csv/metrics.csv`` with the empty cells left out; without it, the scalars of
         the run's TensorBoard event files, one row per step; [] without either. A malformed file
-        is a ValueError naming it (:mod:`zoo.run_files`)."""
+        is a ValueError naming it (:mod:`zoo.runs.files`)."""
         if self._metrics is None:
-            from zoo.run_files import read_metrics_csv, read_tensorboard
+            from zoo.runs.files import read_metrics_csv, read_tensorboard
 
             table = self.path / METRICS_FILE  # else a logger=tensorboard run's event files
             self._metrics = read_metrics_csv(table) if table.is_file() else \
@@ -346,7 +345,7 @@ class RunRecorder:
         return record
 
     def _train_eval_metrics(self) -> dict[str, float]:
-        # The eval-mode pass over the training set keeps its last result (zoo.train_eval).
+        # The eval-mode pass over the training set keeps its last result (zoo.training.train_eval).
         for callback in self.trainer.callbacks:
             if type(callback).__name__ == "TrainEvalPass" and getattr(callback, "last", None):
                 return {key: float(value) for key, value in callback.last.items()}
@@ -361,7 +360,7 @@ class RunRecorder:
 
 
 def wandb_summary(record: dict[str, Any]) -> dict[str, Any]:
-    """The record's facts under the W&B summary's names (what W&B and zoo.report both show)."""
+    """The record's facts under the W&B summary's names (what W&B and the report show)."""
     summary = {"status": record["status"], "global_step": record["global_step"],
                "fit_seconds": record["fit_seconds"], "parameters": record["parameters"],
                "best_val_acc": record["best_val_acc"], "test_acc": record["test"].get("test/acc"),

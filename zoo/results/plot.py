@@ -1,14 +1,14 @@
 """Local plots from the tidy files the measurement callbacks write, for runs side by side.
 
-    python -m zoo.plot gradflow outputs/plain56 outputs/resnet56 --out plots
+    python -m zoo.results gradflow outputs/plain56 outputs/resnet56 --out plots
         gradient_flow_depth.png: gradient norm against depth (log y), one line per run at its
                                  first and last logged step (or --at mean / first / last);
         gradient_flow_ratio.png: stem-over-head gradient norm ratio over training (log y).
-    python -m zoo.plot gain outputs/resnet20 outputs/resnet110 --out plots
+    python -m zoo.results gain outputs/resnet20 outputs/resnet110 --out plots
         residual_gain.png:       ||f(x)|| / ||x|| per block at the first and last epoch.
 
 Each RUN_DIR is a run directory (Hydra's ``outputs/...``) holding ``gradient_flow.csv`` /
-``residual_gain.csv`` (see :mod:`zoo.callbacks`), read through :mod:`zoo.runs`. Lines are
+``residual_gain.csv`` (see :mod:`zoo.callbacks`), read through :mod:`zoo.runs.reader`. Lines are
 labelled ``model.name/data.name`` (plus the setting that differs between runs of one model) from
 the run's record, else with the directory name; colour by depth, plain dashed, residual solid.
 """
@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from zoo.figures import legend, plt, save, style_for
-from zoo.runs import (
+from zoo.results.style import legend, plt, save, style_for
+from zoo.runs.reader import (
     GRADIENT_FLOW_FILE,
     RESIDUAL_GAIN_FILE,
     Run,
@@ -214,7 +214,7 @@ def plot_residual_gain(run_dirs: Sequence[Path], out_dir: Path, at: str = "both"
 
 
 def main(argv: Sequence[str] | None = None) -> list[Path]:
-    parser = argparse.ArgumentParser(prog="python -m zoo.plot", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m zoo.results", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("kind", choices=["gradflow", "gain"])
     parser.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR")

@@ -4,8 +4,8 @@
   ``os.replace``: a kill during a save leaves the previous ``last.ckpt`` whole.
 * Reads use ``torch.load(weights_only=True)``: a checkpoint is data. A file whose pickle asks for
   code (a ``__reduce__`` that calls ``os.system``, say) is refused, not run. The reader,
-  :func:`safe_load`, and its errors live in :mod:`zoo.pretrained`, which needs no Lightning (so
-  ``import zoo`` does not import it); they are importable from here as well.
+  :func:`safe_load`, and its errors live in :mod:`zoo.weights.pretrained`, which needs no
+  Lightning (so ``import zoo`` does not import it); they are importable from here as well.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from typing import Any
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from zoo.hparams import check_hyper_parameters
-from zoo.pretrained import CheckpointError, safe_load, what_is_there
-from zoo.pretrained import UnsafeCheckpointError as UnsafeCheckpointError  # for importers
+from zoo.weights.hparams import check_hyper_parameters
+from zoo.weights.pretrained import CheckpointError, safe_load, what_is_there
+from zoo.weights.pretrained import UnsafeCheckpointError as UnsafeCheckpointError  # for importers
 
 log = logging.getLogger(__name__)
 

@@ -70,7 +70,7 @@ def drop_wandb_anonymous(logger: Any) -> None:
 # Lightning's start-up lines that a user cannot act on: hardware it did not find, advertisements.
 _LIGHTNING_NOISE = ("💡 Tip:", "GPU available: False", "TPU available:", "HPU available:",
                     "Loading `train_dataloader` to estimate number of stepping batches",
-                    # the zoo's own summary (zoo.trainer_setup.SummaryWithoutMetrics) replaces it
+                    # the zoo's own summary (zoo.runs.trainer.SummaryWithoutMetrics) replaces it
                     "Trainer already configured with model summary callbacks")
 
 

@@ -2,7 +2,7 @@
 
 ``objective`` in ``configs/train.yaml`` names a metric of the run, e.g. ``val/acc``; after the
 run, :func:`objective_value` reads it back from the run's own record, so that the value a
-sweeper sees is the one ``run.json`` and ``zoo.report`` show:
+sweeper sees is the one ``run.json`` and ``zoo.results.report`` show:
 
 * the checkpoint's monitor (``callbacks.checkpoint.monitor``, ``val/acc`` by default): its best
   value over the validation epochs, the checkpoint the test phase used (``run.json``);
@@ -19,8 +19,8 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from zoo.runs import RUN_RECORD_FILE, read_run
-from zoo.schemas import OBJECTIVES
+from zoo.config.schemas import OBJECTIVES
+from zoo.runs.reader import RUN_RECORD_FILE, read_run
 
 # Held by run.json itself; the other OBJECTIVES are read from the CSV log.
 RECORDED = ("test/acc", "test/acc5", "test/loss", "train_eval/err", "train_eval/acc",

@@ -17,15 +17,15 @@ import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
 import zoo
-from zoo.compat import reset_train_dataloader
-from zoo.models import count_parameters
-from zoo.schemas import (
+from zoo.config.schemas import (
     OPTIMIZERS,
     SCHEDULERS,
     OptimConfig,
     SchedulerConfig,
     schema_defaults,
 )
+from zoo.models import count_parameters
+from zoo.training.compat import reset_train_dataloader
 
 log = logging.getLogger("zoo")
 
@@ -56,7 +56,7 @@ class ZooModule(pl.LightningModule):
         dataset: dict[str, Any] | None = None,
     ) -> None:
         """``dataset``: the data facts that preprocess raw images for :meth:`predict` (name,
-        mean, std, image size, channels, class names; ``zoo.predict.data_facts``)."""
+        mean, std, image size, channels, class names; ``zoo.weights.predict.data_facts``)."""
         super().__init__()
         model = dict(model)
         # Keys not given take the schemas' defaults, train.yaml's too: built in Python, the module
@@ -154,8 +154,8 @@ class ZooModule(pl.LightningModule):
         """Lightning's loader, data only: paths and http(s) URLs are read with
         ``weights_only=True`` (Lightning unpickles URLs with ``weights_only=False``, which runs
         code from the file), and the hyper-parameters are checked before the net is built."""
-        from zoo.hparams import check_hyper_parameters
-        from zoo.pretrained import local_copy, safe_load
+        from zoo.weights.hparams import check_hyper_parameters
+        from zoo.weights.pretrained import local_copy, safe_load
 
         if weights_only is False or hparams_file is not None:
             raise ValueError("a zoo checkpoint is loaded as data, with the hyper-parameters it "
@@ -171,15 +171,16 @@ class ZooModule(pl.LightningModule):
     # ------------------------------------------------------------------ prediction
 
     def transforms(self) -> Any:
-        """The preprocessing this network was trained with (``zoo.predict.Preprocess``)."""
-        from zoo.predict import Preprocess
+        """The preprocessing this network was trained with (``zoo.weights.predict.Preprocess``)."""
+        from zoo.weights.predict import Preprocess
 
         return Preprocess.from_facts(self.hparams.get("dataset"))
 
     def predict(self, images: Any, batch_size: int = 256) -> Any:
-        """Class indices, probabilities and names for raw images (the layouts :mod:`zoo.predict`
-        lists; never modified): ``zoo.predict.predict`` with this checkpoint's preprocessing."""
-        from zoo.predict import predict
+        """Class indices, probabilities and names for raw images (the layouts
+        :mod:`zoo.weights.predict` lists; never modified): ``zoo.weights.predict.predict`` with this
+        checkpoint's preprocessing."""
+        from zoo.weights.predict import predict
 
         return predict(self, images, batch_size=batch_size)
 

@@ -39,7 +39,8 @@ from pytorch_lightning.loggers import CSVLogger, WandbLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 from pytorch_lightning.loggers.logger import rank_zero_experiment
 
-from zoo.checkpoint import CheckpointError, check_resume_compatible, resolve_ckpt_path
+from zoo.runs.exits import ExitCode
+from zoo.weights.checkpoint import CheckpointError, check_resume_compatible, resolve_ckpt_path
 
 log = logging.getLogger("zoo")
 
@@ -320,7 +321,7 @@ class ResumeSettings(Callback):
             if os.environ.get("ZOO_DEBUG"):
                 raise
             print(f"error: {error}", file=sys.stderr, flush=True)
-            sys.exit(2)
+            sys.exit(ExitCode.BAD_INPUT)
 
 
 def prepare_resume(config: DictConfig) -> None:
@@ -353,7 +354,7 @@ def prepare_resume(config: DictConfig) -> None:
                 config[key] = value
             config.hydra.runtime.choices = choices
             config.hydra.overrides.task = overrides
-    from zoo.run import check_config  # zoo.run imports this module
+    from zoo.runs.train import check_config  # zoo.runs.train imports this module
 
     check_config(config)  # bad values (trainer.max_epochs=0, ...): before Hydra writes anything
     check_against_checkpoint(config, ckpt_path)

@@ -19,8 +19,8 @@ loader that training runs use too. ``pretrained`` is
   the file's SHA-256 must begin with the 8 hex digits in its name.
 
 Files are read with ``torch.load(weights_only=True)`` (:func:`safe_load`, which
-:mod:`zoo.checkpoint` uses too): loading never runs code from the file, and a file that needs
-pickled code is refused (:class:`UnsafeCheckpointError`). This module imports no Lightning, so
+:mod:`zoo.weights.checkpoint` uses too): loading never runs code from the file, and a file that
+needs pickled code is refused (:class:`UnsafeCheckpointError`). This module imports no Lightning, so
 that ``import zoo`` stays light.
 
 A checkpoint whose classifier has another number of classes loads everything else and says so
@@ -47,8 +47,7 @@ from torch import nn
 
 from zoo import models, weights
 from zoo.models.densenet import remap_legacy_keys
-from zoo.predict import IMAGENET_MEAN, IMAGENET_STD, KNOWN_CLASS_NAMES, Preprocess
-from zoo.weight_files import (  # the file-reading layer; its names are this module's too
+from zoo.weights.files import (  # the file-reading layer; its names are this module's too
     ArchitectureMismatchError,
     CheckpointError,
     PretrainedUnavailableError,
@@ -58,6 +57,7 @@ from zoo.weight_files import (  # the file-reading layer; its names are this mod
     safe_load,
     what_is_there,
 )
+from zoo.weights.predict import IMAGENET_MEAN, IMAGENET_STD, KNOWN_CLASS_NAMES, Preprocess
 
 log = logging.getLogger(__name__)
 
@@ -276,7 +276,9 @@ def load_pretrained(net: nn.Module, name: str, source: str | os.PathLike[str]) -
     else:  # a path, or an http(s) URL that safe_load reads as data
         path = source if is_url(source) else Path(source)
     content = safe_load(path)
-    from zoo.hparams import check_hyper_parameters  # it imports zoo.predict's Preprocess
+    from zoo.weights.hparams import (
+        check_hyper_parameters,  # it imports zoo.weights.predict's Preprocess
+    )
 
     check_hyper_parameters(content, path)
     state_dict = remap_legacy_keys(_state_dict_of(content, path))
@@ -314,7 +316,7 @@ def load_pretrained(net: nn.Module, name: str, source: str | os.PathLike[str]) -
     num_classes = own[f"{classifier}.weight"].shape[0] if classifier else 0
     preprocess = known_preprocessing(name, content, num_classes)
     if preprocess is not None:
-        net.preprocess = preprocess  # what zoo.predict.predict(net, images) normalises with
+        net.preprocess = preprocess  # what zoo.weights.predict.predict(net, images) normalises with
     return net
 
 

@@ -1,12 +1,12 @@
 """A run folder's files read as data: checked value by value, never executed or resolved.
 
 A run folder can come from anywhere (a colleague's sweep, a copied archive, a disk that filled
-up mid-write), so its files are untrusted input to :mod:`zoo.runs`:
+up mid-write), so its files are untrusted input to :mod:`zoo.runs.reader`:
 
 * ``.hydra/config.yaml`` is read with ``yaml.safe_load``, not OmegaConf: references to other
   keys (``${data.num_classes}``) are looked up, but resolvers (``${oc.env:HOME}``,
   ``${now:...}``) stay as text and never run, so no environment variable leaks into a report;
-* ``run.json`` is checked field by field against the types :class:`zoo.runs.RunRecorder`
+* ``run.json`` is checked field by field against the types :class:`zoo.runs.reader.RunRecorder`
   writes: wrong types, ``null`` where a number belongs, huge or non-finite counts are one
   ``ValueError`` naming the file, the key and the value (cut to 80 characters);
 * ``csv/metrics.csv`` rows must be numbers, steps and epochs whole numbers; a bad cell is one
@@ -24,7 +24,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from zoo.predict import cut
+from zoo.weights.predict import cut
 
 REFERENCE = re.compile(r"^\$\{([A-Za-z_][\w.]*)\}$")  # ${a.b}: a key, no resolver
 LARGEST_COUNT = 2**53  # steps, epochs, parameters: beyond it a float cannot hold the count

@@ -2,7 +2,7 @@
 
 SLURM pre-emption and time limits, spot instances, ``kill``, a closed terminal: the run saves
 ``checkpoints/last.ckpt`` at the next step boundary, writes ``run.json``, says in one line how to
-resume and exits with ``128 + the signal's number`` (:data:`SIGNAL_EXIT_CODES`). Under SLURM a
+resume and exits with ``128 + the signal's number`` (``zoo.runs.exits.ExitCode``). Under SLURM a
 SIGUSR1 (``#SBATCH --signal=B:USR1@120``) also requeues the job (``scontrol requeue``), whose
 next start resumes with ``ckpt_path=auto`` (``scripts/slurm/train.sbatch``).
 """
@@ -24,11 +24,10 @@ from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from zoo.runs.exits import SIGNAL_EXIT_CODES
+
 log = logging.getLogger(__name__)
 
-# 128 + the signal's number, as shells say: SIGTERM, Ctrl-C (SIGINT), SIGUSR1 (SLURM's warning
-# before the time limit, ``--signal``), SIGHUP (the terminal or ssh session closed)
-SIGNAL_EXIT_CODES = {"SIGTERM": 143, "Ctrl-C": 130, "SIGUSR1": 138, "SIGHUP": 129}
 STOP_LIKE_SIGTERM = {signal.SIGUSR1: "SIGUSR1", signal.SIGHUP: "SIGHUP"}
 
 
@@ -56,7 +55,7 @@ class StopSignals:
     * later signals are ignored: the checkpoint save and the resume line must finish;
     * SIGUSR1 and SIGHUP stop the run as SIGTERM does (they used to kill it with no checkpoint,
       no run.json, no word: exit 138 / 129); Lightning's SLURM requeue, which answered SIGUSR1
-      with a second checkpoint lineage, is off (``zoo.trainer_setup.slurm_plugins``).
+      with a second checkpoint lineage, is off (``zoo.runs.trainer.slurm_plugins``).
 
     The callback :class:`PreemptionCheckpoint` keeps ``phase`` and ``saved_now`` up to date.
     """

@@ -7,12 +7,12 @@ as torchvision's ``weights.transforms()`` does, the facts travel with the weight
 * a checkpoint of this project stores them in its hyperparameters (``dataset``: name, mean, std,
   image size, channels, class names; :func:`data_facts` reads them off the datamodule);
 * ``zoo.create(name, pretrained=...)`` attaches them as ``net.preprocess`` for the community
-  CIFAR-10 checkpoints and torchvision's ImageNet weights (see :mod:`zoo.pretrained`).
+  CIFAR-10 checkpoints and torchvision's ImageNet weights (see :mod:`zoo.weights.pretrained`).
 
 One call turns raw images into predictions::
 
     model = zoo.load("run/checkpoints/last.ckpt")   # ZooModule, eval mode, weights only
-    result = model.predict(images)                  # = zoo.predict.predict(model, images)
+    result = model.predict(images)                  # = zoo.weights.predict.predict(model, images)
     result.indices, result.probabilities, result.names
 
 Pixels: uint8 (0..255), uint16 (0..65535) or float in [0, 1]; NaN or infinite pixels are refused.
@@ -151,16 +151,16 @@ class Preprocess:
     def from_facts(cls, facts: dict[str, Any] | None) -> Preprocess:
         if not facts:
             raise ValueError("this network carries no data facts (a checkpoint written before "
-                             "they were stored?); pass preprocess=zoo.predict.Preprocess(mean=..., "
-                             "std=..., image_size=..., in_channels=...) with its data config's "
-                             "values")
+                             "they were stored?); pass "
+                             "preprocess=zoo.weights.predict.Preprocess(mean=..., std=..., "
+                             "image_size=..., in_channels=...) with its data config's values")
         try:
             return cls(facts["mean"], facts["std"], facts["image_size"], facts["in_channels"],
                        facts.get("resize_size"), facts.get("class_names"), facts.get("name"))
         except (TypeError, ValueError, KeyError, AttributeError) as error:
             raise ValueError(
                 f"this network's data facts are unusable ({error}); pass "
-                "preprocess=zoo.predict.Preprocess(mean=..., std=..., image_size=..., "
+                "preprocess=zoo.weights.predict.Preprocess(mean=..., std=..., image_size=..., "
                 "in_channels=...) with the values of its data config (configs/data/)") from None
 
     def __repr__(self) -> str:
@@ -245,7 +245,7 @@ class Preprocess:
                 f"{meanings}; pass an (N, C, H, W) tensor, {shapes}")
         raise ValueError(
             f"a {kind} shaped {shape} is not an image layout the zoo reads: "
-            f"{self._layouts(from_numpy)}, with 1 or 3 channels (see zoo.predict)")
+            f"{self._layouts(from_numpy)}, with 1 or 3 channels (see zoo.weights.predict)")
 
     def _layouts(self, from_numpy: bool) -> str:
         layouts = ["(H, W)", "(C, H, W)"]
@@ -339,7 +339,8 @@ def preprocessing_of(model: nn.Module) -> Preprocess:
     if isinstance(preprocess, Preprocess):
         return preprocess
     raise ValueError(f"{type(model).__name__} carries no preprocessing (trained from scratch, "
-                     "not loaded with pretrained=...); pass preprocess=zoo.predict.Preprocess(...)")
+                     "not loaded with pretrained=...); pass "
+                     "preprocess=zoo.weights.predict.Preprocess(...)")
 
 
 def check_finite_weights(model: nn.Module) -> None:

@@ -5,7 +5,7 @@ it describes (``configs/train.yaml`` for ``optim`` and ``scheduler``, every file
 ``configs/data``, ``configs/callbacks`` and ``configs/model``), so the YAML files keep the values
 and their comments while the schema holds the types and the allowed choices. A wrong type, an
 unknown choice or an unknown key then fails before anything is built, in one line that names
-the key (``zoo.config.one_line_config_errors``)::
+the key (``zoo.config.source.one_line_config_errors``)::
 
     error: optim.name: Invalid value 'adamx', expected one of [sgd, adamw]
 
@@ -47,7 +47,7 @@ OPTIMIZERS = ("sgd", "adamw")
 SCHEDULERS = ("cosine", "onecycle", "step", "none")
 LOADERS = ("auto", "device", "torch")
 PROGRESS_BARS = ("rich", "tqdm", "none")
-# What train.py may return to a Hydra sweeper (``objective`` in train.yaml; zoo/objective.py):
+# What train.py may return to a Hydra sweeper (``objective`` in train.yaml; zoo/runs/objective.py):
 # the metrics ZooModule logs and the run records.
 OBJECTIVES = ("val/acc", "val/acc5", "val/loss", "test/acc", "test/acc5", "test/loss",
               "train_eval/err", "train_eval/acc", "train_eval/loss", "train/acc",

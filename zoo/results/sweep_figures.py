@@ -1,6 +1,6 @@
 """Every figure of a training sweep, drawn from the rows of its ``runs.csv`` and ``curves.csv``
-(``zoo.results`` writes and reads those files). Seeds of one setting are averaged: mean ± std
-(sample std); every number in a title is computed from the rows.
+(``zoo.results.collect`` writes them, ``zoo.results.redraw`` reads them). Seeds of one setting
+are averaged: mean ± std (sample std); every number in a title is computed from the rows.
 
 * :func:`plot_against_depth`: a metric against depth, plain nets dashed, residual nets solid
   (the degradation problem, section 2 of docs/RESULTS.md; over 1000 layers, section 7).
@@ -22,7 +22,7 @@ from typing import Any
 
 from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
-from zoo.figures import (
+from zoo.results.style import (
     FAMILY_NAMES,
     LINESTYLES,
     band,

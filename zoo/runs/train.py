@@ -1,7 +1,7 @@
 """Turn a composed config into a training run: data, model, callbacks, loggers, trainer, fit, test.
 
 ``train.py`` is a thin Hydra wrapper around :func:`train`; everything it does lives here, where
-tests can call it. The loggers, callbacks and the Trainer are built in :mod:`zoo.trainer_setup`.
+tests can call it. The loggers, callbacks and the Trainer are built in :mod:`zoo.runs.trainer`.
 """
 
 from __future__ import annotations
@@ -23,22 +23,23 @@ from pytorch_lightning.loggers import Logger, WandbLogger
 
 import zoo
 from zoo.callbacks import TrainingDivergedError
-from zoo.checkpoint import (
+from zoo.config.schemas import plain
+from zoo.data import build_datamodule
+from zoo.runs.exits import ExitCode
+from zoo.runs.log import print_and_log
+from zoo.runs.reader import RunRecorder, wandb_summary
+from zoo.runs.resume import Resumed, resumed_from
+from zoo.runs.signals import refuse_lightning_hpc_checkpoints, stop_signals
+from zoo.runs.trainer import build_trainer
+from zoo.training.compat import wandb_run_is_offline
+from zoo.training.module import ZooModule
+from zoo.training.precision import check_accelerator, choose_channels_last, choose_precision
+from zoo.weights.checkpoint import (
     check_resume_compatible,
     resolve_ckpt_path,
 )
-from zoo.compat import wandb_run_is_offline
-from zoo.data import build_datamodule
-from zoo.module import ZooModule
-from zoo.precision import check_accelerator, choose_channels_last, choose_precision
-from zoo.predict import data_facts
-from zoo.preemption import refuse_lightning_hpc_checkpoints, stop_signals
-from zoo.pretrained import load_pretrained
-from zoo.resume import Resumed, resumed_from
-from zoo.runlog import print_and_log
-from zoo.runs import DIVERGED_EXIT_CODE, RunRecorder, wandb_summary
-from zoo.schemas import plain
-from zoo.trainer_setup import build_trainer
+from zoo.weights.predict import data_facts
+from zoo.weights.pretrained import load_pretrained
 
 log = logging.getLogger("zoo")
 
@@ -151,11 +152,11 @@ def fit_and_test(
                                verbose=False)
     except TrainingDivergedError as diverged:
         # A diverged run is a result too (the explosion and depth experiments expect some): its
-        # run.json says so (zoo.report reads it), W&B records the same facts and closes the run
-        # as failed, so that a sweep's next job gets a run of its own.
+        # run.json says so (zoo.results.report reads it), W&B records the same facts and closes the
+        # run as failed, so that a sweep's next job gets a run of its own.
         record = recorder.finish("diverged", error=diverged,
                                  fit_seconds=time.perf_counter() - fit_started)
-        close_wandb(loggers, trainer, DIVERGED_EXIT_CODE, wandb_summary(record))
+        close_wandb(loggers, trainer, ExitCode.DIVERGED, wandb_summary(record))
         raise
     except BaseException as error:
         elapsed = fit_seconds if fit_seconds is not None else time.perf_counter() - fit_started
@@ -192,7 +193,7 @@ def end_stopped_run(error: BaseException, trainer: pl.Trainer, recorder: RunReco
         recorder.finish("preempted" if preempted else "failed", error=preempted or error, **facts)
     except OSError as record_error:  # a full disk must not hide the error that matters
         log.warning("could not write run.json: %s", record_error)
-    close_wandb(loggers, trainer, preempted.exit_code if preempted else 1)
+    close_wandb(loggers, trainer, preempted.exit_code if preempted else ExitCode.FAILED)
     if preempted is not None:
         raise preempted from None
     raise error
@@ -259,7 +260,7 @@ def load_starting_weights(cfg: DictConfig, module: ZooModule,
 
 def train(cfg: DictConfig, run_dir: Path | str) -> dict[str, float]:
     """Fit and test the configured network; returns the final test metrics."""
-    cfg = plain(cfg)  # the schemas' choices as strings (zoo/schemas.py), checked by Hydra already
+    cfg = plain(cfg)  # the schemas' choices as strings (zoo/config/schemas.py), checked by Hydra
     check_config(cfg)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)

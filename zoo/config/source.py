@@ -1,17 +1,20 @@
 """The zoo's additions to Hydra: a model config for every depth, and the config schemas.
 
-``register_configs()`` (idempotent; ``train.py``, :mod:`zoo.run` and the tests call it before
+``register_configs()`` (idempotent; ``train.py``, :mod:`zoo.runs.train` and the tests call it before
 composing) does two things:
 
 * **Model configs by name.** ``configs/model/`` holds a YAML file per named network. Any other
   depth that :func:`zoo.create` accepts (``resnet14``, ``plain26``: 6n+2 CIFAR nets;
   ``preact_plain110``) gets its config from :class:`ModelNameSource`, a Hydra config source
   searched after ``configs/``: the config of its family's template file (``resnet20``,
-  ``plain20``, ``preact_resnet110``) with its own ``name``. So ``model=resnet14`` composes on
+  ``plain20``, ``preact_resnet110``) with its own ``name``, or, for a family without one, its
+  schema's defaults (``_<family>_schema``): a new family needs no model file. So
+  ``model=resnet14`` composes on
   the command line, in sweeps and in tests exactly as a file would, and a wrong depth
   (``model=resnet15``) gets the family's one-line rule instead of Hydra's list of files.
-* **Schemas** (:mod:`zoo.schemas`): dataclasses in Hydra's ConfigStore that the YAML groups name
-  in their defaults lists, so a wrong type or an unknown choice fails when Hydra composes.
+* **Schemas** (:mod:`zoo.config.schemas`): dataclasses in Hydra's ConfigStore that the YAML
+  groups name in their defaults lists, so a wrong type or an unknown choice fails when Hydra
+  composes.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from hydra.plugins.search_path_plugin import SearchPathPlugin
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from zoo.schemas import register_schemas
+from zoo.config.schemas import register_schemas
 
 # The model files whose settings a generated config takes, per family and skip type.
 TEMPLATES = {
@@ -58,10 +61,20 @@ def generated_model_config(name: str) -> dict[str, Any]:
     from zoo.models import describe  # the registry says which family builds the name
 
     facts = describe(name)
-    template = TEMPLATES.get((facts["family"], facts["skip"]))
-    if template is None:  # every other family's networks each have a file in configs/model/
-        raise ValueError(f"model={name}: no config template for the {facts['family']} family")
-    return {"defaults": [template, "_self_"], "name": name}
+    # a family's model file with its settings, or else its schema alone (every key has a default)
+    first = TEMPLATES.get((facts["family"], facts["skip"]), f"_{facts['family']}_schema")
+    return {"defaults": [first, "_self_"], "name": name}
+
+
+def is_registered(name: str) -> bool:
+    """Whether the registry builds ``name`` (a new family's names need no model file)."""
+    from zoo.models import describe
+
+    try:
+        describe(name)
+    except ValueError:
+        return False
+    return True
 
 
 class ModelNameSource(ConfigSource):
@@ -74,7 +87,9 @@ class ModelNameSource(ConfigSource):
     def _model_name(self, config_path: str) -> str | None:
         group, _, name = self._normalize_file_name(config_path).rpartition("/")
         name = name.removesuffix(".yaml")
-        return name if group == "model" and DEPTH_NAME.match(name) else None
+        if group != "model" or name.startswith("_"):  # "_..._schema": the ConfigStore's
+            return None
+        return name if DEPTH_NAME.match(name) or is_registered(name) else None
 
     def load_config(self, config_path: str) -> ConfigResult:
         name = self._model_name(config_path)
@@ -107,7 +122,7 @@ class ModelNameSearchPath(SearchPathPlugin):
 
 _registered = False
 # Hydra callbacks the zoo lets a config name: its own, and code that ships as Hydra or its plugins
-OWN_HYDRA_CALLBACKS = ("zoo.rundir.RunDirectoryCheck", "zoo.resume.ResumeSettings")
+OWN_HYDRA_CALLBACKS = ("zoo.runs.directory.RunDirectoryCheck", "zoo.runs.resume.ResumeSettings")
 TRUSTED_CALLBACK_PACKAGES = ("hydra.experimental.callbacks.", "hydra_plugins.")
 
 
@@ -232,7 +247,7 @@ def internal_choice(arguments: Sequence[str]) -> str | None:
 
 
 def _raised_in_job(error: BaseException) -> bool:
-    # Hydra's own test: frames below run_job belong to the job (zoo.run), not to composition.
+    # Hydra's own test: frames below run_job belong to the job (zoo.runs.train), not to composition.
     return any(frame.name == "run_job" for frame in traceback.extract_tb(error.__traceback__))
 
 

@@ -1,6 +1,6 @@
 """One look for every figure of the zoo: one matplotlib set-up, one colour per depth, one save.
 
-Every figure module (``zoo.report``, ``zoo.plot``, ``zoo.results``, the experiments) draws
+Every figure module (``zoo.results.report``, ``.plot``, ``.collect``, the experiments) draws
 through this file, so that a reader learns the code of one figure and reads all of them:
 
 - the colour says the **depth**: ResNet-56 and plain-56 share a colour in every figure, and a
@@ -8,7 +8,7 @@ through this file, so that a reader learns the code of one figure and reads all 
 - the line says the **skip**: plain nets dashed, residual (and dense) nets solid
   (:data:`LINESTYLES`).
 
-    from zoo.figures import plt, save, style_for
+    from zoo.results.style import plt, save, style_for
     figure, axis = plt.subplots()
     axis.plot(steps, errors, label="plain56", **style_for("plain56"))
     save(figure, "docs/figures/degradation/train_error.png")
@@ -18,9 +18,9 @@ Importing this module selects the Agg backend (files only: training machines hav
 
 from __future__ import annotations
 
-import re
 import zlib
 from collections.abc import Sequence
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -68,24 +68,33 @@ FAMILY_NAMES = {"plain": "plain (no skip)", "residual": "residual (addition)",
 _FALLBACK = plt.get_cmap("tab20").colors  # for depths not in the tables above
 
 
-def family_of(model: str) -> str:
-    """``plain``, ``residual`` or ``dense`` from a registry name (``plain56`` -> ``plain``).
+# describe()'s skip in the figures' words: the legend's kinds and runs.csv's "family" column
+KIND_OF_SKIP = {"none": "plain", "add": "residual", "concat": "dense"}
 
-    Read from the name, not the registry, so that committed results of a model since renamed
-    or removed still redraw.
-    """
-    name = model.lower()
-    if name.startswith("plain"):
-        return "plain"
-    if name.startswith("densenet"):
-        return "dense"
-    return "residual"
+
+@cache
+def _facts(model: str) -> dict[str, Any] | None:
+    """The registry's facts of ``model``; None for a name it does not build (a model since
+    renamed or removed: committed results still redraw, solid, in a colour of the name's own)."""
+    from zoo.models import describe
+
+    try:
+        return describe(model)
+    except ValueError:  # UnknownModelError, or a depth the family cannot build
+        return None
+
+
+def family_of(model: str) -> str:
+    """``plain``, ``residual`` or ``dense``: the registry's skip of ``model`` (no skip, addition,
+    concatenation), in the words of the figures and of runs.csv's ``family`` column."""
+    facts = _facts(model)
+    return KIND_OF_SKIP[facts["skip"]] if facts else "residual"
 
 
 def depth_of(model: str) -> int | None:
-    """The depth in a registry name: the first number (``densenet_bc_100_12`` -> 100)."""
-    match = re.search(r"\d+", model)
-    return int(match.group()) if match else None
+    """The registry's depth of ``model`` (weighted layers; a ViT's blocks)."""
+    facts = _facts(model)
+    return facts["depth"] if facts else None
 
 
 def colour_for(model: str) -> str:
@@ -100,16 +109,17 @@ def colour_for(model: str) -> str:
 
 def style_for(model: str) -> dict[str, Any]:
     """``dict(color=..., linestyle=...)`` for ``axis.plot(..., **style_for(name))``:
-    colour by depth, dashed for plain nets, solid for nets with skips -- dash-dot for the
-    pre-activation ResNets, so that preact-110 and ResNet-110 (one colour: one depth) stay apart."""
-    family = family_of(model)
-    linestyle = "-." if pre_activation(model) and family == "residual" else LINESTYLES[family]
+    colour by depth, dashed for plain nets, solid for nets with skips -- dash-dot for He et al.
+    2016's pre-activation nets and their plain twins, so that preact-110 and ResNet-110 (one
+    colour: one depth), preact_plain110 and plain110, stay apart."""
+    linestyle = "-." if pre_activation(model) else LINESTYLES[family_of(model)]
     return {"color": colour_for(model), "linestyle": linestyle}
 
 
 def pre_activation(model: str) -> bool:
     """He et al. 2016's nets (``preact_resnet1001``, and their plain twins ``preact_plain*``)."""
-    return model.lower().startswith("preact_")
+    facts = _facts(model)
+    return bool(facts) and facts["family"] == "preact_resnet"
 
 
 def band(axis: Any, x: Sequence[float], mean: Sequence[float], std: Sequence[float],

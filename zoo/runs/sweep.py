@@ -21,9 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-STATUS_OF_EXIT_CODE = {0: "done", 1: "failed", 2: "bad input", 3: "diverged", 74: "disk full",
-                       129: "SIGHUP", 130: "Ctrl-C", 138: "SIGUSR1", 143: "SIGTERM"}
-STOPS_THE_SWEEP = (129, 130, 138, 143)  # signals: the user (or the cluster) stops everything
+from zoo.runs.exits import ExitCode, status_of
+
+# signals: the user (or the cluster) stops everything
+STOPS_THE_SWEEP = tuple(code for code in ExitCode if code.is_signal)
 LIST_AT_MOST = 20  # jobs listed one per line; beyond that only those that did not finish
 
 
@@ -36,7 +37,7 @@ class JobOutcome:
 
     @property
     def status(self) -> str:
-        return STATUS_OF_EXIT_CODE.get(self.exit_code, "failed")
+        return status_of(self.exit_code)
 
 
 jobs: list[JobOutcome] = []

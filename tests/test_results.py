@@ -170,7 +170,8 @@ def test_what_a_sweep_gets_comes_from_its_rows_not_its_folder_name(sweep, tmp_pa
     collect.collect([sweep], tmp_path / "results" / "lr_sweep", argv=[])
     written = redraw.redraw(tmp_path / "results" / "lr_sweep", tmp_path / "figures")
     assert {path.name for path in written} == {
-        "train_error_vs_depth.png", "test_error_vs_depth.png", "curves.png", "summary.md"}
+        "train_error_vs_depth.png", "test_error_vs_depth.png", "curves.png", "summary.md",
+        "table.md", "depth_table.md"}
     rows = [dict(row, depth=56) for row in collect.run_rows([sweep])[0]]
     assert not redraw.spans_depths(rows) and not redraw.is_lr_control(rows)
     lr_rows = [{"model": "resnet56", "setting": "resnet56", "lr": 0.1},

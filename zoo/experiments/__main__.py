@@ -56,6 +56,27 @@ def build_parser() -> argparse.ArgumentParser:
                       default=["batch", "none"],
                       help="plainN / resnetN with BatchNorm (batch) and/or without (none)")
 
+    add_lesion_parser(commands)
+
+    mem = commands.add_parser("memory", help="training and inference peak memory")
+    mem.add_argument("--out", type=Path, required=True)
+    mem.add_argument("--models", nargs="+", default=list(memory.MEMORY_MODELS))
+    mem.add_argument("--dense-depths", type=int, nargs="*", default=list(memory.DENSE_DEPTHS),
+                     help="DenseNet-BC-{depth}-12 depths (6n+4) for memory against depth")
+    mem.add_argument("--batch-size", type=int, default=64)
+    mem.add_argument("--image-size", type=int, default=32)
+    mem.add_argument("--steps", type=int, default=3, help="timed steps (median)")
+    mem.add_argument("--device", default=DEFAULT_DEVICE)
+
+    add_vit_parsers(commands)
+
+    redraw = commands.add_parser("redraw",
+                                 help="draw the figures again from an --out folder's files")
+    redraw.add_argument("folders", type=Path, nargs="+")
+    return parser
+
+
+def add_lesion_parser(commands: Any) -> None:
     les = commands.add_parser("lesion",
                               help="delete blocks of trained nets: one at a time, k at random")
     les.add_argument("checkpoints", nargs="+",
@@ -83,23 +104,6 @@ def build_parser() -> argparse.ArgumentParser:
     les.add_argument("--bf16", action="store_true",
                      help="evaluate under bf16 autocast (faster on CPUs)")
     les.add_argument("--device", default=DEFAULT_DEVICE)
-
-    mem = commands.add_parser("memory", help="training and inference peak memory")
-    mem.add_argument("--out", type=Path, required=True)
-    mem.add_argument("--models", nargs="+", default=list(memory.MEMORY_MODELS))
-    mem.add_argument("--dense-depths", type=int, nargs="*", default=list(memory.DENSE_DEPTHS),
-                     help="DenseNet-BC-{depth}-12 depths (6n+4) for memory against depth")
-    mem.add_argument("--batch-size", type=int, default=64)
-    mem.add_argument("--image-size", type=int, default=32)
-    mem.add_argument("--steps", type=int, default=3, help="timed steps (median)")
-    mem.add_argument("--device", default=DEFAULT_DEVICE)
-
-    add_vit_parsers(commands)
-
-    redraw = commands.add_parser("redraw",
-                                 help="draw the figures again from an --out folder's files")
-    redraw.add_argument("folders", type=Path, nargs="+")
-    return parser
 
 
 def add_vit_parsers(commands: Any) -> None:

@@ -61,3 +61,12 @@ def run_train(run_dir: Path, *overrides: str, check: bool = True, env: dict | No
     if check:
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
+
+
+@pytest.fixture(scope="session")
+def digits_run(tmp_path_factory):
+    """One train.py run in the default outputs/ layout (tests/digits_run.py); the resume test
+    of test_run_output.py continues it, after test_predict.py has read its first checkpoint."""
+    from digits_run import first_run
+
+    return first_run(tmp_path_factory.mktemp("digits_run"))

@@ -38,7 +38,8 @@ def test_a_misspelled_key_suggests_the_closest_keys(compose):
 
 
 def test_a_misspelled_choice_suggests_the_closest_and_hides_the_schemas(compose):
-    for override, closest in (("data=cifar11", "cifar10"), ("model=resnt20", "resnet20")):
+    for override, closest in (("data=cifar11", "cifar10"), ("model=resnt20", "resnet20"),
+                              ("model=densenet40-12", "densenet40_12")):
         with pytest.raises(Exception) as caught:  # noqa: PT011 - MissingConfigException
             compose(override)
         line = config_error_line(caught.value)

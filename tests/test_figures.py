@@ -21,7 +21,18 @@ def test_densenets_have_colours_of_their_own():
 
 
 def test_unknown_depth_gets_a_stable_colour():
-    assert style_for("resnet77")["color"] == style_for("resnet77")["color"]
+    # the same colour in every process (hash() of a str changes with PYTHONHASHSEED), and
+    # different unknown depths do not all fall on one colour
+    import os
+    import subprocess
+    import sys
+
+    code = "from zoo.results.style import style_for; print(style_for('resnet77')['color'])"
+    seen = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           env={**os.environ, "PYTHONHASHSEED": seed}).stdout.strip()
+            for seed in ("1", "2", "3")}
+    assert seen == {style_for("resnet77")["color"]}
+    assert len({style_for(f"resnet{6 * n + 2}")["color"] for n in range(12, 40)}) >= 4
     assert family_of("preact_resnet1001") == "residual" and depth_of("preact_resnet1001") == 1001
 
 

@@ -1,6 +1,5 @@
 """zoo.weights.predict's preprocessing: every accepted input form gives the loaders' exact batch;
-the progress bar shows the current epoch's train/acc; pretrained weights carry their
-preprocessing."""
+pretrained weights carry their preprocessing."""
 
 from __future__ import annotations
 
@@ -61,40 +60,6 @@ def test_predict_restores_train_mode_and_names_classes():
     assert result.names == [str(i) for i in result.indices.tolist()]
     with pytest.raises(ValueError, match="carries no preprocessing"):
         predict(net, torch.zeros(3, 8, 8, dtype=torch.uint8))
-
-
-def test_progress_bar_shows_this_epochs_train_acc():
-    import pytorch_lightning as pl
-    from pytorch_lightning.callbacks import TQDMProgressBar
-
-    from zoo.data import build_datamodule
-    from zoo.training.module import ZooModule
-
-    datamodule = build_datamodule({
-        "name": "digits", "num_classes": 10, "in_channels": 1, "image_size": 8, "mean": [0.3052],
-        "std": [0.3755], "batch_size": 32, "num_workers": 0, "loader": "device", "val_size": 300,
-        "seed": 0})
-    module = ZooModule({"name": "resnet8", "num_classes": 10, "in_channels": 1}, batch_size=32)
-    shown, logged = [], []
-
-    class Spy(pl.Callback):  # after the bar: sees what it drew as the epoch's last line
-        def on_train_epoch_end(self, trainer, pl_module):
-            shown.append(
-                trainer.progress_bar_callback.get_metrics(trainer, pl_module).get("train/acc"))
-
-        def on_validation_epoch_start(self, trainer, pl_module):  # next epoch: the logged value
-            if "train/acc" in trainer.callback_metrics:
-                logged.append(float(trainer.callback_metrics["train/acc"]))
-
-        def on_train_end(self, trainer, pl_module):
-            logged.append(float(trainer.callback_metrics["train/acc"]))
-
-    trainer = pl.Trainer(max_epochs=3, limit_train_batches=6, limit_val_batches=1,
-                         accelerator="cpu", logger=False, enable_checkpointing=False,
-                         enable_model_summary=False, callbacks=[TQDMProgressBar(), Spy()])
-    trainer.fit(module, datamodule=datamodule)
-    assert len(set(logged)) == 3, logged  # the accuracy changes from epoch to epoch
-    assert shown == pytest.approx(logged)
 
 
 def test_community_cifar_weights_carry_their_preprocessing(tmp_path: Path):

@@ -187,3 +187,12 @@ def test_the_slurm_launcher_config_becomes_these_sbatch_lines(tmp_path, monkeypa
                  "#SBATCH --ntasks-per-node=1", "#SBATCH --cpus-per-task=8",
                  "#SBATCH --mem=32GB", "#SBATCH --signal=USR2@120"):
         assert line in script.splitlines(), (line, script)
+
+
+def test_sweep_group_carries_the_date():
+    from zoo.runs.train import sweep_group
+
+    dated = Path("multirun/2026-11-28/16-31-15-ab12")
+    assert sweep_group(dated) == "sweep-2026-11-28-16-31-15-ab12"
+    assert sweep_group(Path("/tmp/my-sweep")) == "sweep-my-sweep"
+

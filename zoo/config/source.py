@@ -3,15 +3,16 @@
 ``register_configs()`` (idempotent; ``train.py``, :mod:`zoo.runs.train` and the tests call it before
 composing) does two things:
 
-* **Model configs by name.** ``configs/model/`` holds a YAML file per named network. Any other
-  depth that :func:`zoo.create` accepts (``resnet14``, ``plain26``: 6n+2 CIFAR nets;
-  ``preact_plain110``) gets its config from :class:`ModelNameSource`, a Hydra config source
-  searched after ``configs/``: the config of its family's template file (``resnet20``,
-  ``plain20``, ``preact_resnet110``) with its own ``name``, or, for a family without one, its
-  schema's defaults (``_<family>_schema``): a new family needs no model file. So
-  ``model=resnet14`` composes on
-  the command line, in sweeps and in tests exactly as a file would, and a wrong depth
-  (``model=resnet15``) gets the family's one-line rule instead of Hydra's list of files.
+* **Model configs by name.** ``configs/model/`` holds a YAML file only where a name has settings
+  of its own: the family templates (``resnet20``, ``plain20``, ``preact_resnet110``, the two
+  ViTs), whose comments document the family's options. Every other name that :func:`zoo.create`
+  accepts, named (``resnet56``, ``densenet40_12``) or any valid depth (``resnet14``,
+  ``plain26``, ``preact_plain110``), gets its config from :class:`ModelNameSource`, a Hydra
+  config source searched after ``configs/``: the config of its family's template file with its
+  own ``name``, or, for a family without one, its schema's defaults (``_<family>_schema``): a
+  new family needs no model file. So ``model=resnet14`` composes on the command line, in sweeps
+  and in tests exactly as a file would, and a wrong depth (``model=resnet15``) gets the family's
+  one-line rule instead of Hydra's list of files.
 * **Schemas** (:mod:`zoo.config.schemas`): dataclasses in Hydra's ConfigStore that the YAML
   groups name in their defaults lists, so a wrong type or an unknown choice fails when Hydra
   composes.
@@ -110,7 +111,13 @@ class ModelNameSource(ConfigSource):
         return self._model_name(config_path) is not None
 
     def list(self, config_path: str, results_filter: ObjectType | None) -> list[str]:
-        return []  # infinitely many names: `model=` completion lists the files only
+        # the registry's named nets (any other valid depth composes too): for `model=` completion
+        # and for the "choose one of" of a misspelt name
+        if not self.is_group(config_path) or results_filter == ObjectType.GROUP:
+            return []
+        from zoo.models import list_models
+
+        return list_models()
 
 
 class ModelNameSearchPath(SearchPathPlugin):

@@ -23,7 +23,6 @@ Pleiss et al. 2017 for DenseNets), and the DenseNet-BC family at several depths 
 from __future__ import annotations
 
 import math
-import re
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -44,7 +43,18 @@ DENSE_DEPTHS = (40, 64, 100, 136)  # DenseNet-BC-{depth}-12: (depth - 4) / 6 lay
 MEMORY_COLUMNS = ["model", "skip", "depth", "memory_efficient", "group", "device", "batch_size",
                   "image_size", "parameters", "weights_mb", "train_peak_mb", "inference_peak_mb",
                   "saved_for_backward_mb", "step_time_ms", "measured_by"]
-_DENSENET_BC = re.compile(r"densenet_bc_(\d+)_12$")
+
+
+def dense_series_name(depth: int) -> str:
+    """The net of the depth series at ``depth``: DenseNet-BC-{depth}-12 (the registry resolves
+    any depth 6n+4: n bottleneck layers per dense block)."""
+    return f"densenet_bc_{depth}_12"
+
+
+def in_dense_series(row: dict[str, Any]) -> bool:
+    """Whether a row is a point of the depth series: the net the series builds at its depth (the
+    comparison's DenseNet-BC-100-12 is one too, measured once)."""
+    return row["model"] == dense_series_name(int(row["depth"]))
 
 
 def build_net(name: str, memory_efficient: bool, in_channels: int = 3) -> nn.Module:
@@ -120,8 +130,8 @@ def memory_rows(models: Sequence[str], dense_depths: Sequence[int],
     (group ``densenet_depth``), each as built and memory-efficient; a net in both is measured
     once."""
     plan = [(name, "comparison") for name in models]
-    plan += [(f"densenet_bc_{d}_12", "densenet_depth") for d in dense_depths
-             if f"densenet_bc_{d}_12" not in models]
+    plan += [(dense_series_name(d), "densenet_depth") for d in dense_depths
+             if dense_series_name(d) not in models]
     rows = []
     for name, group in plan:
         for efficient in (False, True):
@@ -159,7 +169,7 @@ def _draw_comparison(axis: Any, rows: Sequence[dict[str, Any]]) -> None:
 
 
 def _draw_dense_depth(axis: Any, rows: Sequence[dict[str, Any]]) -> None:
-    dense = sorted((r for r in rows if _DENSENET_BC.match(r["model"])), key=lambda r: r["depth"])
+    dense = sorted((r for r in rows if in_dense_series(r)), key=lambda r: r["depth"])
     for efficient, style in ((False, "-"), (True, ":")):
         mine = [r for r in dense if r["memory_efficient"] == efficient]
         name = "memory-efficient" if efficient else "as built"
@@ -181,7 +191,7 @@ def plot_memory(rows: Sequence[dict[str, Any]], out_dir: Path) -> Path:
     depth, as built (solid) and memory-efficient (dotted) (right, when measured)."""
     from zoo.results.style import legend, plt, save
 
-    has_depths = len({r["depth"] for r in rows if _DENSENET_BC.match(r["model"])}) >= 2
+    has_depths = len({r["depth"] for r in rows if in_dense_series(r)}) >= 2
     panels = 1 + has_depths
     figure, axes = plt.subplots(1, panels, figsize=(7.0 * panels, 5.0), squeeze=False,
                                 layout="constrained")

@@ -108,3 +108,34 @@ def test_the_weights_table_is_printed_by_the_models_command():
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == weights.markdown_table()
     assert all(f"`{e['name']}`" in result.stdout for e in SHIPPED)
+
+
+INSTALLED_USE = """
+import sys, torch, zoo
+from zoo.weights.predict import predict
+assert "site-packages" in zoo.__file__, zoo.__file__  # the wheel's copy, not the checkout
+for name in sys.argv[1:]:
+    result = predict(zoo.create(name, pretrained="fashion_mnist"),
+                     torch.zeros(2, 28, 28, dtype=torch.uint8))
+    print(name, result.names[0])
+"""
+
+
+@pytest.mark.slow
+def test_an_installed_wheel_loads_every_shipped_weight_without_the_checkout(tmp_path):
+    # `pip install .` as a user would, into a fresh venv (torch and the other requirements from
+    # this machine's site-packages: no network), then zoo.create from a folder outside the repo
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(REPO), "--no-deps",
+                    "--no-build-isolation", "-q", "-w", str(tmp_path / "dist")], check=True,
+                   timeout=600)
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(tmp_path / "venv")],
+                   check=True, timeout=300)
+    python = tmp_path / "venv" / "bin" / "python"
+    (wheel,) = (tmp_path / "dist").glob("*.whl")
+    subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-index",
+                    str(wheel)], check=True, timeout=600)
+    names = [entry["name"] for entry in SHIPPED]
+    used = subprocess.run([str(python), "-c", INSTALLED_USE, *names], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600, check=False)
+    assert used.returncode == 0, used.stderr[-3000:]
+    assert [line.split()[0] for line in used.stdout.splitlines()] == names

@@ -126,14 +126,18 @@ add_vs_concat_time() {  # at equal seconds: ResNet-20/32 given the DenseNets' tr
 }
 
 add_vs_concat_long() {  # addition against concatenation at 4x the steps (12 epochs = 744):
-  # DenseNet-40-12 against ResNet-20/32/56, 3 seeds, two one-thread queues side by side.
-  # DenseNet-BC-100-12 (~25 min a run here) and ResNet-110 stay at the 186 steps of add_vs_concat.
+  # DenseNet-40-12 and DenseNet-BC-100-12 against ResNet-20/32/56/110, 3 seeds, two one-thread
+  # queues side by side (DenseNet-BC-100-12: ~25 min a run here, DenseNet-40-12 ~15).
   export OMP_NUM_THREADS=1
   local common=(experiment=add_vs_concat_cpu trainer.max_epochs=12 seed=0,1,2)
-  python train.py -m "${common[@]}" model=densenet40_12 \
-    hydra.sweep.dir="$runs/add_vs_concat_long/densenet40_12" &
+  { python train.py -m "${common[@]}" model=densenet40_12 \
+      hydra.sweep.dir="$runs/add_vs_concat_long/densenet40_12"
+    python train.py -m "${common[@]}" model=densenet_bc_100_12 \
+      hydra.sweep.dir="$runs/add_vs_concat_long/densenet_bc_100_12"; } &
   python train.py -m "${common[@]}" model=resnet20,resnet32,resnet56 \
     hydra.sweep.dir="$runs/add_vs_concat_long/resnet20_32_56"
+  python train.py -m "${common[@]}" model=resnet110 \
+    hydra.sweep.dir="$runs/add_vs_concat_long/resnet110"
   wait
   python -m zoo.results collect "$runs/add_vs_concat_long" --out "$results/add_vs_concat_long"
 }
@@ -219,6 +223,20 @@ vit_degradation() {  # pre-LN, post-LN (x warm-up or not) and no-skip ViT-mini, 
   python -m zoo.results collect "$runs/vit_degradation_cpu"/* --out "$results/vit_degradation"
 }
 
+vit_long() {  # the budget control: the 12-block nets at 4x the steps (12 epochs = 744 steps),
+  # pre-LN with warm-up, its plain twin, post-LN without warm-up (Xiong et al.'s failure case)
+  export OMP_NUM_THREADS=1
+  local common=(experiment=vit_degradation_cpu seed=0,1,2 trainer.max_epochs=12)
+  python train.py -m "${common[@]}" model=vit_mini_p7_d12 model.norm=pre \
+    scheduler.warmup_fraction=0.1 hydra.sweep.dir="$runs/vit_long/pre_warmup" &
+  python train.py -m "${common[@]}" model=plain_vit_mini_p7_d12 model.norm=pre \
+    scheduler.warmup_fraction=0.1 hydra.sweep.dir="$runs/vit_long/plain_warmup"
+  wait
+  python train.py -m "${common[@]}" model=vit_mini_p7_d12 model.norm=post \
+    scheduler.warmup_fraction=0.0 hydra.sweep.dir="$runs/vit_long/post_nowarmup"
+  python -m zoo.results collect "$runs/vit_long" --out "$results/vit_long"
+}
+
 vit_lesion() {  # on vit_degradation's 12-block nets with warm-up: pre-LN against no skip
   python -m zoo.experiments lesion "$runs/vit_degradation_cpu"/*/*-vit_mini_p7_d12-pre-warmup0.1-* \
     "$runs/vit_degradation_cpu"/*/*-plain_vit_mini_p7_d12-pre-warmup0.1-* \
@@ -231,7 +249,7 @@ vit_rank_trained() {  # the same runs' tokens after training, every depth, with 
 }
 
 vit() {
-  vit_gradients; vit_rank; vit_degradation; vit_lesion; vit_rank_trained
+  vit_gradients; vit_rank; vit_degradation; vit_long; vit_lesion; vit_rank_trained
 }
 
 all() {

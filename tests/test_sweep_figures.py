@@ -82,3 +82,24 @@ def test_the_curves_title_names_the_stopped_settings_and_the_best_one(tmp_path):
     assert len({str(c) for c in colours.values()}) == 3  # two ResNet-56 settings: two colours
     assert sweep_figures.stopped_steps(groups["resnet56 model.norm=none"]) == [1, 2, 2]
     assert sweep_figures.plot_curves(rows, [], tmp_path / "curves.png").stat().st_size > 10_000
+
+
+def test_an_option_sweep_names_its_settings_and_a_vit_sweep_counts_blocks():
+    from zoo.results.sweep_figures import depth_finding, depth_series, depth_unit, setting_label
+
+    assert setting_label("model.norm=post scheduler.warmup_fraction=0.0") == \
+        "norm=post, warmup_fraction=0.0"
+    rows = [{"model": model, "depth": depth, "family": family, "train_eval_err": err,
+             "setting": f"{model} model.norm={norm}"}
+            for model, depth, family, norm, err in (
+                ("vit_mini_p7_d2", 2, "residual", "pre", 0.36),
+                ("vit_mini_p7_d12", 12, "residual", "pre", 0.35),
+                ("vit_mini_p7_d2", 2, "residual", "post", 0.42),
+                ("vit_mini_p7_d12", 12, "residual", "post", 0.39),
+                ("plain_vit_mini_p7_d2", 2, "plain", "pre", 0.37),
+                ("plain_vit_mini_p7_d12", 12, "plain", "pre", 0.52))]
+    unit = depth_unit(rows)
+    title = depth_finding(depth_series(rows, "train_eval_err"), "training error", unit)
+    assert unit == "blocks" and "residual norm=post 42.0% at 2 → 39.0% at 12 blocks" in title
+    assert title.startswith("Deeper plain nets have a higher training error; residual nets do not")
+    assert depth_unit([{**rows[0], "model": "resnet20"}]) == "layers"

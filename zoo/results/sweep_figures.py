@@ -69,6 +69,26 @@ def _suffix(row: dict[str, Any]) -> str:
     return " ".join(["pre-activation"] * preact + [options] * bool(options))
 
 
+def setting_label(suffix: str) -> str:
+    """A setting's options by their last key: ``model.norm=post scheduler.warmup_fraction=0.0``
+    -> ``norm=post, warmup_fraction=0.0``."""
+    return ", ".join(f"{option.split('=', 1)[0].rsplit('.', 1)[-1]}={option.split('=', 1)[1]}"
+                     if "=" in option else option for option in suffix.split())
+
+
+def depth_unit(rows: Sequence[dict[str, Any]]) -> str:
+    """What a sweep's depth counts: weighted layers, or a Transformer's blocks (zoo.describe)."""
+    from zoo.models import describe
+
+    families = set()
+    for model in {str(row["model"]) for row in rows}:
+        try:
+            families.add(describe(model)["family"])
+        except ValueError:  # a name the registry no longer builds: counted in layers
+            families.add(None)
+    return "blocks" if families == {"vit"} else "layers"
+
+
 def depth_series(rows: Sequence[dict[str, Any]], key: str, complement: bool = False
                  ) -> dict[tuple[str, str], list[tuple[int, float, float, int, str]]]:
     """{(family, setting suffix): [(depth, mean, std, seeds, model)]} of a runs.csv column, in
@@ -85,7 +105,8 @@ def depth_series(rows: Sequence[dict[str, Any]], key: str, complement: bool = Fa
                      for depth in sorted(by_depth)] for series, by_depth in values.items()}
 
 
-def depth_finding(series: dict[tuple[str, str], list[tuple[Any, ...]]], what: str) -> str:
+def depth_finding(series: dict[tuple[str, str], list[tuple[Any, ...]]], what: str,
+                  unit: str = "layers") -> str:
     """A title that states what the data show: does the error rise from the shallowest to the
     deepest net, by more than the seed std, in each family? Default settings only, unless a
     family has fewer than two depths of them (a sweep over an option, pre-activation nets beside
@@ -102,8 +123,8 @@ def depth_finding(series: dict[tuple[str, str], list[tuple[Any, ...]]], what: st
             (d0, e0, s0, *_), (d1, e1, s1, *_) = points[0], points[-1]
             rose = e1 - e0 > max(s0, s1, 0.0)
             rises[family] = rises.get(family, False) or rose
-            label = " ".join([family, suffix.split(".")[-1]]).strip()
-            parts.append(f"{label} {e0:.1f}% at {d0} → {e1:.1f}% at {d1} layers")
+            label = " ".join([family, setting_label(suffix)]).strip()
+            parts.append(f"{label} {e0:.1f}% at {d0} → {e1:.1f}% at {d1} {unit}")
     if not parts:
         return f"{what} against depth"
     worse = [family for family, rose in rises.items() if rose]
@@ -119,6 +140,18 @@ def depth_finding(series: dict[tuple[str, str], list[tuple[Any, ...]]], what: st
     return f"{head}\n({details})"
 
 
+def _series_colours(series: dict[tuple[str, str], Any]) -> dict[tuple[str, str], Any]:
+    """A colour per series where a family has three settings or more (a sweep over options,
+    where dotted black lines could not be told apart); else none (colour by depth)."""
+    per_family = defaultdict(int)
+    for family, _ in series:
+        per_family[family] += 1
+    if max(per_family.values(), default=0) < 3:
+        return {}
+    palette = plt.get_cmap("tab10")
+    return {key: palette(index % 10) for index, key in enumerate(sorted(series))}
+
+
 def plot_against_depth(rows: Sequence[dict[str, Any]], key: str, what: str, path: Path,
                        complement: bool = False) -> Path:
     """Mean ± std over seeds of ``key`` against depth: a line per family (plain dashed,
@@ -130,19 +163,22 @@ def plot_against_depth(rows: Sequence[dict[str, Any]], key: str, what: str, path
         for depth, *_, model in points:
             nets_at[(family, depth)].add(model)
     figure, axis = plt.subplots(figsize=(7.5, 4.8))
+    line_colours = _series_colours(series)
     for (family, suffix), points in sorted(series.items()):
         depths, means, stds, _, models = zip(*points, strict=True)
+        line = line_colours.get((family, suffix))
         # The line says the family (plain dashed, residual solid); each point's colour its depth.
-        # Settings of one family after the first: dotted, so that the lines stay apart.
-        first = not any(f == family and k < (family, suffix) for f, k in
-                        ((f, (f, x)) for f, x in series))
+        # Settings of one family after the first: dotted, so that the lines stay apart -- or,
+        # in a sweep over options (several settings per family), a colour per setting.
+        first = line is not None or not any(f == family and k < (family, suffix) for f, k in
+                                            ((f, (f, x)) for f, x in series))
         own = style_for(models[0])["linestyle"]  # pre-activation nets: dash-dot of their own
         linestyle = own if first or own not in LINESTYLES.values() else ":"
-        axis.errorbar(depths, means, yerr=stds, color="0.3" if family == "plain" else "black",
-                      linestyle=linestyle, linewidth=1.4, zorder=1,
-                      label=" ".join([FAMILY_NAMES[family], suffix]).strip())
+        axis.errorbar(depths, means, yerr=stds, linestyle=linestyle, linewidth=1.4, zorder=1,
+                      color=line or ("0.3" if family == "plain" else "black"),
+                      label=" ".join([FAMILY_NAMES[family], setting_label(suffix)]).strip())
         axis.scatter(depths, means, zorder=2, s=42, marker="s" if family == "plain" else "o",
-                     color=[style_for(model)["color"] for model in models])
+                     color=line or [style_for(model)["color"] for model in models])
         for depth, mean, model in zip(depths, means, models, strict=True):
             if len(nets_at[(family, depth)]) > 1:
                 axis.annotate(model, (depth, mean), textcoords="offset points", xytext=(7, -3),
@@ -152,7 +188,8 @@ def plot_against_depth(rows: Sequence[dict[str, Any]], key: str, what: str, path
         axis.set_xscale("log")
     axis.set_xticks(all_depths, [str(d) for d in all_depths])
     axis.minorticks_off()
-    axis.set_xlabel("depth (layers)")
+    unit = depth_unit(rows)
+    axis.set_xlabel(f"depth ({unit})")
     seeds = max((point[3] for points in series.values() for point in points), default=0)
     axis.set_ylabel(f"{what} (%), mean ± std over {seeds} seed{'s' * (seeds != 1)}")
     axis.set_ylim(bottom=0)
@@ -161,7 +198,8 @@ def plot_against_depth(rows: Sequence[dict[str, Any]], key: str, what: str, path
         diverged[row["model"]] += row.get("status") == "diverged"
     stopped = [f"{model}: diverged in {n} of {sum(r['model'] == model for r in rows)} runs"
                for model, n in sorted(diverged.items()) if n]
-    axis.set_title(depth_finding(series, what) + (f"\n({'; '.join(stopped)})" if stopped else ""))
+    axis.set_title(depth_finding(series, what, unit)
+                   + (f"\n({'; '.join(stopped)})" if stopped else ""))
     legend(axis)
     return save(figure, path)
 

@@ -103,3 +103,38 @@ def test_an_option_sweep_names_its_settings_and_a_vit_sweep_counts_blocks():
     assert unit == "blocks" and "residual norm=post 42.0% at 2 → 39.0% at 12 blocks" in title
     assert title.startswith("Deeper plain nets have a higher training error; residual nets do not")
     assert depth_unit([{**rows[0], "model": "resnet20"}]) == "layers"
+
+
+def test_a_sweep_whose_meta_names_a_memory_folder_gets_a_memory_panel(tmp_path):
+    import json
+
+    from zoo.experiments.memory import MEMORY_COLUMNS, MEMORY_FILE
+
+    sweep = tmp_path / "res" / "add_vs_concat_long"
+    _write_runs(sweep, _sweep(0.8, 0.77))
+    memory = tmp_path / "res" / "add_vs_concat_memory"
+    memory.mkdir()
+    with (memory / MEMORY_FILE).open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, MEMORY_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        for model, efficient, peak in (("resnet20", False, 74.0), ("resnet20", True, 33.7),
+                                       ("densenet40_12", False, 592.0)):
+            writer.writerow({"model": model, "memory_efficient": efficient, "batch_size": 64,
+                             "image_size": 28, "device": "cpu", "train_peak_mb": peak})
+    (sweep / collect.META_FILE).write_text(json.dumps({"memory": "../add_vs_concat_memory"}))
+    rows = redraw.measured_memory(sweep)
+    points = sweep_figures._per_model(_sweep(0.8, 0.77))
+    for model, peak in sweep_figures._memory_peaks(rows).items():
+        points[model]["memory"] = (peak, 0.0)
+    assert "9.1x the training seconds and 8.0x the training memory" in \
+        sweep_figures.cost_finding(points)  # as built: 592 / 74, not the checkpointed 33.7
+    redraw.redraw(tmp_path / "res", tmp_path / "fig")
+    assert (tmp_path / "fig" / "add_vs_concat_long" / "error_vs_cost.png").is_file()
+    (sweep / collect.META_FILE).write_text(json.dumps({"memory": "../gone"}))
+    with pytest.raises(FileNotFoundError, match="names ../gone for memory"):
+        redraw.measured_memory(sweep)
+
+
+def test_collect_refuses_a_memory_folder_without_measurements(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no memory.csv; measure it first"):
+        collect.collect([tmp_path], tmp_path / "out", [], memory=tmp_path / "nothing")

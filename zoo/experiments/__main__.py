@@ -31,7 +31,7 @@ from zoo.experiments.tidy import markdown_table, read_csv, read_meta, write_csv,
 
 GRADIENT_FILES = ("gradient_at_init.csv", "gradient_at_init_summary.csv")
 LESION_FILES = ("lesion_single.csv", "lesion_random.csv")
-MEMORY_FILE = "memory.csv"
+MEMORY_FILE = memory.MEMORY_FILE
 VIT_GRADIENT_FILES = ("vit_gradients.csv", "vit_gradients_summary.csv")
 VIT_RANK_FILE = "vit_rank.csv"
 VIT_TRAINED_RANK_FILE = "vit_rank_trained.csv"
@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="DenseNet-BC-{depth}-12 depths (6n+4) for memory against depth")
     mem.add_argument("--batch-size", type=int, default=64)
     mem.add_argument("--image-size", type=int, default=32)
+    mem.add_argument("--in-channels", type=int, default=3, help="1 for Fashion-MNIST's images")
     mem.add_argument("--steps", type=int, default=3, help="timed steps (median)")
     mem.add_argument("--device", default=DEFAULT_DEVICE)
 
@@ -200,7 +201,8 @@ def run_memory(args: argparse.Namespace) -> list[str]:
         print(markdown_table([row], memory.MEMORY_COLUMNS).splitlines()[-1], flush=True)
 
     rows = memory.memory_rows(args.models, args.dense_depths, report, batch_size=args.batch_size,
-                              image_size=args.image_size, steps=args.steps, device=args.device)
+                              image_size=args.image_size, in_channels=args.in_channels,
+                              steps=args.steps, device=args.device)
     write_csv(args.out / MEMORY_FILE, rows, memory.MEMORY_COLUMNS)
     redraw_memory(args.out)
     print(markdown_table(rows, memory.MEMORY_COLUMNS))

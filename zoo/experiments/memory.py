@@ -40,6 +40,7 @@ from zoo.measure.memory import MiB, peak_step_memory, saved_tensor_bytes
 # DenseNet-40 (1.0M) and DenseNet-BC-100 (0.8M).
 MEMORY_MODELS = ("plain56", "resnet56", "densenet40_12", "densenet_bc_100_12")
 DENSE_DEPTHS = (40, 64, 100, 136)  # DenseNet-BC-{depth}-12: (depth - 4) / 6 layers per block
+MEMORY_FILE = "memory.csv"
 MEMORY_COLUMNS = ["model", "skip", "depth", "memory_efficient", "group", "device", "batch_size",
                   "image_size", "parameters", "weights_mb", "train_peak_mb", "inference_peak_mb",
                   "saved_for_backward_mb", "step_time_ms", "measured_by"]

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 import time
@@ -114,14 +115,21 @@ def wall_seconds(runs: Sequence[Any]) -> float | None:
 
 
 def collect(paths: Sequence[Path | str], out_dir: Path | str,
-            argv: Sequence[str] | None = None) -> list[Path]:
-    """Write runs.csv, curves.csv and meta.json for the runs at or below ``paths``."""
+            argv: Sequence[str] | None = None, memory: Path | None = None) -> list[Path]:
+    """Write runs.csv, curves.csv and meta.json for the runs at or below ``paths``; ``memory``:
+    a ``zoo.experiments memory`` folder measuring the same nets, which the figures then read
+    (its path goes into meta.json, relative to the working directory)."""
     import torch
 
     from zoo.experiments.tidy import git_commit, machine, write_csv
 
     started = time.perf_counter()
     out_dir = Path(out_dir)
+    from zoo.experiments.memory import MEMORY_FILE
+
+    if memory is not None and not (memory / MEMORY_FILE).is_file():
+        raise FileNotFoundError(f"{memory}: no {MEMORY_FILE}; measure it first with "
+                                f"python -m zoo.experiments memory --out {memory}")
     rows, curves, runs = run_rows(paths)
     written = [write_csv(out_dir / RUNS_FILE, rows, RUN_COLUMNS),
                write_csv(out_dir / CURVES_FILE, curves, CURVE_COLUMNS)]
@@ -139,6 +147,8 @@ def collect(paths: Sequence[Path | str], out_dir: Path | str,
         "git_commit": git_commit(),
         "collect_seconds": round(time.perf_counter() - started, 2),
         "files": [path.name for path in written],
+        # relative to this folder, so that a redraw from anywhere finds it
+        **({"memory": os.path.relpath(memory, out_dir)} if memory is not None else {}),
     }
     (out_dir / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     return [*written, out_dir / META_FILE]
@@ -153,6 +163,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     collect_parser.add_argument("runs", nargs="+", type=Path,
                                 help="run directories or sweep folders")
     collect_parser.add_argument("--out", type=Path, required=True, help="docs/results/<experiment>")
+    collect_parser.add_argument("--memory", type=Path, default=None,
+                                help="a `zoo.experiments memory` folder of the same nets: the "
+                                     "error-against-cost figure gets a memory panel")
     redraw_parser = commands.add_parser("redraw", help="figures and tables from the tidy files")
     redraw_parser.add_argument("results", nargs="?", type=Path, default=DEFAULT_RESULTS)
     redraw_parser.add_argument("--figures", type=Path, default=DEFAULT_FIGURES)
@@ -161,7 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         if args.command == "collect":
-            written = collect(args.runs, args.out, argv)
+            written = collect(args.runs, args.out, argv, args.memory)
         else:
             written = redraw(args.results, args.figures)
             if args.figures == DEFAULT_FIGURES:  # the docs' generated tables follow the figures

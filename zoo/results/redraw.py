@@ -187,6 +187,25 @@ def spans_depths(rows: Sequence[Row]) -> bool:
     return any(len(values) > 1 for values in depths.values())
 
 
+def measured_memory(results_dir: Path) -> list[Row]:
+    """The memory rows of the nets of a sweep, where its meta.json names a ``zoo.experiments
+    memory`` folder (``collect --memory``); else none."""
+    from zoo.experiments.memory import MEMORY_FILE
+    from zoo.experiments.tidy import read_csv
+
+    meta = results_dir / META_FILE
+    folder = read_meta(meta).get("memory") if meta.is_file() else None
+    if not folder:
+        return []
+    if not isinstance(folder, str):
+        raise ValueError(f"{meta}: memory should name a folder, not {folder!r}")
+    path = results_dir / folder / MEMORY_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{results_dir / META_FILE} names {folder} for memory, which has "
+                                f"no {MEMORY_FILE}: measure it again or remove the key")
+    return read_csv(path)
+
+
 def redraw_sweep(results_dir: Path, figures_dir: Path) -> list[Path]:
     """The figures and summary table of a training sweep, from its runs.csv and curves.csv."""
     from zoo.experiments.tidy import read_csv
@@ -200,7 +219,8 @@ def redraw_sweep(results_dir: Path, figures_dir: Path) -> list[Path]:
     if is_lr_control(rows):
         written.append(plot_lr_control(rows, figures_dir / "error_vs_lr.png"))
     elif compares_add_and_concat(rows):
-        written.append(plot_against_cost(rows, figures_dir / "error_vs_cost.png"))
+        written.append(plot_against_cost(rows, figures_dir / "error_vs_cost.png",
+                                         measured_memory(results_dir)))
     elif spans_depths(rows):
         written.append(plot_against_depth(rows, "train_eval_err", "training error",
                                           figures_dir / "train_error_vs_depth.png"))

@@ -326,18 +326,40 @@ def cost_finding(points: dict[str, dict[str, tuple[float, float]]]) -> str:
     verdict = ("Concatenation beats addition" if gap > spread else
                "Addition beats concatenation" if -gap > spread else
                "Addition and concatenation are level")
+    costs = [f"{d['params'][0] / r['params'][0]:.1f}x the parameters",
+             f"{d['seconds'][0] / r['seconds'][0]:.1f}x the training seconds"]
+    if "memory" in d and "memory" in r:
+        costs.append(f"{d['memory'][0] / r['memory'][0]:.1f}x the training memory")
     return (f"{verdict}: {dense} {d['test_err'][0]:.1f}% vs {residual} {r['test_err'][0]:.1f}% "
-            f"test error,\nat {d['params'][0] / r['params'][0]:.1f}x the parameters and "
-            f"{d['seconds'][0] / r['seconds'][0]:.1f}x the training seconds")
+            f"test error,\nat {', '.join(costs[:-1])} and {costs[-1]}")
 
 
-def plot_against_cost(rows: Sequence[Row], path: Path) -> Path:
-    """Test error (mean ± std over seeds) against parameters and against fit seconds."""
+def _memory_peaks(memory: Sequence[Row]) -> dict[str, float]:
+    """Training peak (MiB) per net as built (not memory-efficient), from memory rows."""
+    return {str(row["model"]): float(row["train_peak_mb"]) for row in memory
+            if str(row["memory_efficient"]) in ("False", "false", "0")}
+
+
+def plot_against_cost(rows: Sequence[Row], path: Path, memory: Sequence[Row] = ()) -> Path:
+    """Test error (mean ± std over seeds) against parameters, against fit seconds and, where
+    ``memory`` rows measure the same nets (``zoo.experiments memory``), against the training
+    step's peak memory."""
     points = _per_model(rows)
-    figure, axes = plt.subplots(1, 2, figsize=(12.5, 4.8), sharey=True)
-    for axis, cost, label in ((axes[0], "params", "parameters (millions)"),
-                              (axes[1], "seconds", "training seconds (fit, this machine)")):
+    peaks = _memory_peaks(memory)
+    for model, point in points.items():
+        if model in peaks:
+            point["memory"] = (peaks[model], 0.0)
+    panels = [("params", "parameters (millions)"),
+              ("seconds", "training seconds (fit, this machine)")]
+    if any("memory" in point for point in points.values()):
+        first = memory[0]
+        panels.append(("memory", f"training-step peak memory (MiB; batch {first['batch_size']}, "
+                                 f"{first['image_size']} px, {first['device']})"))
+    figure, axes = plt.subplots(1, len(panels), figsize=(6.25 * len(panels), 4.8), sharey=True)
+    for axis, (cost, label) in zip(axes, panels, strict=True):
         for model, point in sorted(points.items()):
+            if cost not in point:
+                continue
             (x, x_std), (y, y_std) = point[cost], point["test_err"]
             marker = "o" if family_of(model) == "dense" else "s"
             axis.errorbar(x, y, xerr=x_std, yerr=y_std, fmt=marker, markersize=8, capsize=3,
@@ -345,7 +367,7 @@ def plot_against_cost(rows: Sequence[Row], path: Path) -> Path:
                           label=f"{model} ({FAMILY_NAMES[family_of(model)].split()[0]})")
             axis.annotate(model, (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
         axis.set_xlabel(label)
-        if cost == "seconds":  # from seconds to minutes: a log axis, labelled in plain numbers
+        if cost in ("seconds", "memory"):  # spans of 10x: a log axis, labelled in plain numbers
             axis.set_xscale("log")
             axis.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
             axis.xaxis.set_major_formatter(ScalarFormatter())

@@ -4,6 +4,7 @@ redraw` writes from docs/results/ today."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -32,7 +33,13 @@ REDRAWN = sorted({source for _, source, _ in BLOCKS if source.startswith("docs/f
 @pytest.mark.parametrize("source", REDRAWN)
 def test_each_generated_file_is_what_the_committed_data_give(source, tmp_path):
     folder = Path(source).parent.name  # docs/figures/<experiment>/summary.md
-    shutil.copytree(REPO / "docs" / "results" / folder, tmp_path / "results" / folder)
+    results = REPO / "docs" / "results"
+    shutil.copytree(results / folder, tmp_path / "results" / folder)
+    meta = results / folder / "meta.json"
+    named = json.loads(meta.read_text()).get("memory") if meta.is_file() else None
+    if named:  # the memory measurements its figure reads (collect --memory), with it
+        shutil.copytree((results / folder / named).resolve(),
+                        (tmp_path / "results" / folder / named).resolve())
     redraw.redraw(tmp_path / "results", tmp_path / "figures")
     assert (tmp_path / "figures" / folder / Path(source).name).read_text() == \
         (REPO / source).read_text(), f"{source} no longer matches docs/results/{folder}"

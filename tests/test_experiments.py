@@ -17,6 +17,7 @@ from zoo import experiments
 from zoo.experiments import gradients, lesion, lesion_figures, memory, tidy
 from zoo.experiments.__main__ import main
 from zoo.results import report
+from zoo.runs import reader
 
 REPO = Path(__file__).resolve().parents[1]
 # The overlays of issue 6 (other overlays in configs/experiment/ are tested by their owners).
@@ -287,8 +288,8 @@ def test_experiment_sweep_runs_tiny_to_completion(tmp_path, name):
                             timeout=900)
     assert result.returncode == exit_code, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
-    runs = report.find_run_dirs([sweep_dir])
-    assert [report.read_run(r).model for r in runs] == models
+    runs = reader.find_run_dirs([sweep_dir])
+    assert [reader.read_run(r).model for r in runs] == models
     written = report.write_report([sweep_dir], tmp_path / "report")
     assert written["figure"].stat().st_size > 0
 
@@ -310,9 +311,9 @@ def test_degradation_sweep_tiny_then_report_and_lesion(tmp_path):
     result = subprocess.run(command, check=False, cwd=REPO, capture_output=True, text=True,
                             timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    runs = report.find_run_dirs([sweep_dir])
+    runs = reader.find_run_dirs([sweep_dir])
     models = ["plain20", "plain56", "resnet20", "resnet56"]
-    assert [report.read_run(r).model for r in runs] == models
+    assert [reader.read_run(r).model for r in runs] == models
     written = report.write_report([sweep_dir], tmp_path / "report")
     assert written["figure"].stat().st_size > 0
     assert "| resnet56 |" in written["summary"].read_text()

@@ -5,6 +5,7 @@ through the documented prediction call, and an altered or unknown file gets one 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -135,7 +136,8 @@ def test_an_installed_wheel_loads_every_shipped_weight_without_the_checkout(tmp_
     subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-index",
                     str(wheel)], check=True, timeout=600)
     names = [entry["name"] for entry in SHIPPED]
-    used = subprocess.run([str(python), "-c", INSTALLED_USE, *names], cwd=tmp_path,
+    outside = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    used = subprocess.run([str(python), "-c", INSTALLED_USE, *names], cwd=tmp_path, env=outside,
                           capture_output=True, text=True, timeout=600, check=False)
     assert used.returncode == 0, used.stderr[-3000:]
     assert [line.split()[0] for line in used.stdout.splitlines()] == names

@@ -125,18 +125,19 @@ for name in sys.argv[1:]:
 @pytest.mark.slow
 def test_an_installed_wheel_loads_every_shipped_weight_without_the_checkout(tmp_path):
     # `pip install .` as a user would, into a fresh venv (torch and the other requirements from
-    # this machine's site-packages: no network), then zoo.create from a folder outside the repo
+    # this machine's site-packages: no network), then zoo.create from a folder outside the repo.
+    # --force-reinstall: the venv sees the system's (editable) zoo, which pip would call installed
+    outside = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     subprocess.run([sys.executable, "-m", "pip", "wheel", str(REPO), "--no-deps",
                     "--no-build-isolation", "-q", "-w", str(tmp_path / "dist")], check=True,
-                   timeout=600)
+                   timeout=600, env=outside)
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(tmp_path / "venv")],
-                   check=True, timeout=300)
+                   check=True, timeout=300, env=outside)
     python = tmp_path / "venv" / "bin" / "python"
     (wheel,) = (tmp_path / "dist").glob("*.whl")
     subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-index",
-                    str(wheel)], check=True, timeout=600)
+                    "--force-reinstall", str(wheel)], check=True, timeout=600, env=outside)
     names = [entry["name"] for entry in SHIPPED]
-    outside = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     used = subprocess.run([str(python), "-c", INSTALLED_USE, *names], cwd=tmp_path, env=outside,
                           capture_output=True, text=True, timeout=600, check=False)
     assert used.returncode == 0, used.stderr[-3000:]

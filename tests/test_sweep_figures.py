@@ -138,3 +138,16 @@ def test_a_sweep_whose_meta_names_a_memory_folder_gets_a_memory_panel(tmp_path):
 def test_collect_refuses_a_memory_folder_without_measurements(tmp_path):
     with pytest.raises(FileNotFoundError, match="no memory.csv; measure it first"):
         collect.collect([tmp_path], tmp_path / "out", [], memory=tmp_path / "nothing")
+
+
+def test_curves_of_plain_and_residual_nets_of_one_depth_state_the_contrast():
+    def rows(model, family, depth, acc):
+        return [{**_row(model, s, acc, 10.0, 600_000), "family": family, "depth": depth}
+                for s in range(3)]
+
+    one_depth = {"plain_vit_mini_p7_d12": rows("plain_vit_mini_p7_d12", "plain", 12, 0.62),
+                 "vit_mini_p7_d12": rows("vit_mini_p7_d12", "residual", 12, 0.75)}
+    title = sweep_figures.curves_finding(one_depth)
+    assert title.startswith("Best test error without skips 38.0 ± 0.0%, with skips 25.0 ± 0.0%")
+    across = {**one_depth, "plain_vit_mini_p7_d2": rows("plain_vit_mini_p7_d2", "plain", 2, 0.8)}
+    assert sweep_figures.curves_finding(across).startswith("lowest test error")

@@ -241,6 +241,15 @@ def curves_finding(groups: dict[str, list[Row]]) -> str:
     if finished:
         best, (mean, std, _) = min(finished.items(), key=lambda item: item[1][0])
         parts.append(f"lowest test error: {best.replace('model.', '')}, {mean:.1f} ± {std:.1f}%")
+    best_of = {family: min((stats for setting, stats in finished.items()
+                            if groups[setting][0]["family"] == family), default=None)
+               for family in ("plain", "residual")}
+    one_depth = len({str(mine[0].get("depth")) for mine in groups.values()}) == 1
+    # plain beside residual at one depth: the contrast first (across depths: the depth figure's)
+    if not stopped and one_depth and None not in best_of.values():
+        (plain, plain_std, _), (residual, residual_std, _) = best_of["plain"], best_of["residual"]
+        return (f"Best test error without skips {plain:.1f} ± {plain_std:.1f}%, with skips "
+                f"{residual:.1f} ± {residual_std:.1f}%;\n" + "; ".join(parts))
     return "; ".join(parts) or "Training curves"
 
 

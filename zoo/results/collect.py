@@ -118,15 +118,14 @@ def collect(paths: Sequence[Path | str], out_dir: Path | str,
             argv: Sequence[str] | None = None, memory: Path | None = None) -> list[Path]:
     """Write runs.csv, curves.csv and meta.json for the runs at or below ``paths``; ``memory``:
     a ``zoo.experiments memory`` folder measuring the same nets, which the figures then read
-    (its path goes into meta.json, relative to the working directory)."""
+    (its path goes into meta.json, relative to ``out_dir``)."""
     import torch
 
+    from zoo.experiments.memory import MEMORY_FILE
     from zoo.experiments.tidy import git_commit, machine, write_csv
 
     started = time.perf_counter()
     out_dir = Path(out_dir)
-    from zoo.experiments.memory import MEMORY_FILE
-
     if memory is not None and not (memory / MEMORY_FILE).is_file():
         raise FileNotFoundError(f"{memory}: no {MEMORY_FILE}; measure it first with "
                                 f"python -m zoo.experiments memory --out {memory}")

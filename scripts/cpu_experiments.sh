@@ -55,10 +55,13 @@ lesion_long() {  # Veit et al.'s standard: the paper's widths, 55k images, 2,577
 }
 
 weights() {  # the shipped Fashion-MNIST weights (zoo/weights, docs/WEIGHTS.md): seed 0 of the
-  # lesion runs, and ResNet-20 with the same recipe
-  OMP_NUM_THREADS=1 python train.py -m experiment=lesion_cpu model=resnet20 seed=0 \
-    group=weights_fashion_mnist hydra.sweep.dir="$runs/weights_cpu/resnet20"
-  python -m zoo.weights export "$runs"/lesion_cpu/*/*-s0 "$runs"/weights_cpu/resnet20/*-s0 \
+  # lesion runs (plain-20, plain-56, ResNet-56), and the other nets with the same recipe
+  for model in resnet20 resnet110 preact_resnet110 densenet40_12 densenet_bc_100_12; do
+    OMP_NUM_THREADS=1 python train.py -m experiment=lesion_cpu model=$model seed=0 \
+      group=weights_fashion_mnist hydra.sweep.dir="$runs/weights_cpu/$model"
+  done
+  # --replace: this step exists to remake the shipped files (export refuses to replace by default)
+  python -m zoo.weights export "$runs"/lesion_cpu/*/*-s0 "$runs"/weights_cpu/*/*-s0 --replace \
     --machine "2-core AMD EPYC (avx512_bf16), torch 2.14.1, bf16 autocast"
   python -m zoo.weights table --write docs/WEIGHTS.md
 }

@@ -42,9 +42,19 @@ depth_1000() {  # full-width ResNet-1202, pre-act ResNet-1001, plain-1202, 1 see
   python -m zoo.results collect "$out/depth_1000" --out "$out/results/depth_1000_gpu"
 }
 
+weights() {  # the shipped weights' eight nets with their CPU recipe (experiment=lesion_cpu), 1 seed;
+  # exported beside the results, not into the package: compare with docs/WEIGHTS.md, then ship
+  # with: python -m zoo.weights export RUN_DIR ... --replace
+  timeout 900 python train.py -m experiment=lesion_cpu seed=0 group=weights_fashion_mnist \
+    model=plain20,plain56,resnet20,resnet56,resnet110,preact_resnet110,densenet40_12,densenet_bc_100_12 \
+    "${gpu[@]}" hydra.sweep.dir="$out/weights"
+  python -m zoo.weights export "$out"/weights/*-s0 --out "$out/weights_export" \
+    --machine "$(tail -1 "$out/device.txt"), torch $(python -c 'import torch; print(torch.__version__)')"
+}
+
 memory() {
   timeout 300 python -m zoo.experiments memory --device cuda --batch-size 128 --out "$out/results/memory_gpu"
 }
 
 nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$out/device.txt"
-"${1:?name an experiment: degradation, explosion, add_vs_concat, depth_1000, memory}"
+"${1:?name an experiment: degradation, explosion, add_vs_concat, depth_1000, weights, memory}"

@@ -103,6 +103,45 @@ def test_an_altered_or_missing_file_and_an_unknown_name_get_one_line(tmp_path, m
         zoo.create("resnet1202", pretrained="fashion_mnist")
 
 
+def test_export_ships_a_finished_run_and_replaces_a_shipped_name_only_when_asked(
+        digits_run, tmp_path, capsys):
+    from zoo.weights.__main__ import main
+
+    _, run_dir, _, record = digits_run
+    out = tmp_path / "weights"
+    assert main(["export", str(run_dir), "--out", str(out), "--machine", "the test's"]) == 0
+    (entry,) = weights.manifest(out / "manifest.json")
+    path = out / entry["file"]
+    assert path.name == f"resnet8-{weights.sha256_of(path)[:8]}.pt"
+    assert entry["bytes"] == path.stat().st_size and entry["machine"] == "the test's"
+    assert entry["command"] == "python train.py " + " ".join(record["overrides"])
+    # the shipped bf16 file predicts like the run's fp32 checkpoint on the 360 test images
+    assert entry["test_acc"] == pytest.approx(record["test"]["test/acc"], abs=6 / 360)
+    # and loads by path, through the documented prediction call, to the table's accuracy
+    from zoo.data.sources import load_in_memory
+    from zoo.weights.predict import predict
+
+    test = load_in_memory("digits", None, record["data"]["val_size"]).test
+    net = zoo.create("resnet8", pretrained=path, **entry["model_options"])
+    measured = float((predict(net, test.images).indices == test.labels).float().mean())
+    assert measured == pytest.approx(entry["test_acc"])
+
+    # a second export of the same name is refused, the shipped file and entry kept
+    capsys.readouterr()
+    assert main(["export", str(run_dir), "--out", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert "resnet8 is already shipped for digits" in error and "--replace" in error
+    assert weights.manifest(out / "manifest.json") == [entry] and path.is_file()
+    # a run that did not finish is refused before any file is written
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(run_dir, unfinished, ignore=shutil.ignore_patterns("wandb"))
+    run_json = json.loads((unfinished / "run.json").read_text())
+    (unfinished / "run.json").write_text(json.dumps({**run_json, "status": "running"}))
+    assert main(["export", str(unfinished), "--out", str(out), "--replace"]) == 2
+    assert "the run is not done" in capsys.readouterr().err
+    assert sorted(p.name for p in (out / "digits").iterdir()) == [path.name]
+
+
 def test_the_weights_table_is_printed_by_the_models_command():
     result = subprocess.run([sys.executable, "-m", "zoo.models", "--weights"], cwd=REPO,
                             capture_output=True, text=True, timeout=120, check=False)

@@ -1,6 +1,7 @@
 """``python -m zoo.weights``: export a finished run as a shipped weight, print the table.
 
     python -m zoo.weights export RUN_DIR [RUN_DIR ...] --machine "2-core AMD EPYC ..."
+    python -m zoo.weights export RUN_DIR --replace   # ship a new file for a name already shipped
     python -m zoo.weights table                      # docs/WEIGHTS.md's table, from the manifest
     python -m zoo.weights table --write docs/WEIGHTS.md
 """
@@ -8,11 +9,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-from zoo.weights import MANIFEST, ShippedWeightsError, manifest, markdown_table, provenance_lines
+from zoo.weights import HERE, markdown_table, provenance_lines
+from zoo.weights.files import CheckpointError
 
 PAGE_HEAD = """# The zoo's own trained weights
 
@@ -43,35 +44,27 @@ def main(argv: list[str] | None = None) -> int:
     export_parser.add_argument("runs", nargs="+", type=Path)
     export_parser.add_argument("--machine", default=None,
                                help="the machine the run trained on, for the table")
+    export_parser.add_argument("--replace", action="store_true",
+                               help="replace a name already shipped (its entry and its file)")
+    export_parser.add_argument("--out", type=Path, default=HERE,
+                               help="folder of the manifest and the files (default: the "
+                                    "installed package's zoo/weights)")
     table_parser = commands.add_parser("table", help="the table of shipped weights")
     table_parser.add_argument("--write", type=Path, default=None, help="write the page here")
     args = parser.parse_args(argv)
     try:
         if args.command == "export":
-            from zoo.weights.export import export
+            from zoo.weights.export import ship
 
-            entries = manifest()
-            for run in args.runs:
-                entry = export(run)
-                if args.machine:
-                    entry["machine"] = args.machine
-                for old in entries:  # a re-export replaces the entry and its file
-                    if (old["name"], old["dataset"]) == (entry["name"], entry["dataset"]) and \
-                            old["file"] != entry["file"]:
-                        (MANIFEST.parent / old["file"]).unlink(missing_ok=True)
-                entries = [e for e in entries
-                           if (e["name"], e["dataset"]) != (entry["name"], entry["dataset"])]
-                entries.append(entry)
+            for entry in ship(args.runs, args.out, args.machine, args.replace):
                 print(f"{entry['file']}: test {entry['test_acc']:.4f}, "
                       f"training error {entry['train_err']:.4f}")
-            entries.sort(key=lambda e: (e["dataset"], e["name"]))
-            MANIFEST.write_text(json.dumps({"weights": entries}, indent=1) + "\n")
         elif args.write:
             args.write.write_text(page())
             print(args.write)
         else:
             print(markdown_table())
-    except (ShippedWeightsError, FileNotFoundError, ValueError) as error:
+    except (CheckpointError, FileNotFoundError, ValueError) as error:  # a shipped-weights error too
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

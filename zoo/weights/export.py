@@ -11,6 +11,7 @@ eval-mode training error over the run's training split (He et al.'s "training er
 from __future__ import annotations
 
 import io
+import json
 import os
 import platform
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from zoo.weights import HERE, sha256_of
+from zoo.weights import HERE, ShippedWeightsError, manifest, sha256_of
 
 # Model options that describe the run, not the network's shape.
 NOT_OPTIONS = ("name", "pretrained", "compile", "memory_efficient")
@@ -70,16 +71,24 @@ def training_error(net: torch.nn.Module, data_cfg: dict[str, Any]) -> float:
     return 1.0 - accuracy(net, [(x, y) for x, y in loader])
 
 
+def finished_run(run_dir: Path):
+    """The run of ``run_dir``, if it ended well: only a finished run's weights are shipped."""
+    from zoo.runs.reader import read_run
+
+    run = read_run(run_dir)
+    if run.record.get("status") != "done":
+        raise ValueError(f"{run_dir}: the run is not done (status {run.record.get('status')!r}); "
+                         "export a run that finished")
+    return run
+
+
 def export(run_dir: Path, out_root: Path = HERE) -> dict[str, Any]:
     """Write ``out_root/<dataset>/<name>-<sha8>.pt`` from a finished run; its manifest entry."""
     import zoo
     from zoo.experiments.tidy import git_commit
-    from zoo.runs.reader import read_run
     from zoo.weights.pretrained import _state_dict_of, safe_load
 
-    run = read_run(run_dir)
-    if run.record.get("status") != "done":
-        raise ValueError(f"{run_dir}: the run is not done (status {run.record.get('status')!r})")
+    run = finished_run(run_dir)
     checkpoint = Path(run_dir) / "checkpoints" / "last.ckpt"
     content = safe_load(checkpoint)
     hyper = content["hyper_parameters"]
@@ -116,3 +125,47 @@ def export(run_dir: Path, out_root: Path = HERE) -> dict[str, Any]:
         "machine": f"{platform.processor() or platform.machine()}, "
                    f"{os.cpu_count()} cores, torch {run.record.get('torch')}",
     }
+
+
+def ship(run_dirs: list[Path], out_root: Path = HERE, machine: str | None = None,
+         replace: bool = False) -> list[dict[str, Any]]:
+    """Export each run into ``out_root`` and write its entry into ``out_root/manifest.json``.
+
+    A name already shipped for a dataset is replaced (its entry and its old file) only with
+    ``replace=True``: a shipped file is what users' results were measured on, so replacing one
+    is asked for, never a side effect of exporting the wrong folder.
+    """
+    manifest_path = out_root / "manifest.json"
+    entries = manifest(manifest_path)
+    shipped = {(e["name"], e["dataset"]): e for e in entries}
+    asked: dict[tuple, Path] = {}
+    for run_dir in run_dirs:  # every run checked before any file is written
+        record = finished_run(run_dir).record
+        key = ((record.get("model") or {}).get("name"), (record.get("data") or {}).get("name"))
+        if key in asked:
+            raise ShippedWeightsError(f"{asked[key]} and {run_dir} are both {key[0]} on "
+                                      f"{key[1]}: export one of them")
+        asked[key] = run_dir
+        if key in shipped and not replace:
+            raise ShippedWeightsError(
+                f"{run_dir}: {key[0]} is already shipped for {key[1]} "
+                f"({shipped[key]['file']}); pass --replace to replace it")
+    exported = []
+    for run_dir in run_dirs:
+        entry = export(run_dir, out_root)
+        if machine:
+            entry["machine"] = machine
+        for old in entries:  # a replaced entry takes its old file with it
+            if (old["name"], old["dataset"]) == (entry["name"], entry["dataset"]) and \
+                    old["file"] != entry["file"]:
+                (out_root / old["file"]).unlink(missing_ok=True)
+        entries = [e for e in entries
+                   if (e["name"], e["dataset"]) != (entry["name"], entry["dataset"])]
+        entries.append(entry)
+        exported.append(entry)
+        entries.sort(key=lambda e: (e["dataset"], e["name"]))
+        # written after each run: a failure in the next one keeps what is already exported
+        temporary = manifest_path.with_suffix(".json.partial")
+        temporary.write_text(json.dumps({"weights": entries}, indent=1) + "\n")
+        os.replace(temporary, manifest_path)
+    return exported

@@ -44,8 +44,9 @@ depth_1000() {  # full-width ResNet-1202, pre-act ResNet-1001, plain-1202, 1 see
 
 weights() {  # the shipped weights' eight nets with their CPU recipe (experiment=lesion_cpu), 1 seed;
   # exported beside the results, not into the package: compare with docs/WEIGHTS.md, then ship
-  # with: python -m zoo.weights export RUN_DIR ... --replace
+  # with: python -m zoo.weights export RUN_DIR ... --replace. EPOCHS=30 for nets that level off.
   timeout 900 python train.py -m experiment=lesion_cpu seed=0 group=weights_fashion_mnist \
+    trainer.max_epochs="${EPOCHS:-3}" \
     model=plain20,plain56,resnet20,resnet56,resnet110,preact_resnet110,densenet40_12,densenet_bc_100_12 \
     "${gpu[@]}" hydra.sweep.dir="$out/weights"
   python -m zoo.weights export "$out"/weights/*-s0 --out "$out/weights_export" \

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
 from conftest import FAST_OVERRIDES
 
+import zoo
 from zoo.runs import reader
 
 TINY = [*FAST_OVERRIDES, "logger=[csv,wandb]", "trainer.max_epochs=1",
@@ -53,6 +55,11 @@ def test_a_finished_run_records_how_it_ended_and_what_it_measured(finished_runs)
             and Path(record["checkpoints"]["best"]).is_file())
     assert record["precision"] and record["torch"] and record["hostname"]
     assert record["started"] <= record["ended"]
+    # the code that trained: this checkout's commit (tests run from a clone or the work tree)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(zoo.__file__).parent,
+                          capture_output=True, text=True, check=False).stdout.strip()
+    assert record["git_commit"] == (head or "unknown")
+    assert record["git_dirty"] in (True, False, None)
     assert not list(finished_runs["done"].glob(".run.json.tmp"))  # written atomically: no leftover
 
 

@@ -115,6 +115,7 @@ def test_export_ships_a_finished_run_and_replaces_a_shipped_name_only_when_asked
     assert path.name == f"resnet8-{weights.sha256_of(path)[:8]}.pt"
     assert entry["bytes"] == path.stat().st_size and entry["machine"] == "the test's"
     assert entry["command"] == "python train.py " + " ".join(record["overrides"])
+    assert entry["commit"] == record["git_commit"]  # the code that trained, not the exporter's
     # the shipped bf16 file predicts like the run's fp32 checkpoint on the 360 test images
     assert entry["test_acc"] == pytest.approx(record["test"]["test/acc"], abs=6 / 360)
     # and loads by path, through the documented prediction call, to the table's accuracy
@@ -139,6 +140,10 @@ def test_export_ships_a_finished_run_and_replaces_a_shipped_name_only_when_asked
     (unfinished / "run.json").write_text(json.dumps({**run_json, "status": "running"}))
     assert main(["export", str(unfinished), "--out", str(out), "--replace"]) == 2
     assert "the run is not done" in capsys.readouterr().err
+    if record["git_commit"] != "unknown":  # a --commit that contradicts the record is refused
+        assert main(["export", str(run_dir), "--out", str(out), "--replace",
+                     "--commit", "0000000"]) == 2
+        assert f"records commit {record['git_commit'][:10]}" in capsys.readouterr().err
     assert sorted(p.name for p in (out / "digits").iterdir()) == [path.name]
 
 

@@ -94,13 +94,15 @@ def as_dicts(entries: list[CatalogueEntry]) -> list[dict]:
 def weights_markdown(entries: list[dict]) -> str:
     """The table of the zoo's shipped weights (docs/WEIGHTS.md) from manifest entries
     (zoo/weights/manifest.json)."""
-    lines = ["| name | dataset | test acc. | training error (eval mode) | parameters | MFLOPs "
-             "| file | wall time | trained with |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    lines = ["| name | dataset | test acc. | training error (eval mode) "
+             "| validation error by epoch | parameters | MFLOPs | file | wall time "
+             "| trained with |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for e in entries:
+        by_epoch = " → ".join(f"{100 * err:.1f}" for err in e["val_err_by_epoch"]) + "%"
         lines.append(
             f"| `{e['name']}` | {e['dataset']} | {100 * e['test_acc']:.2f}% "
-            f"| {100 * e['train_err']:.2f}% | {e['parameters'] / 1e6:.2f}M "
+            f"| {100 * e['train_err']:.2f}% | {by_epoch} | {e['parameters'] / 1e6:.2f}M "
             f"| {e['flops'] / 1e6:.1f} | {e['bytes'] / 1e6:.2f} MB "
             f"| {e['fit_seconds'] / 60:.1f} min | `{e['command']}` |")
     return "\n".join(lines)

@@ -272,9 +272,13 @@ class RunRecorder:
                  checkpoint: Any) -> None:
         from datetime import datetime, timezone
 
+        from zoo.experiments.tidy import git_commit, git_dirty
+
         self.path = Path(run_dir) / RUN_RECORD_FILE
         self.cfg, self.trainer, self.module, self.checkpoint = cfg, trainer, module, checkpoint
         self.started = datetime.now(timezone.utc)
+        # the code that trains, read at the start: the checkout may move on while a run trains
+        self.code = {"git_commit": git_commit(), "git_dirty": git_dirty()}
         self._at_fit_end: dict[str, Any] | None = None
 
     def fit_ended(self) -> None:
@@ -336,6 +340,7 @@ class RunRecorder:
             "run_name": self.cfg.get("run_name"),
             "precision": str(self.cfg.trainer.get("precision")),
             "torch": torch.__version__,
+            **self.code,
             "hostname": socket.gethostname(),
             "started": self.started.isoformat(timespec="seconds"),
             "ended": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -25,6 +25,12 @@ SHA-256 is checked on load. Test accuracy (official 10,000 test images, through 
 the raw uint8 files) and eval-mode training error (the run's 55,000 training images, no
 augmentation) are measured on the shipped bf16 file, not the training checkpoint.
 
+The validation error is the run's own, on 1,250 held-out training images at the end of each of
+its epochs. These nets are trained with the experiments' CPU budget (`experiment=lesion_cpu`:
+3 epochs, 2,577 steps at batch 64, cosine schedule), not to convergence: where the error still
+falls in the last epoch, the net had not levelled off. `bash scripts/gpu_experiments.sh weights`
+trains the same nets on a GPU (`EPOCHS=30` for a longer budget).
+
 Wall time is the run's fit time on the 2-core AMD EPYC while other jobs shared the machine: an
 upper bound. This page is generated from `zoo/weights/manifest.json` by
 `python -m zoo.weights table --write docs/WEIGHTS.md`; a test keeps the two equal.
@@ -46,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
                                help="the machine the run trained on, for the table")
     export_parser.add_argument("--replace", action="store_true",
                                help="replace a name already shipped (its entry and its file)")
+    export_parser.add_argument("--commit", default=None,
+                               help="the commit that trained the runs, for runs whose record "
+                                    "does not hold one (default: the run folder's checkout HEAD)")
     export_parser.add_argument("--out", type=Path, default=HERE,
                                help="folder of the manifest and the files (default: the "
                                     "installed package's zoo/weights)")
@@ -56,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "export":
             from zoo.weights.export import ship
 
-            for entry in ship(args.runs, args.out, args.machine, args.replace):
+            for entry in ship(args.runs, args.out, args.machine, args.replace,
+                              args.commit):
                 print(f"{entry['file']}: test {entry['test_acc']:.4f}, "
                       f"training error {entry['train_err']:.4f}")
         elif args.write:

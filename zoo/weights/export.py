@@ -82,10 +82,23 @@ def finished_run(run_dir: Path):
     return run
 
 
-def export(run_dir: Path, out_root: Path = HERE) -> dict[str, Any]:
+def training_commit(run_dir: Path, record: dict[str, Any], commit: str | None) -> str:
+    """The commit of the code that trained: the run's record holds it (runs since it does); for
+    an older run, ``commit`` says it, else the HEAD of the checkout that holds the run."""
+    from zoo.experiments.tidy import git_commit
+
+    recorded = record.get("git_commit")
+    if recorded and commit and not recorded.startswith(commit) and recorded != "unknown":
+        raise ValueError(f"{run_dir}: the run records commit {recorded[:10]}, not {commit}; "
+                         "leave out --commit")
+    if recorded and recorded != "unknown":
+        return recorded
+    return commit or git_commit(Path(run_dir))
+
+
+def export(run_dir: Path, out_root: Path = HERE, commit: str | None = None) -> dict[str, Any]:
     """Write ``out_root/<dataset>/<name>-<sha8>.pt`` from a finished run; its manifest entry."""
     import zoo
-    from zoo.experiments.tidy import git_commit
     from zoo.weights.pretrained import _state_dict_of, safe_load
 
     run = finished_run(run_dir)
@@ -120,15 +133,18 @@ def export(run_dir: Path, out_root: Path = HERE) -> dict[str, Any]:
         "flops": flops_of(net, facts["in_channels"], facts["image_size"]),
         "command": "python train.py " + " ".join(run.record.get("overrides") or []),
         "fit_seconds": run.record.get("fit_seconds"), "steps": run.record.get("global_step"),
+        # still falling in the last epoch = not levelled off: the table shows it
+        "val_err_by_epoch": [round(1.0 - acc, 4)
+                             for _, acc in sorted(run.series("val/acc").items())],
         "run_test_acc": (run.record.get("test") or {}).get("test/acc"),
-        "commit": git_commit(Path(run_dir)), "torch": run.record.get("torch"),
+        "commit": training_commit(run_dir, run.record, commit), "torch": run.record.get("torch"),
         "machine": f"{platform.processor() or platform.machine()}, "
                    f"{os.cpu_count()} cores, torch {run.record.get('torch')}",
     }
 
 
 def ship(run_dirs: list[Path], out_root: Path = HERE, machine: str | None = None,
-         replace: bool = False) -> list[dict[str, Any]]:
+         replace: bool = False, commit: str | None = None) -> list[dict[str, Any]]:
     """Export each run into ``out_root`` and write its entry into ``out_root/manifest.json``.
 
     A name already shipped for a dataset is replaced (its entry and its old file) only with
@@ -141,6 +157,7 @@ def ship(run_dirs: list[Path], out_root: Path = HERE, machine: str | None = None
     asked: dict[tuple, Path] = {}
     for run_dir in run_dirs:  # every run checked before any file is written
         record = finished_run(run_dir).record
+        training_commit(run_dir, record, commit)  # a contradicting --commit stops here
         key = ((record.get("model") or {}).get("name"), (record.get("data") or {}).get("name"))
         if key in asked:
             raise ShippedWeightsError(f"{asked[key]} and {run_dir} are both {key[0]} on "
@@ -152,7 +169,7 @@ def ship(run_dirs: list[Path], out_root: Path = HERE, machine: str | None = None
                 f"({shipped[key]['file']}); pass --replace to replace it")
     exported = []
     for run_dir in run_dirs:
-        entry = export(run_dir, out_root)
+        entry = export(run_dir, out_root, commit)
         if machine:
             entry["machine"] = machine
         for old in entries:  # a replaced entry takes its old file with it

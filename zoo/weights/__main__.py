@@ -65,10 +65,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "export":
             from zoo.weights.export import ship
 
-            for entry in ship(args.runs, args.out, args.machine, args.replace,
-                              args.commit):
+            def report(entry: dict) -> None:
                 print(f"{entry['file']}: test {entry['test_acc']:.4f}, "
-                      f"training error {entry['train_err']:.4f}")
+                      f"training error {entry['train_err']:.4f}", flush=True)
+
+            ship(args.runs, args.out, args.machine, args.replace, args.commit, report)
         elif args.write:
             args.write.write_text(page())
             print(args.write)

@@ -14,6 +14,7 @@ import io
 import json
 import os
 import platform
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -144,12 +145,14 @@ def export(run_dir: Path, out_root: Path = HERE, commit: str | None = None) -> d
 
 
 def ship(run_dirs: list[Path], out_root: Path = HERE, machine: str | None = None,
-         replace: bool = False, commit: str | None = None) -> list[dict[str, Any]]:
+         replace: bool = False, commit: str | None = None,
+         report: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
     """Export each run into ``out_root`` and write its entry into ``out_root/manifest.json``.
 
     A name already shipped for a dataset is replaced (its entry and its old file) only with
     ``replace=True``: a shipped file is what users' results were measured on, so replacing one
-    is asked for, never a side effect of exporting the wrong folder.
+    is asked for, never a side effect of exporting the wrong folder. ``report`` is called with
+    each entry once it is written (measuring one takes minutes on a CPU).
     """
     manifest_path = out_root / "manifest.json"
     entries = manifest(manifest_path)
@@ -185,4 +188,6 @@ def ship(run_dirs: list[Path], out_root: Path = HERE, machine: str | None = None
         temporary = manifest_path.with_suffix(".json.partial")
         temporary.write_text(json.dumps({"weights": entries}, indent=1) + "\n")
         os.replace(temporary, manifest_path)
+        if report:
+            report(entry)
     return exported

@@ -147,6 +147,25 @@ def test_export_ships_a_finished_run_and_replaces_a_shipped_name_only_when_asked
     assert sorted(p.name for p in (out / "digits").iterdir()) == [path.name]
 
 
+def test_every_weights_file_in_the_package_is_in_the_manifest():
+    files = {p.relative_to(weights.HERE).as_posix() for p in weights.HERE.rglob("*.pt")}
+    assert files == {e["file"] for e in SHIPPED}  # no orphan from an interrupted export
+    assert not list(weights.HERE.rglob("*.partial"))
+
+
+def test_an_older_runs_commit_is_given_resolved_and_checked(tmp_path):
+    from zoo.weights.export import training_commit
+
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
+                          text=True, check=False).stdout.strip()
+    if not head:
+        pytest.skip("not a git checkout")
+    assert training_commit(REPO, {}, head[:8]) == head  # a short hash, resolved
+    with pytest.raises(ValueError, match="--commit 0000000: no such commit"):
+        training_commit(REPO, {}, "0000000")
+    assert training_commit(REPO, {"git_commit": head}, None) == head  # the record's wins
+
+
 def test_the_weights_table_is_printed_by_the_models_command():
     result = subprocess.run([sys.executable, "-m", "zoo.models", "--weights"], cwd=REPO,
                             capture_output=True, text=True, timeout=120, check=False)

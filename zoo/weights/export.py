@@ -14,6 +14,7 @@ import io
 import json
 import os
 import platform
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -85,16 +86,23 @@ def finished_run(run_dir: Path):
 
 def training_commit(run_dir: Path, record: dict[str, Any], commit: str | None) -> str:
     """The commit of the code that trained: the run's record holds it (runs since it does); for
-    an older run, ``commit`` says it, else the HEAD of the checkout that holds the run."""
+    an older run, ``commit`` says it (resolved to its full hash in the checkout that holds the
+    run, so a typo stops here), else that checkout's HEAD."""
     from zoo.experiments.tidy import git_commit
 
     recorded = record.get("git_commit")
-    if recorded and commit and not recorded.startswith(commit) and recorded != "unknown":
-        raise ValueError(f"{run_dir}: the run records commit {recorded[:10]}, not {commit}; "
-                         "leave out --commit")
     if recorded and recorded != "unknown":
+        if commit and not recorded.startswith(commit):
+            raise ValueError(f"{run_dir}: the run records commit {recorded[:10]}, not {commit}; "
+                             "leave out --commit")
         return recorded
-    return commit or git_commit(Path(run_dir))
+    if commit is None:
+        return git_commit(Path(run_dir))
+    result = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{commit}^{{commit}}"],
+                            cwd=run_dir, capture_output=True, text=True, timeout=10, check=False)
+    if result.returncode != 0:
+        raise ValueError(f"--commit {commit}: no such commit in the checkout that holds {run_dir}")
+    return result.stdout.strip()
 
 
 def export(run_dir: Path, out_root: Path = HERE, commit: str | None = None) -> dict[str, Any]:

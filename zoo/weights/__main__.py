@@ -29,7 +29,10 @@ The validation error is the run's own, on 1,250 held-out training images at the 
 its epochs. These nets are trained with the experiments' CPU budget (`experiment=lesion_cpu`:
 3 epochs, 2,577 steps at batch 64, cosine schedule), not to convergence: where the error still
 falls in the last epoch, the net had not levelled off. `bash scripts/gpu_experiments.sh weights`
-trains the same nets on a GPU (`EPOCHS=30` for a longer budget).
+trains the same nets on a GPU (`EPOCHS=30` for a longer budget). At this budget ResNet-110 ends
+behind ResNet-56, the reverse of He et al.'s order after 64k steps, as in docs/RESULTS.md
+section 6, where its recipe was checked: a lower rate or a longer warm-up narrows the gap there
+without closing it.
 
 Wall time is the run's fit time on the 2-core AMD EPYC while other jobs shared the machine: an
 upper bound. This page is generated from `zoo/weights/manifest.json` by

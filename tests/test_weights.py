@@ -167,6 +167,18 @@ def test_an_older_runs_commit_is_given_resolved_and_checked(tmp_path):
     assert training_commit(REPO, {"git_commit": head}, None) == head  # the record's wins
 
 
+def test_a_pretrained_name_that_is_no_weights_name_gets_the_names(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no file of these names here
+    with pytest.raises(CheckpointError, match=r"pretrained='fashion-mnist' is neither a checkpoint "
+                       r"file nor a weights name; did you mean 'fashion_mnist'\? names: "):
+        zoo.create("resnet56", pretrained="fashion-mnist")
+    with pytest.raises(CheckpointError, match="imagenet") as error:
+        zoo.create("resnet56", pretrained="svhn")
+    assert "did you mean" not in str(error.value) and "fashion_mnist" in str(error.value)
+    with pytest.raises(CheckpointError, match="checkpoint file not found: runs/last.ckpt"):
+        zoo.create("resnet56", pretrained="runs/last.ckpt")  # a path stays a path
+
+
 def test_the_weights_table_is_printed_by_the_models_command():
     result = subprocess.run([sys.executable, "-m", "zoo.models", "--weights"], cwd=REPO,
                             capture_output=True, text=True, timeout=120, check=False)

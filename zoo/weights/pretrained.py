@@ -263,6 +263,22 @@ def _trained_as(content: Any) -> str:
     return f". It was trained as model={model['name']} {options}".rstrip()
 
 
+def looks_like_a_name(source: str) -> bool:
+    """``"cifar100"`` or ``"fashion-mnist"``, not ``"runs/last.ckpt"``: no folder, no suffix."""
+    return not any(sep in source for sep in ("/", os.sep, ".")) and bool(source)
+
+
+def unknown_weights_name(source: str) -> str:
+    """One line for a ``pretrained=`` that is neither a file nor a weights name."""
+    import difflib
+
+    names = [*weights.datasets(), *sorted(PUBLISHED)]
+    close = difflib.get_close_matches(source.lower().replace("-", "_"), names, n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return (f"pretrained={source!r} is neither a checkpoint file nor a weights name; {hint}"
+            f"names: {', '.join(names)} (python -m zoo.models --weights lists the shipped ones)")
+
+
 def load_pretrained(net: nn.Module, name: str, source: str | os.PathLike[str]) -> nn.Module:
     """Load ``source`` (a checkpoint path, ``"imagenet"``, ``"cifar10"`` or a dataset of the zoo's
     shipped weights) into ``net`` (built as ``name``)."""
@@ -275,6 +291,8 @@ def load_pretrained(net: nn.Module, name: str, source: str | os.PathLike[str]) -
         path = weights.weights_file(name, str(source))
     else:  # a path, or an http(s) URL that safe_load reads as data
         path = source if is_url(source) else Path(source)
+        if isinstance(path, Path) and not path.exists() and looks_like_a_name(str(source)):
+            raise CheckpointError(unknown_weights_name(str(source)))
     content = safe_load(path)
     from zoo.weights.hparams import (
         check_hyper_parameters,  # it imports zoo.weights.predict's Preprocess

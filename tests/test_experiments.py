@@ -354,6 +354,18 @@ def test_lesion_of_shipped_weights_that_do_not_exist_is_one_line(tmp_path, capsy
     assert err.count("\n") == 1
 
 
+def test_lesion_of_a_densenet_says_so_before_reading_data(tmp_path, capsys):
+    from zoo import weights
+
+    dense = [e["name"] for e in weights.manifest() if e["name"].startswith("densenet")]
+    assert dense, "the zoo ships DenseNet weights (docs/WEIGHTS.md)"
+    out = tmp_path / "lesion"
+    assert main(["lesion", f"{dense[0]}:fashion_mnist", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{dense[0]} has no block that can be deleted" in err and "concatenate" in err
+    assert err.count("\n") == 1 and not out.exists()  # no table of NaN, no folder
+
+
 def test_the_gradient_table_keeps_two_significant_figures_and_names_overflow():
     from zoo.experiments import gradients
     rows = [{"model": m, "family": f, "depth": d, "stem_over_head_mean": v, "stem_over_head_std": e}

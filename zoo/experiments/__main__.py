@@ -30,6 +30,7 @@ from zoo.experiments import gradients, lesion, lesion_figures, lesion_sources, m
 from zoo.experiments.tidy import markdown_table, read_csv, read_meta, write_csv, write_meta
 
 GRADIENT_FILES = ("gradient_at_init.csv", "gradient_at_init_summary.csv")
+SHOW_DEFAULTS = argparse.ArgumentDefaultsHelpFormatter  # --help says what an option is unset
 LESION_FILES = ("lesion_single.csv", "lesion_random.csv")
 MEMORY_FILE = memory.MEMORY_FILE
 VIT_GRADIENT_FILES = ("vit_gradients.csv", "vit_gradients_summary.csv")
@@ -43,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
-    grad = commands.add_parser("gradient_at_init", help="gradient norm per unit at initialisation")
+    grad = commands.add_parser("gradient_at_init", formatter_class=SHOW_DEFAULTS,
+                               help="gradient norm per unit at initialisation")
     grad.add_argument("--out", type=Path, required=True)
     grad.add_argument("--depths", type=int, nargs="+", default=list(gradients.GRADIENT_DEPTHS),
                       help="6n+2 depths of plainN / resnetN")
@@ -58,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_lesion_parser(commands)
 
-    mem = commands.add_parser("memory", help="training and inference peak memory")
+    mem = commands.add_parser("memory", formatter_class=SHOW_DEFAULTS,
+                              help="training and inference peak memory")
     mem.add_argument("--out", type=Path, required=True)
     mem.add_argument("--models", nargs="+", default=list(memory.MEMORY_MODELS))
     mem.add_argument("--dense-depths", type=int, nargs="*", default=list(memory.DENSE_DEPTHS),
@@ -71,14 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_vit_parsers(commands)
 
-    redraw = commands.add_parser("redraw",
+    redraw = commands.add_parser("redraw", formatter_class=SHOW_DEFAULTS,
                                  help="draw the figures again from an --out folder's files")
     redraw.add_argument("folders", type=Path, nargs="+")
     return parser
 
 
 def add_lesion_parser(commands: Any) -> None:
-    les = commands.add_parser("lesion",
+    les = commands.add_parser("lesion", formatter_class=SHOW_DEFAULTS,
                               help="delete blocks of trained nets: one at a time, k at random")
     les.add_argument("checkpoints", nargs="+",
                      help="run directories, .ckpt files, or shipped weights as NAME:DATASET "
@@ -109,7 +112,8 @@ def add_lesion_parser(commands: Any) -> None:
 
 def add_vit_parsers(commands: Any) -> None:
     """The Transformer experiments' commands (docs/RESULTS.md, section 8)."""
-    vit = commands.add_parser("vit_gradients", help="ViT gradient norm per block at init")
+    vit = commands.add_parser("vit_gradients", formatter_class=SHOW_DEFAULTS,
+                              help="ViT gradient norm per block at init")
     vit.add_argument("--out", type=Path, required=True)
     vit.add_argument("--depths", type=int, nargs="+", default=list(vit_init.VIT_DEPTHS),
                      help="Transformer blocks")
@@ -120,7 +124,8 @@ def add_vit_parsers(commands: Any) -> None:
     vit.add_argument("--inits", nargs="+", choices=vit_init.INITS, default=list(vit_init.INITS),
                      help="timm: std 0.02 (as built); xavier: the original Transformer's")
 
-    rank = commands.add_parser("vit_rank", help="ViT tokens' distance from rank one at init")
+    rank = commands.add_parser("vit_rank", formatter_class=SHOW_DEFAULTS,
+                               help="ViT tokens' distance from rank one at init")
     rank.add_argument("--out", type=Path, required=True)
     rank.add_argument("--depth", type=int, default=vit_init.RANK_DEPTH, help="Transformer blocks")
     rank.add_argument("--norms", nargs="+", choices=vit_init.VIT_NORMS,
@@ -130,7 +135,7 @@ def add_vit_parsers(commands: Any) -> None:
     rank.add_argument("--inits", nargs="+", choices=vit_init.INITS, default=list(vit_init.INITS),
                       help="timm: std 0.02 (as built); xavier: the original Transformer's")
 
-    trained = commands.add_parser("vit_rank_trained",
+    trained = commands.add_parser("vit_rank_trained", formatter_class=SHOW_DEFAULTS,
                                   help="trained ViTs' tokens: distance from rank one per block")
     trained.add_argument("checkpoints", type=Path, nargs="+", help="run directories or .ckpt files")
     trained.add_argument("--out", type=Path, required=True)

@@ -15,7 +15,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from zoo.experiments.lesion import Batches, lesion_network, lesion_random
+from zoo.experiments.lesion import (
+    Batches,
+    LesionError,
+    deletable_blocks,
+    lesion_network,
+    lesion_random,
+)
 
 SHIPPED = re.compile(r"^(?P<name>[A-Za-z0-9_]+):(?P<dataset>[a-z0-9_]+)$")
 
@@ -163,6 +169,11 @@ def lesion_runs(
     single, randomised, cache = [], [], {}
     for path in checkpoints:
         net, model_cfg, run_data, checkpoint = _network_and_data(path, data_cfg)
+        if not deletable_blocks(net):  # said before any data is read, not as a table of NaN
+            raise LesionError(
+                f"{path}: {model_cfg.get('name')} has no block that can be deleted: its layers "
+                "concatenate (DenseNet) or change the shape, so no layer's output can be skipped; "
+                "lesion a ResNet, a plain twin or a ViT")
         key = json.dumps(run_data, sort_keys=True, default=str)
         if key not in cache:  # runs of one sweep share their data: load it once
             cache = {key: {"eval": evaluation_batches(run_data, split, max_images, device)}}

@@ -183,15 +183,13 @@ def ship(run_dirs: list[Path], out_root: Path = HERE, machine: str | None = None
         entry = export(run_dir, out_root, commit)
         if machine:
             entry["machine"] = machine
-        for old in entries:  # a replaced entry takes its old file with it
-            if (old["name"], old["dataset"]) == (entry["name"], entry["dataset"]) and \
-                    old["file"] != entry["file"]:
-                (out_root / old["file"]).unlink(missing_ok=True)
-        entries = [e for e in entries
-                   if (e["name"], e["dataset"]) != (entry["name"], entry["dataset"])]
-        entries.append(entry)
+        key = (entry["name"], entry["dataset"])
+        old = next((e for e in entries if (e["name"], e["dataset"]) == key), None)
+        if old is not None and old["file"] != entry["file"]:  # a replaced entry takes its file
+            (out_root / old["file"]).unlink(missing_ok=True)
+        entries = sorted([e for e in entries if e is not old] + [entry],
+                         key=lambda e: (e["dataset"], e["name"]))
         exported.append(entry)
-        entries.sort(key=lambda e: (e["dataset"], e["name"]))
         # written after each run: a failure in the next one keeps what is already exported
         temporary = manifest_path.with_suffix(".json.partial")
         temporary.write_text(json.dumps({"weights": entries}, indent=1) + "\n")
